@@ -1,0 +1,1 @@
+"""Shipped model weights (installed as the package data ``wsicodec.weights``)."""

@@ -1,0 +1,163 @@
+"""``wsicodec``: one click group; each command is a thin shell over a library function."""
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import click
+
+from wsicodec import __version__
+
+
+class UserError(click.ClickException):
+    """Printed as one line, exit status 1, no traceback."""
+
+    def show(self, file=None) -> None:
+        click.echo(f"wsicodec: error: {self.format_message()}", err=True)
+
+
+def _expected_errors() -> tuple[type[BaseException], ...]:
+    from wsicodec.codec import CodecError
+    from wsicodec.engine import EngineError
+    from wsicodec.models import ModelError
+    from wsicodec.slide import SlideError
+    from wsicodec.store import StoreError
+
+    return (SlideError, StoreError, ModelError, CodecError, EngineError, FileNotFoundError,
+            IsADirectoryError, PermissionError, ValueError)
+
+
+class _Group(click.Group):
+    def invoke(self, ctx):
+        try:
+            return super().invoke(ctx)
+        except click.ClickException:
+            raise
+        except KeyboardInterrupt:
+            click.echo("wsicodec: interrupted", err=True)
+            sys.exit(130)
+        except _expected_errors() as e:
+            raise UserError(str(e)) from None
+        except OSError as e:
+            raise UserError(f"{getattr(e, 'filename', '') or ''}: {e.strerror or e}") from None
+
+
+@click.group(cls=_Group)
+@click.version_option(__version__, prog_name="wsicodec")
+def main() -> None:
+    """Learned compression of pathology whole-slide images."""
+
+
+@main.command()
+@click.argument("input", type=click.Path(path_type=Path))
+@click.argument("output", type=click.Path(path_type=Path))
+@click.option("--model", "-m", default=None, help="Shipped model name (see `wsicodec models`).")
+@click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True)
+@click.option("--batch-size", type=click.IntRange(1, 1024), default=4, show_default=True)
+@click.option("--tile", type=click.IntRange(64, 4096), default=512, show_default=True,
+              help="Tile (= chunk) size in level-0 pixels, a multiple of 16.")
+@click.option("--keep-glass", is_flag=True, help="Encode empty-glass tiles too (no background skipping).")
+@click.option("--overwrite", is_flag=True, help="Replace OUTPUT if it exists.")
+@click.option("--quiet", "-q", is_flag=True, help="No progress bar or summary.")
+def compress(input, output, model, device, batch_size, tile, keep_glass, overwrite, quiet):
+    """Compress level 0 of a slide or image INPUT into a Zarr store OUTPUT."""
+    from wsicodec.pipeline import compress as run
+
+    r = run(input, output, model=model, device=device, batch_size=batch_size, tile=tile,
+            overwrite=overwrite, skip_glass=not keep_glass, progress=not quiet)
+    if not quiet:
+        mpix = r.pixels * (1 - r.glass_tiles / max(r.tiles, 1)) / 1e6
+        click.echo(f"{r.output}: {r.bytes:,} bytes, {r.bpp:.3f} bits/pixel, {r.tiles} tiles "
+                   f"({r.glass_tiles} glass), {r.seconds:.1f} s, {mpix / max(r.seconds, 1e-9):.2f} Mpx tissue/s")
+
+
+@main.command()
+@click.argument("store", type=click.Path(path_type=Path))
+@click.argument("output", type=click.Path(path_type=Path))
+@click.option("--tile", type=click.IntRange(16, 4096), default=256, show_default=True)
+@click.option("--compression", type=click.Choice(["jpeg", "deflate", "zstd", "none"]), default="jpeg",
+              show_default=True)
+@click.option("--quality", type=click.IntRange(1, 100), default=90, show_default=True, help="JPEG quality.")
+@click.option("--region", type=int, nargs=4, default=None, metavar="X Y W H",
+              help="Decode only this level-0 box.")
+@click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True)
+@click.option("--batch-size", type=click.IntRange(1, 1024), default=4, show_default=True)
+@click.option("--overwrite", is_flag=True)
+@click.option("--quiet", "-q", is_flag=True)
+def decompress(store, output, tile, compression, quality, region, device, batch_size, overwrite, quiet):
+    """Decode STORE to a tiled pyramidal TIFF OUTPUT that OpenSlide and QuPath open."""
+    import time
+
+    from wsicodec.pipeline import decompress as run
+
+    t0 = time.time()
+    out = run(store, output, tile=tile, compression=compression, quality=quality,
+              region=tuple(region) if region else None, overwrite=overwrite, device=device,
+              batch_size=batch_size, progress=not quiet)
+    if not quiet:
+        click.echo(f"{out}: {out.stat().st_size:,} bytes, {time.time() - t0:.1f} s")
+
+
+@main.command()
+@click.argument("path", type=click.Path(path_type=Path))
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+def info(path, as_json):
+    """Describe a store or a slide: size, MPP, model, bytes, bits per pixel."""
+    from wsicodec.inspect import describe
+
+    d = describe(path)
+    if as_json:
+        click.echo(json.dumps(d, indent=2))
+        return
+    from rich.console import Console
+    from rich.table import Table
+
+    t = Table(show_header=False, title=str(path))
+    for k, v in d.items():
+        if k != "properties":
+            t.add_row(k, str(v))
+    Console().print(t)
+
+
+@main.command()
+@click.option("--json", "as_json", is_flag=True)
+def models(as_json):
+    """List the shipped models and their rates."""
+    from dataclasses import asdict
+
+    from wsicodec.models import list_models
+    from wsicodec.models.registry import default_model_name
+
+    cards = list_models()
+    if as_json:
+        click.echo(json.dumps([asdict(c) for c in cards], indent=2))
+        return
+    from rich.console import Console
+    from rich.table import Table
+
+    default = default_model_name() if cards else ""
+    t = Table(title="shipped models")
+    for col in ("name", "architecture", "N/M", "λ", "steps", "val bpp", "val PSNR", "val MS-SSIM"):
+        t.add_column(col)
+    for c in cards:
+        v = c.validation
+        t.add_row(c.name + (" (default)" if c.name == default else ""), c.architecture,
+                  f"{c.params.get('N')}/{c.params.get('M')}", str(c.lmbda), str(c.steps),
+                  str(v.get("bpp", "")), str(v.get("psnr", "")), str(v.get("ms_ssim", "")))
+    Console().print(t)
+
+
+def _register_optional() -> None:
+    """Commands that live with their own stage (train, bench) attach themselves here."""
+    for mod, name in (("wsicodec.train.cli", "train"), ("wsicodec.bench.cli", "bench")):
+        try:
+            module = __import__(mod, fromlist=["command"])
+        except ModuleNotFoundError as e:
+            if e.name and e.name.startswith(mod.rsplit(".", 1)[0]):
+                continue
+            raise
+        main.add_command(module.command, name)
+
+
+_register_optional()

@@ -1,0 +1,142 @@
+"""Batched device inference: pixels -> integer latents (analysis) and latents -> pixels
+(synthesis), on CUDA when present and on the CPU otherwise, plus the streaming tile pipelines
+that feed them."""
+from __future__ import annotations
+
+import queue
+import threading
+from collections import defaultdict
+from concurrent.futures import ThreadPoolExecutor
+from typing import Callable, Iterable, Iterator
+
+import numpy as np
+import torch
+from torch import nn
+
+from wsicodec.models import ModelCard
+from wsicodec.tiling import TileGrid, is_background
+
+
+class EngineError(RuntimeError):
+    pass
+
+
+def pick_device(name: str = "auto") -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise EngineError("--device cuda was asked for, but no CUDA device is available")
+    if name not in ("cpu", "cuda"):
+        raise EngineError(f"unknown device {name!r} (auto, cpu or cuda)")
+    return torch.device(name)
+
+
+class LatentCoder:
+    """A model's transforms on one device: ``analysis`` gives integer latents relative to the
+    entropy model's medians (what the store keeps); ``synthesis`` turns them back into pixels."""
+
+    def __init__(self, model: nn.Module, card: ModelCard, device: str | torch.device = "auto",
+                 batch_size: int = 4):
+        self.device = pick_device(device) if isinstance(device, str) else device
+        self.model = model.to(self.device).eval()
+        self.card = card
+        self.spec = card.spec
+        self.batch_size = max(1, int(batch_size))
+        eb = model.entropy_bottleneck
+        self.medians = eb._get_medians().detach().reshape(1, -1, 1, 1).to(self.device)
+
+    @torch.inference_mode()
+    def analysis(self, pixels: np.ndarray) -> np.ndarray:
+        """uint8 (N, H, W, 3) -> int32 (N, M, H/stride, W/stride)."""
+        x = torch.from_numpy(np.ascontiguousarray(pixels)).to(self.device)
+        x = x.permute(0, 3, 1, 2).float().div_(255.0)
+        y = self.model.g_a(x)
+        return torch.round(y - self.medians).to(torch.int32).cpu().numpy()
+
+    @torch.inference_mode()
+    def synthesis(self, latents: np.ndarray) -> np.ndarray:
+        """int (N, M, h, w) -> uint8 (N, h*stride, w*stride, 3)."""
+        q = torch.from_numpy(np.ascontiguousarray(latents, dtype=np.float32)).to(self.device)
+        x = self.model.g_s(q + self.medians).clamp_(0, 1)
+        return x.mul_(255.0).round_().to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()
+
+    def background_latents(self, glass: tuple[int, int, int]) -> np.ndarray:
+        """The latent vector (M,) of an infinite field of glass colour."""
+        size = 8 * self.spec.stride + 2 * self.spec.encode_halo
+        field = np.empty((1, size, size, 3), np.uint8)
+        field[:] = glass
+        q = self.analysis(field)[0]
+        mid = q.shape[1] // 2
+        return q[:, mid, mid].copy()
+
+
+def _prefetch(items: Iterable, fn: Callable, depth: int) -> Iterator:
+    """Map ``fn`` over ``items`` in a background thread, at most ``depth`` results ahead."""
+    q: queue.Queue = queue.Queue(maxsize=depth)
+    done = object()
+
+    def work():
+        try:
+            for it in items:
+                q.put((it, fn(it), None))
+        except BaseException as e:  # handed to the consumer
+            q.put((None, None, e))
+        q.put(done)
+
+    t = threading.Thread(target=work, daemon=True)
+    t.start()
+    while True:
+        got = q.get()
+        if got is done:
+            break
+        it, res, err = got
+        if err is not None:
+            raise err
+        yield it, res
+    t.join()
+
+
+def encode_tiles(read_rgb: Callable[[int, int, int, int], np.ndarray], grid: TileGrid,
+                 coder: LatentCoder, glass: tuple[int, int, int] | None,
+                 tiles: Iterable[tuple[int, int]] | None = None,
+                 read_ahead: int = 8) -> Iterator[tuple[int, int, np.ndarray | None]]:
+    """Yield ``(tx, ty, latents)`` for each tile (``latents`` None for empty glass), reading ahead
+    in a thread and running the network in batches of windows of the same shape.
+
+    ``read_rgb(x0, y0, w, h)`` returns canvas pixels (background colour beyond level 0)."""
+    halo = coder.spec.encode_halo
+    s = coder.spec.stride
+    pending: dict[tuple[int, int], list[tuple[int, int, tuple, np.ndarray]]] = defaultdict(list)
+
+    def read(t):
+        tx, ty = t
+        x0, y0, x1, y1 = grid.encode_window(tx, ty, halo)
+        win = read_rgb(x0, y0, x1 - x0, y1 - y0)
+        x, y, w, h = grid.tile_box(tx, ty)
+        bg = glass is not None and is_background(win[y - y0 : y - y0 + h, x - x0 : x - x0 + w], glass)
+        return (x0, y0), win, bg
+
+    def run(batch):
+        q = coder.analysis(np.stack([b[3] for b in batch]))
+        for (tx, ty, (x0, y0), _), lat in zip(batch, q):
+            lx0, ly0, lx1, ly1 = grid.tile_latents(tx, ty)
+            ox, oy = lx0 - x0 // s, ly0 - y0 // s
+            yield tx, ty, lat[:, oy : oy + ly1 - ly0, ox : ox + lx1 - lx0]
+
+    for (tx, ty), (origin, win, bg) in _prefetch(tiles if tiles is not None else iter(grid), read, read_ahead):
+        if bg:
+            yield tx, ty, None
+            continue
+        group = pending[win.shape[:2]]
+        group.append((tx, ty, origin, win))
+        if len(group) >= coder.batch_size:
+            yield from run(group)
+            group.clear()
+    for group in pending.values():
+        if group:
+            yield from run(group)
+
+
+def decode_window(coder: LatentCoder, latents: np.ndarray) -> np.ndarray:
+    """Pixels of one latent window (M, h, w) -> uint8 (h*stride, w*stride, 3)."""
+    return coder.synthesis(latents[None])[0]

@@ -1,0 +1,185 @@
+"""Architectures registered by name; weight files addressed by name and verified by sha256.
+
+A shipped model is two files in the weights folder:
+
+* ``<name>.pt``   – a ``torch.save``'d state dict with the frozen CDF tables (``update()`` done);
+* ``<name>.json`` – its model card: architecture, hyper-parameters, sha256 of the ``.pt`` file,
+  training data and validation figures.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import warnings
+from dataclasses import asdict, dataclass, field
+from importlib import resources
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+from torch import nn
+
+warnings.filterwarnings("ignore", message=".*torch.jit.script.*", category=FutureWarning)
+
+
+class ModelError(Exception):
+    """A model cannot be found, built or verified."""
+
+
+def _factorized(N: int = 128, M: int = 192) -> nn.Module:
+    from compressai.models import FactorizedPrior
+
+    return FactorizedPrior(N=N, M=M)
+
+
+@dataclass(frozen=True)
+class Architecture:
+    """How to build a model and how far its transforms see, for seam-free tiling."""
+
+    build: Callable[..., nn.Module]
+    stride: int          # pixels per latent
+    encode_halo: int     # pixels of context each side so tiled latents equal whole-image latents
+    decode_halo: int     # latents of context each side so tiled pixels equal whole-image pixels
+    entropy_model: str   # "factorized" (a hyperprior kind would add its own side information)
+
+
+#: Architecture name -> its spec. g_a of bmshj2018 is 4 conv(5x5, stride 2): a latent sees
+#: ±30 px, so 32 px (2 latents) of halo make tiled and whole-image latents equal; g_s is
+#: 4 transposed conv(5x5, stride 2): a pixel sees ±2 latents; 4 latents of halo are kept.
+ARCHITECTURES: dict[str, Architecture] = {
+    "bmshj2018-factorized": Architecture(_factorized, 16, 32, 4, "factorized"),
+}
+
+
+@dataclass
+class ModelCard:
+    name: str
+    architecture: str
+    params: dict[str, Any]
+    sha256: str = ""
+    lmbda: float | None = None
+    psi: float | None = None
+    feature_net: str = "none"
+    steps: int = 0
+    data: str = ""
+    validation: dict[str, Any] = field(default_factory=dict)
+    notes: str = ""
+
+    @property
+    def stride(self) -> int:
+        return ARCHITECTURES[self.architecture].stride
+
+    @property
+    def spec(self) -> "Architecture":
+        return ARCHITECTURES[self.architecture]
+
+    @property
+    def latent_channels(self) -> int:
+        return int(self.params.get("M", 192))
+
+
+def build_model(architecture: str, **params: Any) -> nn.Module:
+    """Build an untrained model of a registered architecture."""
+    try:
+        ctor = ARCHITECTURES[architecture].build
+    except KeyError:
+        raise ModelError(
+            f"unknown architecture {architecture!r} (known: {', '.join(ARCHITECTURES)})"
+        ) from None
+    return ctor(**params)
+
+
+def model_dir() -> Path:
+    """The folder of shipped weights: $WSICODEC_MODELS, the installed package data, or ./models."""
+    env = os.environ.get("WSICODEC_MODELS")
+    if env:
+        return Path(env)
+    try:
+        installed = Path(str(resources.files("wsicodec.weights")))
+        if installed.is_dir():
+            return installed
+    except (ModuleNotFoundError, TypeError):
+        pass
+    return Path(__file__).resolve().parents[2] / "models"
+
+
+def sha256_file(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def list_models(directory: Path | None = None) -> list[ModelCard]:
+    directory = Path(directory) if directory else model_dir()
+    cards = []
+    for card_path in sorted(directory.glob("*.json")):
+        try:
+            cards.append(ModelCard(**json.loads(card_path.read_text())))
+        except (TypeError, ValueError):
+            continue
+    return cards
+
+
+def _read_card(name: str, directory: Path) -> ModelCard:
+    card_path = directory / f"{name}.json"
+    if not card_path.is_file():
+        known = ", ".join(c.name for c in list_models(directory)) or "none"
+        raise ModelError(f"unknown model {name!r} (shipped models: {known})")
+    return ModelCard(**json.loads(card_path.read_text()))
+
+
+def load_model(
+    name: str, directory: Path | None = None, expect_sha256: str | None = None
+) -> tuple[nn.Module, ModelCard]:
+    """Load a shipped model by name, verifying its sha256 (and ``expect_sha256`` if given)."""
+    directory = Path(directory) if directory else model_dir()
+    card = _read_card(name, directory)
+    weights = directory / f"{name}.pt"
+    if not weights.is_file():
+        raise ModelError(f"model {name!r}: weights file {weights} is missing")
+    digest = sha256_file(weights)
+    if digest != card.sha256:
+        raise ModelError(
+            f"model {name!r}: weights file {weights.name} has sha256 {digest[:12]}…, "
+            f"its card says {card.sha256[:12]}…; refusing a modified model"
+        )
+    if expect_sha256 and digest != expect_sha256:
+        raise ModelError(
+            f"model {name!r} here has sha256 {digest[:12]}…, but the store was written with "
+            f"{expect_sha256[:12]}…: a different model"
+        )
+    model = build_model(card.architecture, **card.params)
+    state = torch.load(weights, map_location="cpu", weights_only=True)
+    model.load_state_dict(state)
+    model.eval()
+    return model, card
+
+
+def save_model(model: nn.Module, card: ModelCard, directory: Path) -> ModelCard:
+    """Freeze CDF tables and write ``<name>.pt`` + ``<name>.json``; returns the card with sha256."""
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    model = model.to("cpu").eval()
+    model.update(force=True)
+    weights = directory / f"{card.name}.pt"
+    tmp = weights.with_suffix(".pt.tmp")
+    torch.save({k: v.detach().clone() for k, v in model.state_dict().items()}, tmp)
+    os.replace(tmp, weights)
+    card.sha256 = sha256_file(weights)
+    (directory / f"{card.name}.json").write_text(json.dumps(asdict(card), indent=2) + "\n")
+    return card
+
+
+def default_model_name(directory: Path | None = None) -> str:
+    """The model used when none is named: the one in ``DEFAULT`` beside the weights."""
+    directory = Path(directory) if directory else model_dir()
+    f = directory / "DEFAULT"
+    if f.is_file():
+        return f.read_text().strip()
+    cards = list_models(directory)
+    if not cards:
+        raise ModelError(f"no models in {directory}")
+    return cards[0].name

@@ -1,0 +1,143 @@
+"""The two daily jobs, as library functions the CLI wraps: ``compress`` (slide -> store) and
+``decompress`` (store -> pyramidal TIFF)."""
+from __future__ import annotations
+
+import time
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Iterator
+
+import numpy as np
+
+from wsicodec import __version__
+from wsicodec.codec import EntropyTables
+from wsicodec.engine import LatentCoder, encode_tiles
+from wsicodec.models import load_model
+from wsicodec.models.registry import default_model_name
+from wsicodec.slide import SlideSource, open_input
+from wsicodec.store import FORMAT_NAME, FORMAT_VERSION, StoreError, StoreWriter, WsiStore, now_iso, store_size
+from wsicodec.tiling import TileGrid, measure_glass
+
+
+@dataclass
+class CompressResult:
+    output: Path
+    tiles: int
+    glass_tiles: int
+    seconds: float
+    bytes: int
+    pixels: int
+
+    @property
+    def bpp(self) -> float:
+        return 8 * self.bytes / max(self.pixels, 1)
+
+
+@contextmanager
+def _progress(enabled: bool, label: str, total: int) -> Iterator[Callable[[int], None]]:
+    if not enabled:
+        yield lambda n=1: None
+        return
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+    class Rate(TextColumn):
+        def render(self, task):  # tiles per second
+            speed = task.finished_speed or task.speed
+            return f"{speed or 0:6.1f} tiles/s"
+
+    with Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
+                  Rate(""), TimeRemainingColumn(), transient=False) as bar:
+        task = bar.add_task(label, total=total)
+        yield lambda n=1: bar.advance(task, n)
+
+
+def canvas_reader(src: SlideSource, glass: tuple[int, int, int]) -> Callable[[int, int, int, int], np.ndarray]:
+    """Reads canvas pixels: level 0 inside the slide, the glass colour beyond it."""
+    W, H = src.dimensions
+
+    def read(x: int, y: int, w: int, h: int) -> np.ndarray:
+        if x >= 0 and y >= 0 and x + w <= W and y + h <= H:
+            return src.read_rgb(x, y, w, h)
+        out = np.empty((h, w, 3), np.uint8)
+        out[:] = glass
+        x0, y0, x1, y1 = max(x, 0), max(y, 0), min(x + w, W), min(y + h, H)
+        if x1 > x0 and y1 > y0:
+            out[y0 - y : y1 - y, x0 - x : x1 - x] = src.read_rgb(x0, y0, x1 - x0, y1 - y0)
+        return out
+
+    return read
+
+
+def compress(input_path: str | Path, output: str | Path, model: str | None = None, device: str = "auto",
+             batch_size: int = 4, tile: int = 512, overwrite: bool = False, skip_glass: bool = True,
+             progress: bool = False, model_dir: Path | None = None) -> CompressResult:
+    """Compress level 0 of a slide or image into a store at ``output``."""
+    t0 = time.time()
+    input_path, output = Path(input_path), Path(output)
+    if output.exists() and not overwrite:
+        raise StoreError(f"{output}: already exists (use --overwrite to replace it)")
+    if output.resolve() == input_path.resolve():
+        raise StoreError(f"{output}: refusing to write over the input")
+    name = model or default_model_name(model_dir)
+    net, card = load_model(name, model_dir)
+    coder = LatentCoder(net, card, device, batch_size)
+    tables = EntropyTables.from_entropy_bottleneck(net.entropy_bottleneck)
+    with open_input(input_path) as src:
+        W, H = src.dimensions
+        grid = TileGrid(W, H, tile, card.stride)
+        glass = measure_glass(src.thumbnail(1024))
+        meta: dict[str, Any] = {
+            "format": FORMAT_NAME, "format_version": FORMAT_VERSION, "wsicodec_version": __version__,
+            "created": now_iso(),
+            "model": {"name": card.name, "sha256": card.sha256, "architecture": card.architecture,
+                      "params": card.params, "entropy_model": card.spec.entropy_model},
+            "source": {"file_name": input_path.name, "file_size": src.file_size, "vendor": src.vendor},
+            "level0": {"width": W, "height": H}, "tile_size": tile, "stride": card.stride,
+            "mpp": list(src.mpp), "objective_power": src.objective_power, "vendor": src.vendor,
+            "properties": src.properties,
+            "background": {"colour": list(glass), "latents": coder.background_latents(glass).tolist(),
+                           "detection": "tile is glass when <=0.1% of its pixels differ by >20 levels"
+                                        if skip_glass else "off"},
+            "associated": [], "deidentified": False,
+        }
+        writer = StoreWriter(output, meta, grid, tables, overwrite)
+        try:
+            assoc = src.associated_images
+            writer.write_associated(assoc)
+            meta["associated"] = sorted(assoc)
+            writer.meta["associated"] = meta["associated"]
+            read = canvas_reader(src, glass)
+            with _progress(progress, f"compress {input_path.name}", len(grid)) as advance:
+                for tx, ty, lat in encode_tiles(read, grid, coder, glass if skip_glass else None):
+                    writer.write_tile(tx, ty, lat)
+                    advance(1)
+            n_glass = int((writer.state == 2).sum())
+            writer.meta["tiles"] = {"total": len(grid), "glass": n_glass}
+            final = writer.finish(overwrite)
+        except BaseException:
+            writer.abort()
+            raise
+    return CompressResult(final, len(grid), n_glass, time.time() - t0, store_size(final), W * H)
+
+
+def decompress(store_path: str | Path, output: str | Path, tile: int = 256, compression: str = "jpeg",
+               quality: int = 90, region: tuple[int, int, int, int] | None = None, overwrite: bool = False,
+               device: str = "auto", batch_size: int = 4, progress: bool = False,
+               model_dir: Path | None = None) -> Path:
+    """Decode a store (or a region of it) to a tiled pyramidal TIFF."""
+    from wsicodec.tiff import write_pyramid
+
+    output = Path(output)
+    if output.exists() and not overwrite:
+        raise StoreError(f"{output}: already exists (use --overwrite to replace it)")
+    with WsiStore(store_path, device=device, batch_size=batch_size, model_dir=model_dir) as store:
+        W, H = store.dimensions
+        x, y, w, h = region if region else (0, 0, W, H)
+        if w <= 0 or h <= 0 or x < 0 or y < 0 or x + w > W or y + h > H:
+            raise StoreError(f"{store_path}: region {x} {y} {w} {h} is not inside the slide ({W}x{H})")
+        with _progress(progress, f"decompress {Path(store_path).name}",
+                       len(store.grid.tiles_touching(x, y, w, h))) as advance:
+            write_pyramid(store, output, (x, y, w, h), tile=tile, compression=compression,
+                          quality=quality, advance=advance)
+    return output

@@ -1,0 +1,216 @@
+"""Open any input: a whole-slide image OpenSlide reads, or a plain RGB(A) image file.
+
+``open_input(path)`` gives a :class:`SlideSource` with the level-0 geometry, the metadata a store
+keeps, and ``read_rgb`` returning opaque uint8 RGB (transparent pixels become the slide's
+background colour).
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+#: Largest accepted level-0 side, checked before any pixel is allocated.
+MAX_SIDE = 1 << 20
+#: Largest plain image (not a tiled slide) decoded into memory at once.
+MAX_IMAGE_PIXELS = 1 << 30
+
+
+class SlideError(Exception):
+    """An input that cannot be used; the message names the file and the problem."""
+
+    def __init__(self, path: str | os.PathLike, problem: str):
+        self.path = str(path)
+        self.problem = problem
+        super().__init__(f"{path}: {problem}")
+
+
+def _parse_colour(hex_colour: str | None) -> tuple[int, int, int]:
+    try:
+        v = int(str(hex_colour), 16)
+        return ((v >> 16) & 255, (v >> 8) & 255, v & 255)
+    except (TypeError, ValueError):
+        return (255, 255, 255)
+
+
+def _float_or_none(value: Any) -> float | None:
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        return None
+
+
+def flatten_rgba(rgba: np.ndarray, background: tuple[int, int, int]) -> np.ndarray:
+    """Composite straight-alpha RGBA (or pass through RGB / grey) onto the background colour."""
+    if rgba.ndim == 2:
+        rgba = np.repeat(rgba[:, :, None], 3, axis=2)
+    if rgba.shape[2] == 2:  # grey + alpha
+        rgba = np.concatenate([np.repeat(rgba[:, :, :1], 3, axis=2), rgba[:, :, 1:]], axis=2)
+    if rgba.shape[2] == 3:
+        return np.ascontiguousarray(rgba, dtype=np.uint8)
+    alpha = rgba[:, :, 3:4].astype(np.uint16)
+    if alpha.min() == 255:
+        return np.ascontiguousarray(rgba[:, :, :3])
+    bg = np.array(background, dtype=np.uint16)
+    out = (rgba[:, :, :3].astype(np.uint16) * alpha + bg * (255 - alpha) + 127) // 255
+    return out.astype(np.uint8)
+
+
+class SlideSource:
+    """Level 0 of one input, with the metadata a store keeps."""
+
+    is_image = False
+
+    def __init__(self, path: Path):
+        self.path = Path(path)
+        self.file_size = self.path.stat().st_size
+        self.dimensions: tuple[int, int] = (0, 0)
+        self.vendor: str = ""
+        self.properties: dict[str, str] = {}
+        self.background: tuple[int, int, int] = (255, 255, 255)
+
+    @property
+    def mpp(self) -> tuple[float | None, float | None]:
+        return (
+            _float_or_none(self.properties.get("openslide.mpp-x")),
+            _float_or_none(self.properties.get("openslide.mpp-y")),
+        )
+
+    @property
+    def objective_power(self) -> float | None:
+        return _float_or_none(self.properties.get("openslide.objective-power"))
+
+    @property
+    def associated_images(self) -> dict[str, np.ndarray]:
+        return {}
+
+    def _check_dimensions(self) -> None:
+        w, h = self.dimensions
+        if not (0 < w <= MAX_SIDE and 0 < h <= MAX_SIDE):
+            raise SlideError(self.path, f"level-0 size {w}x{h} is outside 1..{MAX_SIDE} pixels per side")
+
+    def read_rgb(self, x: int, y: int, w: int, h: int) -> np.ndarray:
+        raise NotImplementedError
+
+    def thumbnail(self, max_size: int = 1024) -> np.ndarray:
+        """A small RGB overview whose longer side is at most ``max_size``."""
+        raise NotImplementedError
+
+    def close(self) -> None:
+        pass
+
+    def __enter__(self) -> "SlideSource":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+class OpenSlideSource(SlideSource):
+    def __init__(self, path: Path):
+        import openslide
+
+        super().__init__(path)
+        try:
+            self._slide = openslide.OpenSlide(str(path))
+        except Exception as e:  # OpenSlideError, OpenSlideUnsupportedFormatError, OSError
+            raise SlideError(path, f"OpenSlide cannot open it ({_short(e)})") from None
+        self.dimensions = tuple(int(v) for v in self._slide.dimensions)
+        self._check_dimensions()
+        self.properties = {str(k): str(v) for k, v in self._slide.properties.items()}
+        self.vendor = self.properties.get("openslide.vendor", "")
+        self.background = _parse_colour(self.properties.get("openslide.background-color"))
+
+    @property
+    def associated_images(self) -> dict[str, np.ndarray]:
+        out = {}
+        for name, im in self._slide.associated_images.items():
+            out[name] = flatten_rgba(np.asarray(im), self.background)
+        return out
+
+    def read_rgb(self, x: int, y: int, w: int, h: int) -> np.ndarray:
+        try:
+            region = self._slide.read_region((int(x), int(y)), 0, (int(w), int(h)))
+        except Exception as e:
+            raise SlideError(self.path, f"cannot read pixels at ({x}, {y}) ({_short(e)})") from None
+        return flatten_rgba(np.asarray(region), self.background)
+
+    def thumbnail(self, max_size: int = 1024) -> np.ndarray:
+        try:
+            im = self._slide.get_thumbnail((max_size, max_size))
+        except Exception as e:
+            raise SlideError(self.path, f"cannot read a thumbnail ({_short(e)})") from None
+        return flatten_rgba(np.asarray(im), self.background)
+
+    def close(self) -> None:
+        self._slide.close()
+
+
+class ImageSource(SlideSource):
+    """A plain PNG / JPEG / TIFF / WebP / BMP image, decoded once into memory."""
+
+    is_image = True
+
+    def __init__(self, path: Path):
+        from PIL import Image
+
+        super().__init__(path)
+        Image.MAX_IMAGE_PIXELS = MAX_IMAGE_PIXELS
+        try:
+            with Image.open(path) as im:
+                self.dimensions = (int(im.width), int(im.height))
+                self._check_dimensions()
+                self.vendor = f"image/{(im.format or 'unknown').lower()}"
+                mode = "RGBA" if ("A" in im.mode or "transparency" in im.info) else "RGB"
+                pixels = np.asarray(im.convert(mode))
+        except SlideError:
+            raise
+        except Image.DecompressionBombError:
+            raise SlideError(path, f"image larger than {MAX_IMAGE_PIXELS} pixels") from None
+        except Exception as e:
+            raise SlideError(path, f"not a slide or image that can be read ({_short(e)})") from None
+        self._pixels = flatten_rgba(pixels, self.background)
+        self.properties = {"wsicodec.source-format": self.vendor}
+
+    def read_rgb(self, x: int, y: int, w: int, h: int) -> np.ndarray:
+        W, H = self.dimensions
+        out = np.empty((h, w, 3), np.uint8)
+        out[:] = self.background
+        x0, y0, x1, y1 = max(x, 0), max(y, 0), min(x + w, W), min(y + h, H)
+        if x1 > x0 and y1 > y0:
+            out[y0 - y : y1 - y, x0 - x : x1 - x] = self._pixels[y0:y1, x0:x1]
+        return out
+
+    def thumbnail(self, max_size: int = 1024) -> np.ndarray:
+        from PIL import Image
+
+        im = Image.fromarray(self._pixels)
+        im.thumbnail((max_size, max_size), Image.Resampling.BOX)
+        return np.asarray(im)
+
+
+def _short(e: BaseException) -> str:
+    text = str(e).strip().splitlines()
+    return text[0] if text else type(e).__name__
+
+
+def open_input(path: str | os.PathLike) -> SlideSource:
+    """Open a slide (any format OpenSlide reads) or a plain image; raises :class:`SlideError`."""
+    path = Path(path)
+    if not path.exists():
+        raise SlideError(path, "no such file")
+    if path.is_dir():
+        raise SlideError(path, "is a folder, not a slide or image")
+    if path.stat().st_size == 0:
+        raise SlideError(path, "empty file")
+    import openslide
+
+    try:
+        fmt = openslide.OpenSlide.detect_format(str(path))
+    except Exception:
+        fmt = None
+    if fmt is not None:
+        return OpenSlideSource(path)
+    return ImageSource(path)

@@ -1,0 +1,108 @@
+"""Pyramidal tiled TIFF output that OpenSlide (generic-tiff), QuPath and tifffile read: level 0
+first, then each level 4x smaller down to <= 1024 px, as consecutive tiled pages, with the
+resolution tags in pixels per centimetre so ``openslide.mpp-x/y`` come out right."""
+from __future__ import annotations
+
+import math
+import os
+import tempfile
+from pathlib import Path
+from typing import Callable, Iterator
+
+import numpy as np
+
+from wsicodec.store import StoreError, pyramid_downsamples
+
+COMPRESSIONS = {"jpeg": "jpeg", "deflate": "zlib", "zstd": "zstd", "none": None}
+
+
+def _downsample(band: np.ndarray, f: int) -> np.ndarray:
+    """Area-average by ``f`` (edges padded by replication)."""
+    h, w = band.shape[:2]
+    H, W = math.ceil(h / f) * f, math.ceil(w / f) * f
+    if (H, W) != (h, w):
+        band = np.pad(band, ((0, H - h), (0, W - w), (0, 0)), mode="edge")
+    return band.reshape(H // f, f, W // f, f, 3).mean(axis=(1, 3)).round().astype(np.uint8)
+
+
+def _tiles_of(image_rows: Iterator[np.ndarray], width: int, tile: int) -> Iterator[np.ndarray]:
+    """Cut row bands (each ``tile`` rows high, the last maybe fewer) into tiles for tifffile."""
+    for band in image_rows:
+        h = band.shape[0]
+        for x in range(0, width, tile):
+            t = np.zeros((tile, tile, 3), np.uint8)
+            part = band[:, x : x + tile]
+            t[:h, : part.shape[1]] = part
+            yield t
+
+
+def write_pyramid(store, output: Path, region: tuple[int, int, int, int], tile: int = 256,
+                  compression: str = "jpeg", quality: int = 90,
+                  advance: Callable[[int], None] = lambda n=1: None) -> None:
+    import tifffile
+
+    if compression not in COMPRESSIONS:
+        raise StoreError(f"unknown TIFF compression {compression!r} (jpeg, deflate, zstd or none)")
+    if tile % 16 or tile < 16:
+        raise StoreError(f"TIFF tile size {tile} must be a multiple of 16")
+    if not 1 <= quality <= 100:
+        raise StoreError(f"--quality {quality} must be within 1..100")
+    x, y, w, h = region
+    downs = pyramid_downsamples(w, h)
+    f = 4
+    mpp = store.meta.get("mpp") or [None, None]
+    comp = COMPRESSIONS[compression]
+    cargs = {"compression": comp}
+    if comp == "jpeg":
+        cargs["compressionargs"] = {"level": quality}
+    elif comp in ("zlib", "zstd"):
+        cargs["compressionargs"] = {"level": 6 if comp == "zlib" else 9}
+    res = {}
+    if mpp[0] and mpp[1]:
+        res = {"resolution": (1e4 / float(mpp[0]), 1e4 / float(mpp[1])), "resolutionunit": "CENTIMETER"}
+    band_h = max(tile, store.grid.tile) // tile * tile
+    output = Path(output)
+    tmpdir = tempfile.mkdtemp(prefix=f".{output.name}.", dir=output.parent)
+    tmp_tif = Path(tmpdir) / output.name
+    lvl1 = None
+    try:
+        if len(downs) > 1:
+            lvl1 = np.lib.format.open_memmap(Path(tmpdir) / "level1.npy", mode="w+", dtype=np.uint8,
+                                             shape=(math.ceil(h / f), math.ceil(w / f), 3))
+        touched: set = set()
+
+        def level0_rows() -> Iterator[np.ndarray]:
+            for by in range(0, h, band_h):
+                bh = min(band_h, h - by)
+                tiles = store.grid.tiles_touching(x, y + by, w, bh)
+                band = store.read_level0(x, y + by, w, bh)
+                new = [t for t in tiles if t not in touched]
+                touched.update(new)
+                advance(len(new))
+                if lvl1 is not None:
+                    lvl1[by // f : (by + bh + f - 1) // f] = _downsample(band, f)
+                for r in range(0, bh, tile):
+                    yield band[r : r + tile]
+
+        desc = f"wsicodec {store.meta.get('wsicodec_version', '')} from {Path(store.path).name}"
+        with tifffile.TiffWriter(tmp_tif, bigtiff=w * h * 3 > 2**31) as tif:
+            tif.write(_tiles_of(level0_rows(), w, tile), shape=(h, w, 3), dtype=np.uint8, tile=(tile, tile),
+                      photometric="rgb", description=desc, metadata=None, **cargs, **res)
+            level = lvl1
+            for i, d in enumerate(downs[1:], start=1):
+                if i > 1:
+                    level = _downsample(np.asarray(level), f)
+                lh, lw = level.shape[:2]
+                lres = {}
+                if res:
+                    lres = {"resolution": (res["resolution"][0] / d, res["resolution"][1] / d),
+                            "resolutionunit": "CENTIMETER"}
+                rows = (level[r : r + tile] for r in range(0, lh, tile))
+                tif.write(_tiles_of(rows, lw, tile), shape=(lh, lw, 3), dtype=np.uint8, tile=(tile, tile),
+                          photometric="rgb", subfiletype=1, metadata=None, **cargs, **lres)
+        del lvl1
+        os.replace(tmp_tif, output)
+    finally:
+        for p in Path(tmpdir).glob("*"):
+            p.unlink()
+        os.rmdir(tmpdir)

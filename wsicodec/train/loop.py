@@ -1,0 +1,274 @@
+"""The training loop of Fischer et al. 2023 (sections 2.3, 3.2):
+
+    L = λ·255²·MSE + bpp + ψ·‖C(x) − C(x̂)‖²
+
+with additive-noise quantization (compressai's training mode), the entropy bottleneck's auxiliary
+loss on its own optimizer, Adam, learning rate reduced on plateau, gradient clipping, checkpoints
+every few minutes and on Ctrl-C, exact ``--resume``, and validation on real entropy-coded bits.
+"""
+from __future__ import annotations
+
+import csv
+import json
+import math
+import os
+import random
+import signal
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+from torch import nn
+
+from wsicodec.models import ModelCard, build_model, save_model
+from wsicodec.train.data import CropSampler, find_inputs, load_rgb
+
+
+@dataclass
+class TrainConfig:
+    data: list[str]
+    out: str
+    architecture: str = "bmshj2018-factorized"
+    N: int = 64
+    M: int = 96
+    lmbda: float = 0.013
+    psi: list[float] = field(default_factory=lambda: [0.5, 0.7])
+    psi_switch: float = 0.5          # fraction of the steps after which ψ takes its second value
+    feature_net: str = "none"        # none | stlpips | ciga:<checkpoint path>
+    patch: int = 128
+    batch: int = 8
+    steps: int = 100_000
+    lr: float = 1e-3
+    aux_lr: float = 1e-3
+    clip: float = 1.0
+    plateau_patience: int = 5        # validations without improvement before lr /= 2
+    min_lr: float = 1e-5
+    val: list[str] = field(default_factory=list)
+    val_every: int = 2000
+    val_crop: int = 256
+    checkpoint_minutes: float = 5.0
+    seed: int = 0
+    threads: int = 0
+    init_from: str = ""              # fine-tune from another checkpoint's weights
+    stain_jitter: float = 0.05
+    colour_jitter: float = 0.05
+
+    def psi_at(self, step: int) -> float:
+        if self.feature_net == "none" or not self.psi:
+            return 0.0
+        return self.psi[0] if step < self.psi_switch * self.steps or len(self.psi) == 1 else self.psi[1]
+
+
+def _rd_loss(model: nn.Module, x: torch.Tensor, lmbda: float, psi: float,
+             feature: Callable[[torch.Tensor], torch.Tensor] | None) -> dict[str, torch.Tensor]:
+    out = model(x)
+    n_pix = x.shape[0] * x.shape[2] * x.shape[3]
+    bpp = sum(torch.log(lk).sum() for lk in out["likelihoods"].values()) / (-math.log(2) * n_pix)
+    x_hat = out["x_hat"]
+    mse = torch.mean((x_hat - x) ** 2)
+    loss = lmbda * 255**2 * mse + bpp
+    feat = torch.zeros((), device=x.device)
+    if feature is not None and psi > 0:
+        feat = torch.mean((feature(x) - feature(x_hat.clamp(0, 1))) ** 2)
+        loss = loss + psi * feat
+    return {"loss": loss, "bpp": bpp, "mse": mse, "feat": feat}
+
+
+def _val_images(paths: list[str], crop: int) -> list[torch.Tensor]:
+    out = []
+    for p in find_inputs(paths):
+        for im in load_rgb(p):
+            h, w = im.shape[:2]
+            c = min(crop, h, w) // 64 * 64
+            y, x = (h - c) // 2, (w - c) // 2
+            t = torch.from_numpy(np.ascontiguousarray(im[y : y + c, x : x + c])).float() / 255
+            out.append(t.permute(2, 0, 1)[None])
+    return out
+
+
+@torch.no_grad()
+def validate(model: nn.Module, images: list[torch.Tensor]) -> dict[str, float]:
+    """Real entropy-coded bits (model.compress) and PSNR / MS-SSIM of the decoded crops."""
+    from pytorch_msssim import ms_ssim
+
+    was_training = model.training
+    model.eval()
+    model.update(force=True)
+    bits = pixels = 0
+    psnrs, ssims = [], []
+    for x in images:
+        enc = model.compress(x)
+        bits += 8 * sum(len(s[0]) for s in enc["strings"])
+        pixels += x.shape[2] * x.shape[3]
+        x_hat = model.decompress(enc["strings"], enc["shape"])["x_hat"].clamp(0, 1)
+        x8, y8 = (x * 255).round(), (x_hat * 255).round()
+        mse = torch.mean((x8 - y8) ** 2).item()
+        psnrs.append(10 * math.log10(255**2 / max(mse, 1e-10)))
+        ssims.append(ms_ssim(x8, y8, data_range=255).item() if min(x.shape[2:]) >= 161 else float("nan"))
+    model.train(was_training)
+    return {"bpp": bits / max(pixels, 1), "psnr": float(np.mean(psnrs)), "ms_ssim": float(np.nanmean(ssims))}
+
+
+class Trainer:
+    def __init__(self, cfg: TrainConfig, log: Callable[[str], None] = print):
+        self.cfg = cfg
+        self.log = log
+        self.out = Path(cfg.out)
+        self.out.mkdir(parents=True, exist_ok=True)
+        if cfg.threads:
+            torch.set_num_threads(cfg.threads)
+        torch.manual_seed(cfg.seed)
+        random.seed(cfg.seed)
+        self.model = build_model(cfg.architecture, N=cfg.N, M=cfg.M)
+        params = {n for n, p in self.model.named_parameters() if not n.endswith(".quantiles")}
+        named = dict(self.model.named_parameters())
+        self.opt = torch.optim.Adam([named[n] for n in sorted(params)], lr=cfg.lr)
+        self.aux_opt = torch.optim.Adam([named[n] for n in named if n.endswith(".quantiles")], lr=cfg.aux_lr)
+        self.sched = torch.optim.lr_scheduler.ReduceLROnPlateau(
+            self.opt, mode="min", factor=0.5, patience=cfg.plateau_patience, min_lr=cfg.min_lr
+        )
+        self.step = 0
+        self.best = float("inf")
+        images = [im for p in find_inputs(cfg.data) for im in load_rgb(p)]
+        self.sampler = CropSampler(images, cfg.patch, cfg.seed, cfg.stain_jitter, cfg.colour_jitter)
+        self.val = _val_images(cfg.val, cfg.val_crop) if cfg.val else []
+        from wsicodec.train.features import feature_network
+
+        self.feature = feature_network(cfg.feature_net)
+        self._stop = False
+
+    # -- checkpoints -------------------------------------------------------------------------
+    @property
+    def ckpt_path(self) -> Path:
+        return self.out / "checkpoint.pt"
+
+    def state(self) -> dict:
+        return {
+            "config": asdict(self.cfg),
+            "step": self.step,
+            "best": self.best,
+            "model": self.model.state_dict(),
+            "opt": self.opt.state_dict(),
+            "aux_opt": self.aux_opt.state_dict(),
+            "sched": self.sched.state_dict(),
+            "sampler": self.sampler.state(),
+            "torch_rng": torch.get_rng_state(),
+        }
+
+    def save(self) -> None:
+        tmp = self.ckpt_path.with_suffix(".tmp")
+        torch.save(self.state(), tmp)
+        os.replace(tmp, self.ckpt_path)
+
+    def resume(self, path: Path | None = None) -> None:
+        st = torch.load(path or self.ckpt_path, map_location="cpu", weights_only=False)
+        self.model.load_state_dict(st["model"])
+        self.opt.load_state_dict(st["opt"])
+        self.aux_opt.load_state_dict(st["aux_opt"])
+        self.sched.load_state_dict(st["sched"])
+        self.sampler.set_state(st["sampler"])
+        torch.set_rng_state(st["torch_rng"])
+        self.step = st["step"]
+        self.best = st["best"]
+
+    def init_weights_from(self, path: Path) -> None:
+        st = torch.load(path, map_location="cpu", weights_only=False)
+        self.model.load_state_dict(st["model"] if "model" in st else st)
+
+    # -- loop --------------------------------------------------------------------------------
+    def _log_row(self, name: str, row: dict) -> None:
+        path = self.out / name
+        new = not path.exists()
+        with open(path, "a", newline="") as f:
+            w = csv.DictWriter(f, fieldnames=list(row))
+            if new:
+                w.writeheader()
+            w.writerow(row)
+
+    def train_step(self) -> dict[str, float]:
+        cfg = self.cfg
+        self.model.train()
+        x = self.sampler.batch(cfg.batch)
+        self.opt.zero_grad(set_to_none=True)
+        self.aux_opt.zero_grad(set_to_none=True)
+        terms = _rd_loss(self.model, x, cfg.lmbda, cfg.psi_at(self.step), self.feature)
+        terms["loss"].backward()
+        if cfg.clip > 0:
+            torch.nn.utils.clip_grad_norm_(
+                [p for g in self.opt.param_groups for p in g["params"]], cfg.clip
+            )
+        self.opt.step()
+        aux = self.model.aux_loss()
+        aux.backward()
+        self.aux_opt.step()
+        self.step += 1
+        return {k: float(v) for k, v in terms.items()} | {"aux": float(aux)}
+
+    def run(self, max_steps: int | None = None) -> None:
+        cfg = self.cfg
+        target = min(cfg.steps, self.step + max_steps) if max_steps else cfg.steps
+        old = signal.getsignal(signal.SIGINT)
+
+        def stop(*_):
+            self._stop = True
+
+        signal.signal(signal.SIGINT, stop)
+        signal.signal(signal.SIGTERM, stop)
+        last_ckpt = t_log = time.time()
+        acc: dict[str, float] = {}
+        n = 0
+        try:
+            while self.step < target and not self._stop:
+                terms = self.train_step()
+                for k, v in terms.items():
+                    acc[k] = acc.get(k, 0.0) + v
+                n += 1
+                if self.step % 100 == 0:
+                    now = time.time()
+                    row = {"step": self.step, **{k: round(v / n, 6) for k, v in acc.items()},
+                           "lr": self.opt.param_groups[0]["lr"], "s_per_step": round((now - t_log) / n, 4),
+                           "time": round(now)}
+                    self._log_row("train_log.csv", row)
+                    self.log(json.dumps(row))
+                    acc, n, t_log = {}, 0, now
+                if self.val and self.step % cfg.val_every == 0:
+                    self.validate_and_schedule()
+                if time.time() - last_ckpt > cfg.checkpoint_minutes * 60:
+                    self.save()
+                    last_ckpt = time.time()
+        finally:
+            self.save()
+            signal.signal(signal.SIGINT, old)
+
+    def validate_and_schedule(self) -> dict[str, float]:
+        v = validate(self.model, self.val)
+        # rate-distortion objective on real bits, in the training loss's units
+        obj = self.cfg.lmbda * 255**2 * (255**2 / 10 ** (v["psnr"] / 10)) / 255**2 + v["bpp"]
+        self.sched.step(obj)
+        if obj < self.best:
+            self.best = obj
+            torch.save(self.model.state_dict(), self.out / "best_model.pt")
+        row = {"step": self.step, **{k: round(x, 5) for k, x in v.items()}, "objective": round(obj, 5),
+               "lr": self.opt.param_groups[0]["lr"], "time": round(time.time())}
+        self._log_row("val_log.csv", row)
+        self.log("val " + json.dumps(row))
+        return v
+
+    def export(self, name: str, directory: Path, data_desc: str = "", use_best: bool = True) -> ModelCard:
+        cfg = self.cfg
+        model = build_model(cfg.architecture, N=cfg.N, M=cfg.M)
+        best = self.out / "best_model.pt"
+        src = best if (use_best and best.exists()) else None
+        model.load_state_dict(torch.load(src, map_location="cpu") if src else self.model.state_dict())
+        v = validate(model, self.val) if self.val else {}
+        card = ModelCard(
+            name=name, architecture=cfg.architecture, params={"N": cfg.N, "M": cfg.M},
+            lmbda=cfg.lmbda, psi=cfg.psi_at(self.step), feature_net=cfg.feature_net, steps=self.step,
+            data=data_desc or ", ".join(cfg.data),
+            validation={**{k: round(x, 4) for k, x in v.items()}, "set": ", ".join(cfg.val),
+                        "crop": cfg.val_crop},
+        )
+        return save_model(model, card, directory)
