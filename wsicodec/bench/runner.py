@@ -1,0 +1,396 @@
+"""``run_benchmark``: sample the test images, run every codec's sweep, measure every metric, and
+write ``results.csv``, ``summary.json``, one rate–distortion PNG per metric and ``report.md``
+(BD-rate table and bpp-at-target table), printing the same tables in the terminal."""
+from __future__ import annotations
+
+import csv
+import json
+import math
+import platform
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterable, Sequence
+
+import numpy as np
+
+from wsicodec.bench.codecs import ALL_CODECS, CLASSICAL, Codec, make_codec
+from wsicodec.bench.metrics import ALL_METRICS, HIGHER_IS_BETTER, LABELS, PSNR_CAP, MetricSet
+from wsicodec.bench.rd import average_curves, bd_rate, curve, is_monotone, rate_at_quality
+
+CSV_COLUMNS = ["image", "codec", "setting", "bytes", "pixels", "bpp", "psnr", "ms_ssim", "lpips", "st_lpips",
+               "encode_mpix_s", "decode_mpix_s"]
+#: quality targets of the "bpp needed" table: (metric, target)
+TARGETS = (("ms_ssim", 0.99), ("psnr", 38.0))
+#: a sweep may lose this much quality from one setting to the next and still count as monotone
+#: (PSNR in dB, MS-SSIM and LPIPS in their units); larger drops are reported.
+MONOTONE_TOL = {"psnr": 0.05, "ms_ssim": 0.0005, "lpips": 0.002, "st_lpips": 0.002}
+
+
+@dataclass
+class TestImage:
+    name: str
+    rgb: np.ndarray
+    source: str
+
+
+def _parse_list(value: str | Sequence[str] | None, known: Sequence[str], what: str) -> list[str] | None:
+    if value is None:
+        return None
+    items = value.split(",") if isinstance(value, str) else [v for part in value for v in str(part).split(",")]
+    items = [i.strip() for i in items if i.strip()]
+    for i in items:
+        if i not in known:
+            raise ValueError(f"unknown {what} {i!r} (known: {', '.join(known)})")
+    return list(dict.fromkeys(items))
+
+
+def collect_images(inputs: Sequence[str | Path], tiles: int = 8, tile_size: int = 512, seed: int = 0,
+                   notes: list[str] | None = None) -> list[TestImage]:
+    """The test images: every image file whole; for every slide, ``tiles`` tissue tiles of
+    ``tile_size`` pixels sampled at level 0 with ``seed`` (full tiles preferred; all tiles if the
+    tissue detector finds none). Folders are searched for images and slides."""
+    from wsicodec.slide import open_input
+    from wsicodec.tiling import TileGrid, tissue_mask
+    from wsicodec.train.data import find_inputs
+
+    if tiles < 1 or tile_size < 16:
+        raise ValueError(f"need --tiles >= 1 and --tile-size >= 16 (got {tiles}, {tile_size})")
+    notes = notes if notes is not None else []
+    paths = find_inputs(list(inputs))
+    if not paths:
+        raise FileNotFoundError(f"{', '.join(map(str, inputs))}: no images or slides found")
+    out: list[TestImage] = []
+    used: set[str] = set()
+
+    def unique(name: str) -> str:
+        base, k = name, 2
+        while name in used:
+            name, k = f"{base}~{k}", k + 1
+        used.add(name)
+        return name
+
+    for path in paths:
+        with open_input(path) as src:
+            W, H = src.dimensions
+            if src.is_image:
+                out.append(TestImage(unique(path.stem), src.read_rgb(0, 0, W, H), str(path)))
+                continue
+            grid = TileGrid(W, H, tile_size, 1)
+            mask = tissue_mask(src, grid)
+            full = np.zeros_like(mask)
+            full[: H // tile_size, : W // tile_size] = True
+            cand = np.argwhere(mask & full)
+            if len(cand) == 0:
+                cand = np.argwhere(mask)
+            if len(cand) == 0:
+                notes.append(f"{path}: no tissue tiles found; sampling among all tiles")
+                cand = np.argwhere(np.ones_like(mask))
+            rng = np.random.default_rng(seed)
+            pick = cand[rng.permutation(len(cand))[:tiles]]
+            if len(pick) < tiles:
+                notes.append(f"{path}: only {len(pick)} tissue tiles of {tile_size} px (asked for {tiles})")
+            for ty, tx in sorted(map(tuple, pick)):
+                x, y, w, h = grid.tile_box(int(tx), int(ty))
+                out.append(TestImage(unique(f"{path.stem}@{x},{y}"), src.read_rgb(x, y, w, h), str(path)))
+    return out
+
+
+@dataclass
+class BenchResult:
+    out: Path
+    rows: list[dict]
+    summary: dict
+    files: list[Path] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+
+
+def _fmt(v: Any, digits: int = 4) -> str:
+    if v is None or (isinstance(v, float) and not math.isfinite(v)):
+        return ""
+    if isinstance(v, float):
+        return f"{v:.{digits}g}" if abs(v) < 1e-3 else f"{v:.{digits}f}".rstrip("0").rstrip(".")
+    return str(v)
+
+
+def _progress(enabled: bool, console):
+    from contextlib import nullcontext
+
+    if not enabled:
+        return nullcontext(None)
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+    return Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
+                    TimeRemainingColumn(), console=console, transient=False)
+
+
+def run_benchmark(inputs: Sequence[str | Path], out: str | Path, codecs: str | Sequence[str] | None = None,
+                  metrics: str | Sequence[str] | None = None, tiles: int = 8, tile_size: int = 512, seed: int = 0,
+                  settings: dict[str, Sequence[Any]] | None = None, model_dir: Path | None = None,
+                  device: str = "cpu", progress: bool = True, console=None) -> BenchResult:
+    """Benchmark ``codecs`` (default: all; ``wsicodec`` only if a model is shipped) on ``inputs``
+    and write the result files into ``out``. ``settings`` overrides a codec's sweep (e.g.
+    ``{"jpeg": [50, 80]}``; for ``wsicodec`` a list of model names)."""
+    from rich.console import Console
+
+    console = console or Console(quiet=not progress)
+    out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise ValueError(f"{out}: exists and is not a folder")
+    codec_names = _parse_list(codecs, ALL_CODECS, "codec")
+    metric_names = _parse_list(metrics, ALL_METRICS, "metric") or list(ALL_METRICS)
+    notes: list[str] = []
+    explicit = codec_names is not None
+    codec_names = codec_names or list(ALL_CODECS)
+    settings = settings or {}
+    for k in settings:
+        if k not in ALL_CODECS:
+            raise ValueError(f"unknown codec {k!r} in settings (known: {', '.join(ALL_CODECS)})")
+
+    images = collect_images(inputs, tiles, tile_size, seed, notes)
+    built: list[Codec] = []
+    try:
+        for name in codec_names:
+            try:
+                built.append(make_codec(name, settings.get(name), model_dir=model_dir, device=device))
+            except ValueError as e:
+                if explicit:
+                    raise
+                notes.append(f"{e}; skipped")
+        if not built:
+            raise ValueError("no codec to benchmark")
+        mset = MetricSet(tuple(metric_names))
+        for m, why in mset.unavailable().items():
+            notes.append(f"metric {m} unavailable: {why}")
+        for n in notes:
+            console.print(f"[yellow]note:[/] {n}")
+
+        rows = _measure(images, built, mset, progress, console)
+    finally:
+        for c in built:
+            c.close()
+
+    out.mkdir(parents=True, exist_ok=True)
+    summary = average_curves(rows, metric_names)
+    mono = _monotonicity(rows, [c.name for c in built if c.name in CLASSICAL], metric_names)
+    for codec, bad in mono.items():
+        for m, imgs in bad.items():
+            notes.append(f"{codec}: {m} sweep is not monotone on {len(imgs)} image(s) "
+                         f"({', '.join(imgs[:3])}{'…' if len(imgs) > 3 else ''})")
+    computable = [m for m in metric_names if m not in mset.unavailable()]
+    bd = bd_table(summary, computable)
+    need = target_table(summary)
+    meta = {
+        "images": [{"name": im.name, "source": im.source, "width": int(im.rgb.shape[1]),
+                    "height": int(im.rgb.shape[0])} for im in images],
+        "codecs": {c.name: {"settings": [str(s) for s in c.settings], "setting": c.setting_label} for c in built},
+        "metrics": metric_names, "unavailable_metrics": mset.unavailable(), "psnr_cap_db": PSNR_CAP,
+        "tiles": tiles, "tile_size": tile_size, "seed": seed,
+        "machine": {"platform": platform.platform(), "processor": platform.processor() or platform.machine(),
+                    "python": platform.python_version()},
+        "wsicodec_bytes": "entropy-coded latent chunks (files under <store>/latents/c/), store JSON metadata excluded",
+    }
+    doc = {"meta": meta, "curves": summary, "bd_rate": bd, "bpp_at_target": need, "monotone_violations": mono,
+           "notes": notes}
+    files = [_write_csv(rows, out / "results.csv")]
+    (out / "summary.json").write_text(json.dumps(_jsonable(doc), indent=2) + "\n")
+    files.append(out / "summary.json")
+    from wsicodec.bench.plots import rd_plot
+
+    for m in computable:
+        files.append(rd_plot(summary, m, out / f"rd_{m}.png"))
+    files.append(_write_report(out / "report.md", meta, summary, bd, need, notes, computable))
+    print_tables(console, bd, need, summary)
+    return BenchResult(out, rows, summary, files, notes)
+
+
+def _measure(images: list[TestImage], codecs: list[Codec], mset: MetricSet, progress: bool, console) -> list[dict]:
+    rows: list[dict] = []
+    total = len(images) * sum(len(c.settings) for c in codecs)
+    with _progress(progress, console) as bar:
+        task = bar.add_task("bench", total=total) if bar else None
+        for im in images:
+            h, w = im.rgb.shape[:2]
+            for codec in codecs:
+                for s in codec.settings:
+                    if bar:
+                        bar.update(task, description=f"{codec.name} {s} · {im.name}")
+                    coded = codec.run(im.rgb, s)
+                    m = mset(im.rgb, coded.decoded)
+                    pixels = w * h
+                    rows.append({
+                        "image": im.name, "codec": codec.name, "setting": str(s), "bytes": coded.bytes,
+                        "pixels": pixels, "bpp": 8 * coded.bytes / pixels,
+                        **{k: m.get(k) for k in ALL_METRICS},
+                        "encode_mpix_s": pixels / 1e6 / max(coded.encode_s, 1e-9),
+                        "decode_mpix_s": pixels / 1e6 / max(coded.decode_s, 1e-9),
+                    })
+                    if bar:
+                        bar.advance(task)
+    return rows
+
+
+def _monotonicity(rows: list[dict], codecs: Iterable[str], metrics: Sequence[str]) -> dict[str, dict[str, list[str]]]:
+    """Per classical codec and metric, the images whose sweep is not monotone."""
+    bad: dict[str, dict[str, list[str]]] = {}
+    for c in codecs:
+        crow = [r for r in rows if r["codec"] == c]
+        for im in dict.fromkeys(r["image"] for r in crow):
+            sweep = [r for r in crow if r["image"] == im]
+            checks = [("bytes", [r["bytes"] for r in sweep], [0] * len(sweep), True, 0.0)]
+            for m in metrics:
+                q = [r[m] for r in sweep]
+                if all(v is not None and np.isfinite(v) for v in q):
+                    checks.append((m, [r["bytes"] for r in sweep], q, HIGHER_IS_BETTER[m], MONOTONE_TOL.get(m, 0.0)))
+            for m, r, q, hib, tol in checks:
+                if not is_monotone(r, q, hib, tol):
+                    bad.setdefault(c, {}).setdefault(m, []).append(im)
+    return bad
+
+
+def bd_table(summary: dict, metrics: Sequence[str]) -> dict[str, dict[str, dict[str, float | None]]]:
+    """BD-rate (%) of every codec against every classical codec, per metric:
+    ``table[metric][codec][anchor]``; None where it cannot be computed."""
+    anchors = [c for c in summary if c in CLASSICAL]
+    table: dict = {}
+    for m in metrics:
+        table[m] = {}
+        for c in summary:
+            rc, qc = curve(summary, c, m)
+            table[m][c] = {}
+            for a in anchors:
+                ra, qa = curve(summary, a, m)
+                v = bd_rate(ra, qa, rc, qc)
+                table[m][c][a] = None if not math.isfinite(v) else v
+    return table
+
+
+def target_table(summary: dict) -> dict[str, dict[str, float | None]]:
+    """bpp each codec needs (on its averaged curve) to reach each target of :data:`TARGETS`."""
+    out: dict = {}
+    for c in summary:
+        out[c] = {}
+        for m, t in TARGETS:
+            r, q = curve(summary, c, m)
+            v = rate_at_quality(r, q, t, HIGHER_IS_BETTER[m]) if r else float("nan")
+            out[c][f"{m}>={t:g}"] = None if not math.isfinite(v) else v
+    return out
+
+
+def _jsonable(x):
+    if isinstance(x, dict):
+        return {str(k): _jsonable(v) for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+        return [_jsonable(v) for v in x]
+    if isinstance(x, (np.floating, float)):
+        return float(x) if math.isfinite(x) else None
+    if isinstance(x, np.integer):
+        return int(x)
+    return x
+
+
+def _write_csv(rows: list[dict], path: Path) -> Path:
+    with open(path, "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=CSV_COLUMNS)
+        w.writeheader()
+        for r in rows:
+            w.writerow({k: _fmt(r.get(k), 6) if isinstance(r.get(k), float) else r.get(k) for k in CSV_COLUMNS})
+    return path
+
+
+def _md_table(header: list[str], body: list[list[str]]) -> str:
+    lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
+    lines += ["| " + " | ".join(row) + " |" for row in body]
+    return "\n".join(lines)
+
+
+def _pct(v: float | None) -> str:
+    return "n/a" if v is None else f"{v:+.1f}%"
+
+
+def _bpp(v: float | None) -> str:
+    return "not reached" if v is None else f"{v:.3f}"
+
+
+def _bd_rows(bd: dict, m: str) -> tuple[list[str], list[list[str]]]:
+    codecs = list(bd[m])
+    anchors = list(next(iter(bd[m].values()), {}))
+    return ["codec \\ anchor"] + anchors, [[c] + [_pct(bd[m][c][a]) for a in anchors] for c in codecs]
+
+
+def _target_rows(need: dict) -> tuple[list[str], list[list[str]]]:
+    keys = [f"{m}>={t:g}" for m, t in TARGETS]
+    header = ["codec"] + [f"bpp for {LABELS[m]} ≥ {t:g}" for m, t in TARGETS]
+    return header, [[c] + [_bpp(need[c][k]) for k in keys] for c in need]
+
+
+def _speed_rows(summary: dict) -> tuple[list[str], list[list[str]]]:
+    rows = []
+    for c, d in summary.items():
+        enc = [p["encode_mpix_s"] for p in d["points"] if p.get("encode_mpix_s")]
+        dec = [p["decode_mpix_s"] for p in d["points"] if p.get("decode_mpix_s")]
+        rows.append([c, str(d["images"]), str(len(d["points"])),
+                     f"{np.median(enc):.2f}" if enc else "", f"{np.median(dec):.2f}" if dec else ""])
+    return ["codec", "images", "settings", "encode Mpx/s (median)", "decode Mpx/s (median)"], rows
+
+
+def print_tables(console, bd: dict, need: dict, summary: dict) -> None:
+    from rich.table import Table
+
+    def show(title: str, header: list[str], body: list[list[str]]) -> None:
+        t = Table(title=title)
+        for h in header:
+            t.add_column(h, justify="right" if h != header[0] else "left")
+        for row in body:
+            t.add_row(*row)
+        console.print(t)
+
+    for m in bd:
+        show(f"BD-rate, {LABELS[m]} (negative = fewer bits than the anchor)", *_bd_rows(bd, m))
+    show("bits per pixel needed to reach a target", *_target_rows(need))
+    show("speed", *_speed_rows(summary))
+
+
+def _write_report(path: Path, meta: dict, summary: dict, bd: dict, need: dict, notes: list[str],
+                  metrics: Sequence[str]) -> Path:
+    parts = [
+        "# wsicodec bench report", "",
+        f"Generated {time.strftime('%Y-%m-%d %H:%M:%S')} on {meta['machine']['platform']} "
+        f"({meta['machine']['processor']}), Python {meta['machine']['python']}.", "",
+        f"- Images: {len(meta['images'])} "
+        f"({sum(i['width'] * i['height'] for i in meta['images']) / 1e6:.2f} Mpx in all); slides sampled as "
+        f"{meta['tiles']} tissue tiles of {meta['tile_size']} px, seed {meta['seed']}.",
+        "- Codecs and sweeps: " + "; ".join(f"{c} ({d['setting']}: {', '.join(d['settings'])})"
+                                            for c, d in meta["codecs"].items()) + ".",
+        "- Bytes: classical codecs count their whole encoded file (headers included). wsicodec counts "
+        "its entropy-coded latent chunks (every file under `<store>/latents/c/`, each with its 20-byte "
+        "header and 4-byte CRC32C), measured from a real `wsicodec compress` of the image; the store's "
+        "JSON metadata (frozen model tables, slide properties) is constant per slide and part of the "
+        "model, so it is not counted.",
+        f"- PSNR is 8-bit RGB PSNR capped at {meta['psnr_cap_db']:g} dB; curves average each metric over "
+        "images at each codec setting (PSNR averaged in dB).",
+        "- BD-rate: Bjøntegaard delta rate (cubic fit of log-rate against quality, integrated over the "
+        "overlapping quality range); negative means fewer bits than the anchor for the same quality. "
+        "n/a: a curve with fewer than 2 points or no overlap.", "",
+    ]
+    if meta["unavailable_metrics"]:
+        for m, why in meta["unavailable_metrics"].items():
+            parts.append(f"- **{m} not computed:** {why}.")
+        parts.append("")
+    for m in metrics:
+        parts += [f"## BD-rate, {LABELS[m]}", "", _md_table(*_bd_rows(bd, m)), "",
+                  f"![{m}](rd_{m}.png)", ""]
+    parts += ["## Bits per pixel needed to reach a target", "", _md_table(*_target_rows(need)), "",
+              "## Speed", "", _md_table(*_speed_rows(summary)), "",
+              "Speeds are wall-clock, single process; wsicodec's include loading the model and writing / "
+              "reading the Zarr store.", ""]
+    parts += ["## Averaged curves", ""]
+    for c, d in summary.items():
+        header = ["setting", "bpp"] + [m for m in metrics] + ["enc Mpx/s", "dec Mpx/s"]
+        body = [[p["setting"], f"{p['bpp']:.4f}"] + [_fmt(p.get(m)) for m in metrics]
+                + [_fmt(p.get("encode_mpix_s"), 3), _fmt(p.get("decode_mpix_s"), 3)] for p in d["points"]]
+        parts += [f"### {c}", "", _md_table(header, body), ""]
+    if notes:
+        parts += ["## Notes", ""] + [f"- {n}" for n in notes] + [""]
+    path.write_text("\n".join(parts))
+    return path
