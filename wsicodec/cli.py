@@ -139,13 +139,21 @@ def models(as_json):
     default = default_model_name() if cards else ""
     t = Table(title="shipped models")
     for col in ("name", "architecture", "N/M", "λ", "steps", "val bpp", "val PSNR", "val MS-SSIM"):
-        t.add_column(col)
+        t.add_column(col, no_wrap=col == "name")
     for c in cards:
         v = c.validation
         t.add_row(c.name + (" (default)" if c.name == default else ""), c.architecture,
                   f"{c.params.get('N')}/{c.params.get('M')}", str(c.lmbda), str(c.steps),
                   str(v.get("bpp", "")), str(v.get("psnr", "")), str(v.get("ms_ssim", "")))
     Console().print(t)
+
+
+@main.command()
+def example():
+    """Print the path of the bundled example slide (CMU-1-Small-Region.svs, CC0)."""
+    from importlib import resources
+
+    click.echo(str(resources.files("wsicodec.examples") / "CMU-1-Small-Region.svs"))
 
 
 def _register_optional() -> None:

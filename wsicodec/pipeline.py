@@ -133,6 +133,7 @@ def decompress(store_path: str | Path, output: str | Path, tile: int = 256, comp
         raise StoreError(f"{output}: already exists (use --overwrite to replace it)")
     with WsiStore(store_path, device=device, batch_size=batch_size, model_dir=model_dir) as store:
         W, H = store.dimensions
+        store.coder  # load and verify the model before any output starts
         x, y, w, h = region if region else (0, 0, W, H)
         if w <= 0 or h <= 0 or x < 0 or y < 0 or x + w > W or y + h > H:
             raise StoreError(f"{store_path}: region {x} {y} {w} {h} is not inside the slide ({W}x{H})")

@@ -75,6 +75,7 @@ class StoreWriter:
             "latents", shape=(tables.channels, rows, cols), chunks=(tables.channels, c, c), dtype="int16",
             fill_value=0, serializer=ZarrLatentCodec(tables=tables.to_config()),
             compressors=[Crc32cCodec()], dimension_names=["channel", "y", "x"],
+            config={"write_empty_chunks": True},  # every coded tile has its chunk, even all-zero
         )
         self.tiles = self.group.create_array(
             "tiles", shape=(grid.tiles_y, grid.tiles_x), chunks=(grid.tiles_y, grid.tiles_x), dtype="uint8",

@@ -144,7 +144,11 @@ class LPIPS(_Perceptual):
         import lpips
         import torch
 
-        net = lpips.LPIPS(net="alex", pretrained=True, pnet_rand=True, verbose=False)
+        import warnings
+
+        with warnings.catch_warnings():  # torchvision's deprecation notice for ``pretrained=``
+            warnings.simplefilter("ignore", UserWarning)
+            net = lpips.LPIPS(net="alex", pretrained=True, pnet_rand=True, verbose=False)
         # pnet_rand=True builds the trunk without torchvision fetching it; load the cached weights.
         state = torch.load(weights, map_location="cpu", weights_only=True)
         feats = {k[len("features."):]: v for k, v in state.items() if k.startswith("features.")}

@@ -174,6 +174,14 @@ class Trainer:
         self.step = st["step"]
         self.best = st["best"]
 
+    @classmethod
+    def from_checkpoint(cls, run_dir: Path, **overrides) -> "Trainer":
+        """The trainer of a run folder, restored from its checkpoint."""
+        st = torch.load(Path(run_dir) / "checkpoint.pt", map_location="cpu", weights_only=False)
+        t = cls(TrainConfig(**{**st["config"], **overrides}))
+        t.resume(Path(run_dir) / "checkpoint.pt")
+        return t
+
     def init_weights_from(self, path: Path) -> None:
         st = torch.load(path, map_location="cpu", weights_only=False)
         self.model.load_state_dict(st["model"] if "model" in st else st)
@@ -205,7 +213,7 @@ class Trainer:
         aux.backward()
         self.aux_opt.step()
         self.step += 1
-        return {k: float(v) for k, v in terms.items()} | {"aux": float(aux)}
+        return {k: float(v.detach()) for k, v in terms.items()} | {"aux": float(aux.detach())}
 
     def run(self, max_steps: int | None = None) -> None:
         cfg = self.cfg

@@ -1,0 +1,47 @@
+"""Shared fixtures: a tiny untrained model saved the way shipped models are, and paths to the
+shared test data (tests needing it skip when ../shared is absent)."""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED = Path(os.environ.get("WSICODEC_SHARED", REPO.parent / "shared"))
+SLIDES = SHARED / "slides"
+HISTOLOGY = SHARED / "data" / "histology"
+EXAMPLE = REPO / "wsicodec" / "examples" / "CMU-1-Small-Region.svs"
+
+
+def shared_file(*parts: str) -> Path:
+    p = SHARED.joinpath(*parts)
+    if not p.exists():
+        pytest.skip(f"shared test data {p} is not available (../shared is not checked out here)")
+    return p
+
+
+@pytest.fixture(scope="session")
+def tiny_models(tmp_path_factory) -> Path:
+    """A folder with two tiny untrained models ('tiny', 'tiny-other') and DEFAULT = tiny."""
+    from wsicodec.models import ModelCard, build_model, save_model
+
+    d = tmp_path_factory.mktemp("models")
+    for i, name in enumerate(["tiny", "tiny-other"]):
+        torch.manual_seed(i)
+        m = build_model("bmshj2018-factorized", N=8, M=8)
+        save_model(m, ModelCard(name=name, architecture="bmshj2018-factorized", params={"N": 8, "M": 8}), d)
+    (d / "DEFAULT").write_text("tiny\n")
+    return d
+
+
+@pytest.fixture()
+def he_crop() -> np.ndarray:
+    from PIL import Image
+
+    p = shared_file("data", "histology", "val", "monuseg-TCGA-49-4488-01Z-00-DX1.webp")
+    return np.asarray(Image.open(p).convert("RGB"))[:400, :368]

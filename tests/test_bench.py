@@ -1,0 +1,282 @@
+"""wsicodec bench: metrics, BD-rate, codec sweeps, the end-to-end benchmark and the distortion
+study, and both CLI forms. Small crops, short sweeps, tiny untrained models; no network."""
+from __future__ import annotations
+
+import csv
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+torch.set_num_threads(1)
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED = Path(os.environ.get("WSICODEC_SHARED", REPO.parent / "shared"))
+EXAMPLE_SLIDE = REPO / "wsicodec" / "examples" / "CMU-1-Small-Region.svs"
+HE_IMAGE = SHARED / "data" / "histology" / "val" / "crchisto-img22.webp"
+HE_IMAGE2 = SHARED / "data" / "histology" / "val" / "glas-train_22.webp"
+
+
+def _he(path: Path = HE_IMAGE) -> np.ndarray:
+    if not path.exists():
+        pytest.skip(f"shared test data {path} is not available (../shared is not checked out here)")
+    from PIL import Image
+
+    return np.asarray(Image.open(path).convert("RGB"))
+
+
+@pytest.fixture(scope="module")
+def he_crop() -> np.ndarray:
+    return np.ascontiguousarray(_he()[100:292, 60:252])  # 192 x 192 H&E
+
+
+@pytest.fixture(scope="module")
+def bench_models(tmp_path_factory) -> Path:
+    from wsicodec.models import ModelCard, build_model, save_model
+
+    d = tmp_path_factory.mktemp("bench-models")
+    for i, name in enumerate(["tiny-lo", "tiny-hi"]):
+        torch.manual_seed(i)
+        m = build_model("bmshj2018-factorized", N=8, M=8)
+        save_model(m, ModelCard(name=name, architecture="bmshj2018-factorized", params={"N": 8, "M": 8},
+                                lmbda=0.001 * (i + 1)), d)
+    return d
+
+
+# -- metrics -----------------------------------------------------------------------------------
+
+def test_identical_images_give_psnr_cap_and_ms_ssim_one():
+    from wsicodec.bench.metrics import PSNR_CAP, MetricSet, ms_ssim, psnr
+
+    rng = np.random.default_rng(0)
+    for shape in [(200, 180, 3), (64, 72, 3)]:  # the second needs a smaller MS-SSIM window
+        a = rng.integers(0, 256, shape).astype(np.uint8)
+        assert psnr(a, a) == PSNR_CAP == 100.0
+        assert ms_ssim(a, a) == 1.0
+        b = a.copy()
+        b[20:30, 20:30] = 255 - b[20:30, 20:30]
+        assert 0.5 < ms_ssim(a, b) < 1.0
+        assert 10 < psnr(a, b) < PSNR_CAP
+    m = MetricSet(("psnr", "ms_ssim", "st_lpips"))(a, a)
+    assert m["psnr"] == PSNR_CAP and m["ms_ssim"] == 1.0 and m["st_lpips"] == pytest.approx(0.0, abs=1e-6)
+
+
+def test_psnr_value_and_shape_check():
+    from wsicodec.bench.metrics import psnr
+
+    a = np.zeros((8, 8, 3), np.uint8)
+    assert psnr(a, a + 1) == pytest.approx(10 * np.log10(255 ** 2))
+    with pytest.raises(ValueError, match="shape"):
+        psnr(a, np.zeros((8, 9, 3), np.uint8))
+
+
+def test_st_lpips_loads_bundled_weights_and_ranks_distortion(he_crop):
+    from wsicodec.bench.distortions import jpeg_roundtrip
+    from wsicodec.bench.metrics import STLPIPS
+
+    m = STLPIPS()
+    assert m.available, m.reason
+    mild, strong = m(he_crop, jpeg_roundtrip(he_crop, 90)), m(he_crop, jpeg_roundtrip(he_crop, 10))
+    assert 0 < mild < strong
+
+
+def test_lpips_never_downloads(tmp_path, monkeypatch):
+    """Without cached AlexNet weights the metric is unavailable (NaN) with a reason; with them
+    (here a random stand-in) it loads from the cache."""
+    from wsicodec.bench.metrics import ALEXNET_WEIGHTS, LPIPS
+
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path))
+    monkeypatch.setattr(torch.hub, "_hub_dir", None, raising=False)
+    monkeypatch.setattr(torch.hub, "load_state_dict_from_url",
+                        lambda *a, **k: pytest.fail("LPIPS tried to download"))
+    a = np.zeros((64, 64, 3), np.uint8)
+    m = LPIPS()
+    assert not m.available and "not cached" in m.reason
+    assert np.isnan(m(a, a))
+
+    import torchvision
+
+    torch.manual_seed(0)
+    feats = torchvision.models.alexnet(weights=None).features.state_dict()
+    (tmp_path / "hub" / "checkpoints").mkdir(parents=True)
+    torch.save({f"features.{k}": v for k, v in feats.items()}, tmp_path / "hub" / "checkpoints" / ALEXNET_WEIGHTS)
+    m = LPIPS()
+    assert m.available, m.reason
+    assert m(a, a) == pytest.approx(0.0, abs=1e-6)
+
+
+# -- rate-distortion helpers ---------------------------------------------------------------------
+
+def test_bd_rate_self_is_zero_and_halved_rates_minus_50():
+    from wsicodec.bench.rd import bd_rate
+
+    r = [0.15, 0.3, 0.62, 1.1, 2.0, 3.3]
+    q = [27.0, 30.1, 33.5, 36.0, 39.2, 42.0]
+    assert bd_rate(r, q, r, q) == pytest.approx(0.0, abs=1e-9)
+    assert bd_rate(r, q, [x / 2 for x in r], q) == pytest.approx(-50.0, abs=1e-6)
+    assert bd_rate(r, q, [x * 2 for x in r], q) == pytest.approx(100.0, abs=1e-6)
+    # lower-is-better metric (LPIPS-like): same answer, direction does not matter
+    lp = [0.3, 0.2, 0.12, 0.08, 0.05, 0.03]
+    assert bd_rate(r, lp, [x / 2 for x in r], lp) == pytest.approx(-50.0, abs=1e-6)
+    # few points or no overlap: NaN
+    assert np.isnan(bd_rate(r, q, [1.0], [30.0]))
+    assert np.isnan(bd_rate(r, q, [1, 2], [50, 60]))
+
+
+def test_rate_at_quality_and_monotone():
+    from wsicodec.bench.rd import is_monotone, rate_at_quality
+
+    r, q = [0.5, 1.0, 2.0], [30.0, 34.0, 40.0]
+    assert rate_at_quality(r, q, 34.0) == 1.0
+    assert rate_at_quality(r, q, 37.0) == pytest.approx(2 ** 0.5)
+    assert np.isnan(rate_at_quality(r, q, 41.0))
+    assert rate_at_quality(r, q, 20.0) == 0.5
+    assert is_monotone(r, q) and not is_monotone(r, [30, 29, 40])
+    assert is_monotone(r, [0.3, 0.2, 0.1], higher_is_better=False)
+    assert not is_monotone([1, 0.5, 2], q)
+
+
+# -- codecs -----------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("name", ["jpeg", "webp", "jxl", "avif", "j2k"])
+def test_classical_sweep_is_monotone(name, he_crop):
+    from wsicodec.bench.codecs import make_codec
+    from wsicodec.bench.metrics import ms_ssim, psnr
+    from wsicodec.bench.runner import MONOTONE_TOL
+    from wsicodec.bench.rd import is_monotone
+
+    codec = make_codec(name)
+    assert len(codec.settings) >= 5
+    runs = [codec.run(he_crop, s) for s in codec.settings]
+    sizes = [r.bytes for r in runs]
+    assert all(np.diff(sizes) > 0), sizes
+    p = [psnr(he_crop, r.decoded) for r in runs]
+    s = [ms_ssim(he_crop, r.decoded) for r in runs]
+    assert is_monotone(sizes, p, tol=MONOTONE_TOL["psnr"]), p
+    assert is_monotone(sizes, s, tol=MONOTONE_TOL["ms_ssim"]), s
+    assert 28 < max(p) and min(p) < max(p) - 5
+
+
+def test_wsicodec_codec_counts_latent_chunks_only(he_crop, bench_models):
+    from wsicodec.bench.codecs import WsicodecCodec, wsicodec_bytes
+
+    c = WsicodecCodec(model_dir=bench_models)
+    assert c.settings == ["tiny-lo", "tiny-hi"]  # ordered by lambda
+    try:
+        r = c.run(he_crop[:150, :170], "tiny-lo")
+        store = Path(c._tmp.name) / "bench.zarr"
+        chunk_files = [f for f in (store / "latents" / "c").rglob("*") if f.is_file()]
+        assert len(chunk_files) == 1
+        assert r.bytes == wsicodec_bytes(store) == chunk_files[0].stat().st_size > 24
+        assert r.decoded.shape == (150, 170, 3) and r.decoded.dtype == np.uint8
+    finally:
+        c.close()
+
+
+# -- end to end ---------------------------------------------------------------------------------
+
+def _tiny_inputs(tmp_path: Path) -> list[Path]:
+    from PIL import Image
+
+    he = _he()
+    a, b = tmp_path / "a.png", tmp_path / "b.png"
+    Image.fromarray(he[:128, :160]).save(a)
+    Image.fromarray(_he(HE_IMAGE2)[:144, :128]).save(b)
+    return [a, b, EXAMPLE_SLIDE]
+
+
+def test_bench_end_to_end_writes_every_output(tmp_path, bench_models):
+    from wsicodec.bench.runner import CSV_COLUMNS, run_benchmark
+
+    inputs = _tiny_inputs(tmp_path)
+    out = tmp_path / "out"
+    settings = {"jpeg": [30, 80, 95], "webp": [30, 90], "jxl": [30, 90], "avif": [30, 90], "j2k": [30, 42]}
+    r = run_benchmark(inputs, out, tiles=1, tile_size=128, seed=3, settings=settings,
+                      model_dir=bench_models, progress=False)
+    names = list(dict.fromkeys(row["image"] for row in r.rows))
+    assert len(names) == 3 and names[:2] == ["a", "b"] and names[2].startswith("CMU-1-Small-Region@")
+    for f in ["results.csv", "summary.json", "report.md", "rd_psnr.png", "rd_ms_ssim.png", "rd_st_lpips.png"]:
+        assert (out / f).is_file() and (out / f).stat().st_size > 0, f
+    with open(out / "results.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert list(rows[0]) == CSV_COLUMNS
+    per_image = sum(len(v) for v in settings.values()) + 2  # + two wsicodec models
+    assert len(rows) == 3 * per_image
+    for row in rows:
+        assert int(row["bytes"]) > 0
+        assert float(row["bpp"]) == pytest.approx(8 * int(row["bytes"]) / int(row["pixels"]), rel=1e-4)
+        assert 0 < float(row["ms_ssim"]) <= 1 and float(row["psnr"]) > 0 and float(row["st_lpips"]) >= 0
+        assert float(row["encode_mpix_s"]) > 0 and float(row["decode_mpix_s"]) > 0
+    summary = json.loads((out / "summary.json").read_text())
+    assert set(summary["curves"]) == {"jpeg", "webp", "jxl", "avif", "j2k", "wsicodec"}
+    assert summary["bd_rate"]["psnr"]["jpeg"]["jpeg"] == pytest.approx(0.0, abs=1e-9)
+    assert summary["meta"]["tile_size"] == 128
+    report = (out / "report.md").read_text()
+    assert "BD-rate" in report and "MS-SSIM ≥ 0.99" in report and "PSNR (dB) ≥ 38" in report
+    assert "latents/c/" in report
+    lp = summary["meta"]["unavailable_metrics"].get("lpips")
+    if lp:  # no cached AlexNet weights: column empty, said once, no plot
+        assert all(row["lpips"] == "" for row in rows) and not (out / "rd_lpips.png").exists()
+        assert sum("lpips unavailable" in n for n in summary["notes"]) == 1
+
+
+def test_bench_rejects_unknown_codec_and_missing_input(tmp_path):
+    from wsicodec.bench.runner import run_benchmark
+
+    with pytest.raises(ValueError, match="unknown codec 'gif'"):
+        run_benchmark([EXAMPLE_SLIDE], tmp_path / "o", codecs="jpeg,gif", progress=False)
+    with pytest.raises(FileNotFoundError, match="nope.png"):
+        run_benchmark([tmp_path / "nope.png"], tmp_path / "o", codecs="jpeg", progress=False)
+
+
+def test_lab_shift_round_trip_and_size():
+    from wsicodec.bench.distortions import lab_shift, lab_to_rgb, rgb_to_lab
+
+    rng = np.random.default_rng(1)
+    a = rng.integers(0, 256, (40, 40, 3)).astype(np.uint8)
+    assert np.array_equal(lab_to_rgb(rgb_to_lab(a)), a)
+    grey = np.full((4, 4, 3), 128, np.uint8)
+    d = rgb_to_lab(lab_shift(grey, 20)) - rgb_to_lab(grey)
+    assert np.linalg.norm(d[0, 0]) == pytest.approx(20, abs=1.0) and d[0, 0, 1] > 0 and d[0, 0, 2] > 0
+
+
+# -- CLI ----------------------------------------------------------------------------------------
+
+def test_cli_bench_and_distortions(tmp_path):
+    from click.testing import CliRunner
+
+    from wsicodec.cli import main
+
+    he = _he()
+    from PIL import Image
+
+    img = tmp_path / "crop.png"
+    Image.fromarray(he[:96, :112]).save(img)
+    runner = CliRunner()
+    res = runner.invoke(main, ["bench", str(img), "--out", str(tmp_path / "rd"), "--codecs", "jpeg,webp",
+                               "--metrics", "psnr,ms_ssim", "-q"])
+    assert res.exit_code == 0, res.output
+    assert (tmp_path / "rd" / "results.csv").is_file() and (tmp_path / "rd" / "rd_psnr.png").is_file()
+    assert not (tmp_path / "rd" / "rd_st_lpips.png").exists()
+
+    res = runner.invoke(main, ["bench", "distortions", str(img), "--out", str(tmp_path / "dist"),
+                               "--metrics", "psnr,ms_ssim", "-q"])
+    assert res.exit_code == 0, res.output
+    for f in ["distortions.csv", "distortions.json", "distortions.png", "distortions_strip.png"]:
+        assert (tmp_path / "dist" / f).is_file(), f
+    doc = json.loads((tmp_path / "dist" / "distortions.json").read_text())
+    jp = doc["curves"]["jpeg"]
+    assert jp["levels"] == [90, 80, 70, 60, 50, 40, 30, 20, 10]
+    assert jp["mean"]["psnr"][0] > jp["mean"]["psnr"][-1]
+    sh = doc["curves"]["lab_shift"]
+    assert sh["levels"][0] == 0 and sh["levels"][-1] == 50 and sh["mean"]["mse"][0] == 0
+    assert sh["mean"]["ms_ssim"][0] == 1.0 and sh["mean"]["ms_ssim"][-1] < 1.0
+
+    res = runner.invoke(main, ["bench", str(tmp_path / "missing.png"), "--out", str(tmp_path / "x")])
+    assert res.exit_code == 1
+    assert "missing.png" in res.output and "Traceback" not in res.output
+    res = runner.invoke(main, ["bench", str(img), "--out", str(tmp_path / "x"), "--codecs", "gif"])
+    assert res.exit_code == 1 and "unknown codec 'gif'" in res.output

@@ -1,0 +1,103 @@
+"""The command line: the main job, info/models, and every bad input as a one-line error."""
+from __future__ import annotations
+
+import json
+import shutil
+
+import pytest
+import torch
+from click.testing import CliRunner
+
+from conftest import EXAMPLE, shared_file
+from wsicodec.cli import main
+
+
+@pytest.fixture()
+def run(tiny_models):
+    def _run(*args: str):
+        return CliRunner().invoke(main, [str(a) for a in args], env={"WSICODEC_MODELS": str(tiny_models)})
+
+    return _run
+
+
+def _one_line_error(result, *needles: str) -> None:
+    assert result.exit_code != 0
+    out = result.output.strip()
+    assert "Traceback" not in out and len(out.splitlines()) == 1, out
+    assert out.startswith("wsicodec: error:"), out
+    for n in needles:
+        assert n in out, out
+
+
+def test_compress_info_decompress(run, tmp_path):
+    store, tif = tmp_path / "s.zarr", tmp_path / "s.tif"
+    r = run("compress", EXAMPLE, store, "--quiet", "--tile", "256")
+    assert r.exit_code == 0, r.output
+    assert r.output == ""
+    r = run("info", store, "--json")
+    d = json.loads(r.output)
+    assert d["dimensions"] == [2220, 2967] and d["model"] == "tiny" and d["mpp"][0] == pytest.approx(0.499)
+    assert d["bits_per_pixel"] > 0 and d["ratio_to_source"] > 0
+    r = run("decompress", store, tif, "--compression", "zstd")
+    assert r.exit_code == 0, r.output
+    assert tif.exists() and "bytes" in r.output
+    r = run("info", EXAMPLE, "--json")
+    assert json.loads(r.output)["vendor"] == "aperio"
+    r = run("models", "--json")
+    assert {m["name"] for m in json.loads(r.output)} == {"tiny", "tiny-other"}
+    assert "tiny (default)" in run("models").output
+
+
+def test_bad_inputs_are_one_line_errors(run, tmp_path):
+    _one_line_error(run("compress", tmp_path / "nope.svs", tmp_path / "o.zarr"), "nope.svs", "no such file")
+    broken = shared_file("slides", "fixtures", "broken.svs")
+    _one_line_error(run("compress", broken, tmp_path / "o.zarr"), "broken.svs")
+    _one_line_error(run("compress", shared_file("slides", "fixtures", "unopenable.tiff"), tmp_path / "o.zarr"),
+                    "unopenable.tiff")
+    _one_line_error(run("compress", shared_file("slides", "fixtures", "unreadable.svs"), tmp_path / "o.zarr"),
+                    "unreadable.svs")
+    _one_line_error(run("compress", EXAMPLE, tmp_path / "o.zarr", "--model", "nosuch"), "unknown model", "nosuch")
+    assert not list(tmp_path.iterdir())  # nothing half-written left behind
+    (tmp_path / "exists.zarr").mkdir()
+    _one_line_error(run("compress", EXAMPLE, tmp_path / "exists.zarr"), "already exists", "--overwrite")
+    _one_line_error(run("decompress", tmp_path / "nostore.zarr", tmp_path / "o.tif"), "no such store")
+    _one_line_error(run("decompress", tmp_path / "exists.zarr", tmp_path / "o.tif"), "not a wsicodec store")
+    _one_line_error(run("info", tmp_path / "nothing"), "nothing")
+
+
+def test_store_from_another_model_is_refused(run, tiny_models, tmp_path):
+    from wsicodec.models import ModelCard, build_model, save_model
+
+    small = tmp_path / "small.png"
+    from PIL import Image
+    import numpy as np
+
+    Image.fromarray(np.full((40, 40, 3), 120, np.uint8)).save(small)
+    store = tmp_path / "s.zarr"
+    assert run("compress", small, store, "-q").exit_code == 0
+    other = tmp_path / "other-models"
+    shutil.copytree(tiny_models, other)
+    torch.manual_seed(99)
+    save_model(build_model("bmshj2018-factorized", N=8, M=8),
+               ModelCard(name="tiny", architecture="bmshj2018-factorized", params={"N": 8, "M": 8}), other)
+    r = CliRunner().invoke(main, ["decompress", str(store), str(tmp_path / "o.tif")],
+                           env={"WSICODEC_MODELS": str(other)})
+    _one_line_error(r, "different model")
+    (other / "tiny.pt").write_bytes((other / "tiny.pt").read_bytes()[:-8] + b"tampered")
+    r = CliRunner().invoke(main, ["decompress", str(store), str(tmp_path / "o.tif")],
+                           env={"WSICODEC_MODELS": str(other)})
+    _one_line_error(r, "refusing a modified model")
+    assert not (tmp_path / "o.tif").exists()
+
+
+def test_existing_tiff_needs_overwrite(run, tmp_path):
+    from PIL import Image
+    import numpy as np
+
+    Image.fromarray(np.full((40, 40, 3), 120, np.uint8)).save(tmp_path / "a.png")
+    assert run("compress", tmp_path / "a.png", tmp_path / "a.zarr", "-q").exit_code == 0
+    (tmp_path / "a.tif").write_bytes(b"x")
+    _one_line_error(run("decompress", tmp_path / "a.zarr", tmp_path / "a.tif", "-q"), "already exists")
+    assert run("decompress", tmp_path / "a.zarr", tmp_path / "a.tif", "-q", "--overwrite").exit_code == 0
+    _one_line_error(run("decompress", tmp_path / "a.zarr", tmp_path / "b.tif", "--region", "0", "0", "99", "9"),
+                    "not inside the slide")

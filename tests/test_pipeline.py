@@ -1,0 +1,152 @@
+"""Compress -> store -> reader -> TIFF on real and synthetic slides, with a tiny model."""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import openslide
+import pytest
+import tifffile
+
+from conftest import EXAMPLE, shared_file
+from wsicodec.pipeline import compress, decompress
+from wsicodec.store import WsiStore, open_slide
+
+
+def _psnr(a: np.ndarray, b: np.ndarray) -> float:
+    mse = np.mean((a.astype(np.float64) - b.astype(np.float64)) ** 2)
+    return float("inf") if mse == 0 else 10 * np.log10(255**2 / mse)
+
+
+@pytest.fixture(scope="module")
+def cmu_store(tiny_models, tmp_path_factory):
+    out = tmp_path_factory.mktemp("cmu") / "cmu.zarr"
+    r = compress(EXAMPLE, out, model_dir=tiny_models, tile=256)
+    return r
+
+
+def test_example_slide_round_trip_metadata(cmu_store):
+    src = openslide.OpenSlide(str(EXAMPLE))
+    with open_slide(cmu_store.output) as s:
+        assert s.dimensions == src.dimensions == (2220, 2967)
+        assert s.properties["openslide.mpp-x"] == src.properties["openslide.mpp-x"]
+        assert s.properties["openslide.vendor"] == "aperio"
+        assert set(s.meta["associated"]) == set(src.associated_images) == {"label", "macro", "thumbnail"}
+        for name, im in src.associated_images.items():  # lossless
+            assert np.array_equal(np.asarray(s.associated_images[name]), np.asarray(im.convert("RGB")))
+        assert s.meta["source"] == {"file_name": EXAMPLE.name, "file_size": EXAMPLE.stat().st_size,
+                                    "vendor": "aperio"}
+        assert s.meta["model"]["name"] == "tiny" and len(s.meta["model"]["sha256"]) == 64
+        assert s.level_dimensions[0] == (2220, 2967) and s.level_count == 2
+
+
+def test_reader_decodes_regions_like_a_full_decode(cmu_store, tiny_models):
+    with WsiStore(cmu_store.output, model_dir=tiny_models) as s:
+        full = s.read_level0(0, 0, *s.dimensions)
+        for x, y, w, h in [(0, 0, 100, 100), (250, 500, 300, 260), (2100, 2900, 120, 67), (511, 511, 3, 3)]:
+            reg = np.asarray(s.read_region((x, y), 0, (w, h)))
+            assert reg.shape == (h, w, 4) and (reg[:, :, 3] == 255).all()
+            assert np.abs(reg[:, :, :3].astype(int) - full[y : y + h, x : x + w]).max() <= 1
+        out = np.asarray(s.read_region((2200, 2950), 0, (40, 40)))
+        assert (out[:17, :20, 3] == 255).all() and (out[17:, :, 3] == 0).all() and (out[:, 20:, 3] == 0).all()
+        low = s.read_region((0, 0), 1, s.level_dimensions[1])
+        assert low.size == s.level_dimensions[1]
+        assert max(s.get_thumbnail((200, 200)).size) == 200
+
+
+def test_decompress_writes_pyramid_openslide_reads(cmu_store, tiny_models, tmp_path):
+    out = tmp_path / "cmu.tif"
+    decompress(cmu_store.output, out, compression="deflate", model_dir=tiny_models)
+    s = openslide.OpenSlide(str(out))
+    assert s.dimensions == (2220, 2967)
+    assert s.level_count == 2 and s.level_dimensions[1] == (555, 742)
+    assert float(s.properties["openslide.mpp-x"]) == pytest.approx(0.499, abs=1e-3)
+    with WsiStore(cmu_store.output, model_dir=tiny_models) as st:
+        ref = st.read_level0(0, 0, 2220, 2967)
+    got = np.asarray(s.read_region((0, 0), 0, s.dimensions).convert("RGB"))
+    assert np.array_equal(got, ref)  # deflate is lossless
+    with tifffile.TiffFile(out) as tf:
+        assert len(tf.pages) == 2 and tf.pages[0].is_tiled and tf.pages[0].shape == (2967, 2220, 3)
+
+
+def test_decompress_region_and_jpeg(cmu_store, tiny_models, tmp_path):
+    out = tmp_path / "r.tif"
+    decompress(cmu_store.output, out, region=(300, 400, 700, 500), compression="jpeg", quality=95,
+               tile=128, model_dir=tiny_models)
+    s = openslide.OpenSlide(str(out))
+    assert s.dimensions == (700, 500)
+    with WsiStore(cmu_store.output, model_dir=tiny_models) as st:
+        ref = st.read_level0(300, 400, 700, 500)
+    assert _psnr(np.asarray(s.read_region((0, 0), 0, (700, 500)).convert("RGB")), ref) > 35
+
+
+@pytest.mark.parametrize("name", ["boxes.tiff", "small.svs", "boxes_0.dcm"])
+def test_openslide_fixtures_round_trip(name, tiny_models, tmp_path):
+    src_path = shared_file("slides", "fixtures", name)
+    src = openslide.OpenSlide(str(src_path))
+    r = compress(src_path, tmp_path / "s.zarr", model_dir=tiny_models, tile=128)
+    with WsiStore(r.output, model_dir=tiny_models) as s:
+        assert s.dimensions == src.dimensions
+        assert s.meta["vendor"] == src.properties.get("openslide.vendor")
+    decompress(r.output, tmp_path / "s.tif", model_dir=tiny_models)
+    assert openslide.OpenSlide(str(tmp_path / "s.tif")).dimensions == src.dimensions
+
+
+def test_plain_images_and_transparency(tiny_models, tmp_path):
+    from PIL import Image
+
+    rgba = np.zeros((70, 90, 4), np.uint8)
+    rgba[..., 0] = 200
+    rgba[:, :45, 3] = 255  # right half transparent -> background colour (white)
+    Image.fromarray(rgba).save(tmp_path / "a.png")
+    from wsicodec.slide import open_input
+
+    with open_input(tmp_path / "a.png") as src:
+        px = src.read_rgb(0, 0, 90, 70)
+        assert (px[:, :45] == (200, 0, 0)).all() and (px[:, 45:] == 255).all()
+    r = compress(tmp_path / "a.png", tmp_path / "a.zarr", model_dir=tiny_models, tile=64)
+    with WsiStore(r.output, model_dir=tiny_models) as s:
+        assert s.dimensions == (90, 70)
+
+
+def test_glass_tiles_are_skipped_and_cost_nothing(tiny_models, tmp_path, he_crop):
+    from PIL import Image
+
+    canvas = np.full((512, 512, 3), 243, np.uint8)
+    canvas[:128, :128] = he_crop[:128, :128]
+    Image.fromarray(canvas).save(tmp_path / "g.png")
+    r = compress(tmp_path / "g.png", tmp_path / "g.zarr", model_dir=tiny_models, tile=128)
+    assert r.tiles == 16 and r.glass_tiles == 15
+    chunks = [p for p in (r.output / "latents").rglob("*") if p.is_file() and p.name != "zarr.json"]
+    assert len(chunks) == 1
+    with WsiStore(r.output, model_dir=tiny_models) as s:
+        assert s.glass == (243, 243, 243)
+        px = s.read_level0(256, 256, 128, 128)
+        assert (px == 243).all()
+
+
+def test_fresh_process_reads_latents_through_zarr(cmu_store):
+    code = (
+        "import sys, zarr, numpy as np\n"
+        "a = zarr.open_group(sys.argv[1], mode='r')['latents'][...]\n"
+        "import hashlib; print(a.shape, a.dtype, hashlib.sha256(a.tobytes()).hexdigest())\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code, str(cmu_store.output)], capture_output=True, text=True,
+                         timeout=120)
+    assert out.returncode == 0, out.stderr
+    import hashlib
+
+    with WsiStore(cmu_store.output) as s:
+        here = np.asarray(s.latents[...])
+    assert out.stdout.split()[-2:] == ["int16", hashlib.sha256(here.tobytes()).hexdigest()]
+
+
+def test_zarr_json_is_self_describing(cmu_store):
+    meta = json.loads((cmu_store.output / "latents" / "zarr.json").read_text())
+    names = [c["name"] for c in meta["codecs"]]
+    assert names == ["wsicodec.latents", "crc32c"]
+    assert len(meta["codecs"][0]["configuration"]["tables"]["freqs"]) == 8
+    group = json.loads((cmu_store.output / "zarr.json").read_text())
+    assert group["attributes"]["wsicodec"]["format_version"] == 1

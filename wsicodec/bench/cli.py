@@ -1,0 +1,119 @@
+"""``wsicodec bench``: a click group whose default command runs the rate–distortion benchmark
+(``wsicodec bench INPUT... --out DIR``) and whose ``distortions`` subcommand runs the metric
+study (``wsicodec bench distortions IMAGES... --out DIR``). Thin shells over
+:func:`wsicodec.bench.runner.run_benchmark` and :func:`wsicodec.bench.distortions.run_distortions`.
+
+Anything that is not a subcommand name (or ``--help``) as the first argument goes to the default
+``run`` command; to benchmark a file literally called ``distortions``, write ``./distortions`` or
+``wsicodec bench run distortions``.
+"""
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import click
+
+DEFAULT_COMMAND = "run"
+
+
+class _BenchError(click.ClickException):
+    def show(self, file=None) -> None:
+        click.echo(f"wsicodec: error: {self.format_message()}", err=True)
+
+
+def _expected() -> tuple[type[BaseException], ...]:
+    from wsicodec.codec import CodecError
+    from wsicodec.models import ModelError
+    from wsicodec.slide import SlideError
+    from wsicodec.store import StoreError
+
+    return (SlideError, StoreError, ModelError, CodecError, FileNotFoundError, IsADirectoryError,
+            PermissionError, ValueError)
+
+
+class BenchGroup(click.Group):
+    """Routes ``bench INPUT...`` to the default command; errors become one line."""
+
+    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
+        if args and args[0] not in self.commands and args[0] not in ("--help", "-h"):
+            args = [DEFAULT_COMMAND, *args]
+        elif not args:
+            args = [DEFAULT_COMMAND]
+        return super().parse_args(ctx, args)
+
+    def invoke(self, ctx: click.Context):
+        try:
+            return super().invoke(ctx)
+        except click.ClickException:
+            raise
+        except KeyboardInterrupt:
+            click.echo("wsicodec: interrupted", err=True)
+            sys.exit(130)
+        except _expected() as e:
+            raise _BenchError(str(e)) from None
+
+
+@click.group(cls=BenchGroup, context_settings={"help_option_names": ["--help", "-h"]})
+def command() -> None:
+    """Benchmark wsicodec against JPEG, WebP, JPEG-XL, AVIF and JPEG 2000.
+
+    \b
+    wsicodec bench INPUT... --out DIR            rate–distortion benchmark (the `run` command)
+    wsicodec bench distortions IMAGES... --out DIR   metric responses to JPEG and colour shifts
+    """
+
+
+def _threads(n: int) -> None:
+    import torch
+
+    if n > 0:
+        torch.set_num_threads(n)
+
+
+@command.command(DEFAULT_COMMAND)
+@click.argument("inputs", nargs=-1, required=True, type=click.Path(path_type=Path), metavar="INPUT...")
+@click.option("--out", "-o", required=True, type=click.Path(path_type=Path), help="Folder for the results.")
+@click.option("--codecs", default=None, metavar="LIST",
+              help="Comma-separated: jpeg,webp,jxl,avif,j2k,wsicodec (default: all; wsicodec if a model is shipped).")
+@click.option("--metrics", default=None, metavar="LIST",
+              help="Comma-separated: psnr,ms_ssim,lpips,st_lpips (default: all).")
+@click.option("--tiles", type=click.IntRange(1, 100000), default=8, show_default=True,
+              help="Tissue tiles sampled from each slide.")
+@click.option("--tile-size", type=click.IntRange(16, 8192), default=512, show_default=True,
+              help="Side of a sampled slide tile in level-0 pixels.")
+@click.option("--seed", type=int, default=0, show_default=True, help="Seed of the tile sampling.")
+@click.option("--device", type=click.Choice(["cpu", "cuda"]), default="cpu", show_default=True,
+              help="Device for wsicodec.")
+@click.option("--threads", type=click.IntRange(0, 1024), default=0, help="torch CPU threads (0: torch default).")
+@click.option("--quiet", "-q", is_flag=True, help="No progress bar or tables.")
+def run(inputs, out, codecs, metrics, tiles, tile_size, seed, device, threads, quiet):
+    """Rate–distortion benchmark of INPUT images, folders and slides; results in --out."""
+    from wsicodec.bench.runner import run_benchmark
+
+    _threads(threads)
+    r = run_benchmark(list(inputs), out, codecs=codecs, metrics=metrics, tiles=tiles, tile_size=tile_size,
+                      seed=seed, device=device, progress=not quiet)
+    if not quiet:
+        click.echo(f"{len(r.rows)} measurements; wrote " + ", ".join(p.name for p in r.files) + f" to {r.out}")
+
+
+@command.command("distortions")
+@click.argument("inputs", nargs=-1, required=True, type=click.Path(path_type=Path), metavar="IMAGES...")
+@click.option("--out", "-o", required=True, type=click.Path(path_type=Path), help="Folder for the results.")
+@click.option("--metrics", default=None, metavar="LIST", help="Comma-separated: psnr,ms_ssim,lpips,st_lpips.")
+@click.option("--tiles", type=click.IntRange(1, 100000), default=4, show_default=True,
+              help="Tissue tiles sampled from each slide.")
+@click.option("--tile-size", type=click.IntRange(16, 8192), default=512, show_default=True)
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--threads", type=click.IntRange(0, 1024), default=0, help="torch CPU threads (0: torch default).")
+@click.option("--quiet", "-q", is_flag=True)
+def distortions(inputs, out, metrics, tiles, tile_size, seed, threads, quiet):
+    """Metric responses to JPEG blocking and Lab colour shifts (the paper's Fig. 1)."""
+    from wsicodec.bench.distortions import run_distortions
+
+    _threads(threads)
+    run_distortions(list(inputs), out, metrics=metrics, tiles=tiles, tile_size=tile_size, seed=seed,
+                    progress=not quiet)
+    if not quiet:
+        click.echo(f"wrote distortions.csv, distortions.json, distortions.png, distortions_strip.png to {out}")

@@ -1,0 +1,72 @@
+"""``wsicodec train``: train a model (``train [run] DATA... --out RUN``) and export it into the
+model folder (``train export RUN NAME``)."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from wsicodec._click import DefaultGroup
+
+
+@click.group(cls=DefaultGroup, default_command="run")
+def command() -> None:
+    """Train models the way Fischer et al. 2023 do, and export them."""
+
+
+@command.command("run")
+@click.argument("data", nargs=-1, required=True)
+@click.option("--out", "out", required=True, type=click.Path(path_type=Path), help="Run folder (checkpoints, logs).")
+@click.option("--val", "val", multiple=True, help="Validation image folder or file (repeatable).")
+@click.option("--architecture", default="bmshj2018-factorized", show_default=True)
+@click.option("-N", "N", default=64, show_default=True, help="Transform width.")
+@click.option("-M", "M", default=96, show_default=True, help="Latent channels.")
+@click.option("--lambda", "lmbda", default=0.013, show_default=True, help="Rate-distortion trade-off λ.")
+@click.option("--feature-net", default="none", show_default=True,
+              help="none | stlpips | ciga:CHECKPOINT (the perceptual term's network C).")
+@click.option("--psi", default="0.5,0.7", show_default=True, help="ψ before,after the switch point.")
+@click.option("--patch", default=128, show_default=True)
+@click.option("--batch", default=8, show_default=True)
+@click.option("--steps", default=100_000, show_default=True)
+@click.option("--lr", default=1e-3, show_default=True)
+@click.option("--clip", default=1.0, show_default=True)
+@click.option("--val-every", default=2000, show_default=True)
+@click.option("--checkpoint-minutes", default=5.0, show_default=True)
+@click.option("--seed", default=0, show_default=True)
+@click.option("--threads", default=0, show_default=True, help="torch threads (0: torch's default).")
+@click.option("--init-from", default="", help="Start from another run's checkpoint weights (fine-tuning).")
+@click.option("--resume", is_flag=True, help="Continue the run in --out exactly where it stopped.")
+def run(data, out, val, architecture, N, M, lmbda, feature_net, psi, patch, batch, steps, lr, clip,
+        val_every, checkpoint_minutes, seed, threads, init_from, resume):
+    """Train on DATA (image files, folders, slides)."""
+    from wsicodec.train import TrainConfig, Trainer
+
+    cfg = TrainConfig(data=list(data), out=str(out), architecture=architecture, N=N, M=M, lmbda=lmbda,
+                      feature_net=feature_net, psi=[float(v) for v in psi.split(",")], patch=patch, batch=batch,
+                      steps=steps, lr=lr, clip=clip, val=list(val), val_every=val_every,
+                      checkpoint_minutes=checkpoint_minutes, seed=seed, threads=threads, init_from=init_from)
+    t = Trainer(cfg)
+    if resume:
+        if not t.ckpt_path.exists():
+            raise click.ClickException(f"{t.ckpt_path}: no checkpoint to resume from")
+        t.resume()
+        click.echo(f"resumed at step {t.step}")
+    elif init_from:
+        t.init_weights_from(Path(init_from))
+    t.run()
+    click.echo(f"stopped at step {t.step}; checkpoint {t.ckpt_path}")
+
+
+@command.command("export")
+@click.argument("run_dir", type=click.Path(exists=True, file_okay=False, path_type=Path))
+@click.argument("name")
+@click.option("--models-dir", type=click.Path(path_type=Path), default=None,
+              help="Where to write (default: the package's model folder).")
+@click.option("--last", is_flag=True, help="Export the last weights, not the best validated ones.")
+def export(run_dir, name, models_dir, last):
+    """Write RUN_DIR's model as NAME (.pt with frozen CDF tables, .json model card with sha256)."""
+    from wsicodec.models import model_dir
+    from wsicodec.train.loop import Trainer
+
+    card = Trainer.from_checkpoint(run_dir).export(name, models_dir or model_dir(), use_best=not last)
+    click.echo(f"{name}: sha256 {card.sha256}, validation {card.validation}")
