@@ -63,7 +63,7 @@ class TrainConfig:
 
 
 def _rd_loss(model: nn.Module, x: torch.Tensor, lmbda: float, psi: float,
-             feature: Callable[[torch.Tensor], torch.Tensor] | None) -> dict[str, torch.Tensor]:
+             feature: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None) -> dict[str, torch.Tensor]:
     out = model(x)
     n_pix = x.shape[0] * x.shape[2] * x.shape[3]
     bpp = sum(torch.log(lk).sum() for lk in out["likelihoods"].values()) / (-math.log(2) * n_pix)
@@ -72,7 +72,7 @@ def _rd_loss(model: nn.Module, x: torch.Tensor, lmbda: float, psi: float,
     loss = lmbda * 255**2 * mse + bpp
     feat = torch.zeros((), device=x.device)
     if feature is not None and psi > 0:
-        feat = torch.mean((feature(x) - feature(x_hat.clamp(0, 1))) ** 2)
+        feat = feature(x, x_hat.clamp(0, 1))
         loss = loss + psi * feat
     return {"loss": loss, "bpp": bpp, "mse": mse, "feat": feat}
 
