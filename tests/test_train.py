@@ -65,3 +65,14 @@ def test_validation_uses_real_bits(data_dir, tmp_path):
     v = t.validate_and_schedule()
     assert v["bpp"] > 0 and 0 < v["psnr"] < 100
     assert (tmp_path / "run" / "val_log.csv").exists()
+
+
+def test_weights_file_carries_a_run_across_machines(data_dir, tmp_path):
+    a = Trainer(_cfg(data_dir, tmp_path / "a"))
+    a.run(max_steps=4)
+    w = a.save_weights()
+    b = Trainer(_cfg(data_dir, tmp_path / "b"))
+    b.init_weights_from(w)
+    assert b.step == 4
+    for va, vb in zip(a.model.state_dict().values(), b.model.state_dict().values()):
+        assert torch.equal(va, vb)

@@ -182,9 +182,21 @@ class Trainer:
         t.resume(Path(run_dir) / "checkpoint.pt")
         return t
 
-    def init_weights_from(self, path: Path) -> None:
+    def init_weights_from(self, path: Path, continue_steps: bool = True) -> None:
+        """Start from another run's weights (a checkpoint, a ``weights.pt`` or a bare state dict);
+        with ``continue_steps`` the step count continues from a file that records it."""
         st = torch.load(path, map_location="cpu", weights_only=False)
         self.model.load_state_dict(st["model"] if "model" in st else st)
+        if continue_steps and "step" in st:
+            self.step = int(st["step"])
+
+    def save_weights(self, path: Path | None = None) -> Path:
+        """A small file to carry a run across machines: weights, step and config, no optimiser
+        state (``--init-from`` continues from it with fresh Adam moments)."""
+        path = Path(path or self.out / "weights.pt")
+        torch.save({"model": self.model.state_dict(), "step": self.step, "config": asdict(self.cfg),
+                    "best": self.best}, path)
+        return path
 
     # -- loop --------------------------------------------------------------------------------
     def _log_row(self, name: str, row: dict) -> None:
