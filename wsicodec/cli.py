@@ -50,26 +50,90 @@ def main() -> None:
 
 
 @main.command()
-@click.argument("input", type=click.Path(path_type=Path))
-@click.argument("output", type=click.Path(path_type=Path))
+@click.argument("paths", nargs=-1, required=False, type=click.Path(path_type=Path))
+@click.option("--out-dir", type=click.Path(path_type=Path), default=None,
+              help="Compress every PATH (or --manifest entry) into OUT_DIR/<name>.zarr.")
+@click.option("--manifest", type=click.Path(path_type=Path), default=None, help="File listing inputs, one per line.")
+@click.option("--workers", type=click.IntRange(0, 1024), default=0, show_default=True,
+              help="With --out-dir: slides in parallel on a local dask.distributed cluster of N workers.")
+@click.option("--scheduler", default=None, help="With --out-dir: address of an existing dask scheduler.")
+@click.option("--retries", type=click.IntRange(0, 10), default=2, show_default=True)
 @click.option("--model", "-m", default=None, help="Shipped model name (see `wsicodec models`).")
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True)
 @click.option("--batch-size", type=click.IntRange(1, 1024), default=4, show_default=True)
 @click.option("--tile", type=click.IntRange(64, 4096), default=512, show_default=True,
               help="Tile (= chunk) size in level-0 pixels, a multiple of 16.")
 @click.option("--keep-glass", is_flag=True, help="Encode empty-glass tiles too (no background skipping).")
-@click.option("--overwrite", is_flag=True, help="Replace OUTPUT if it exists.")
+@click.option("--overwrite", is_flag=True, help="Replace OUTPUT if it exists (only a wsicodec store).")
+@click.option("--resume", is_flag=True,
+              help="Continue an interrupted run from its unfinished store (otherwise that is discarded).")
+@click.option("--deidentify", is_flag=True,
+              help="Drop the label and macro images and identifying metadata (names, dates, IDs).")
 @click.option("--quiet", "-q", is_flag=True, help="No progress bar or summary.")
-def compress(input, output, model, device, batch_size, tile, keep_glass, overwrite, quiet):
-    """Compress level 0 of a slide or image INPUT into a Zarr store OUTPUT."""
+def compress(paths, out_dir, manifest, workers, scheduler, retries, model, device, batch_size, tile, keep_glass,
+             overwrite, resume, deidentify, quiet):
+    """Compress level 0 of a slide or image into a Zarr store.
+
+    \b
+    wsicodec compress INPUT OUTPUT.zarr
+    wsicodec compress INPUT... --out-dir DIR [--workers N | --scheduler ADDRESS]
+    wsicodec compress --manifest FILE --out-dir DIR"""
     from wsicodec.pipeline import compress as run
 
-    r = run(input, output, model=model, device=device, batch_size=batch_size, tile=tile,
-            overwrite=overwrite, skip_glass=not keep_glass, progress=not quiet)
+    opts = dict(model=model, device=device, batch_size=batch_size, tile=tile, overwrite=overwrite,
+                skip_glass=not keep_glass)
+    if resume:
+        opts["resume"] = True
+    if deidentify:
+        opts["deidentify"] = True
+    if out_dir is not None or manifest is not None:
+        if out_dir is None:
+            raise UserError("--manifest needs --out-dir")
+        inputs = [str(p) for p in paths] + (read_manifest_lines(manifest) if manifest else [])
+        if not inputs:
+            raise UserError("no inputs given")
+        _compress_many(inputs, out_dir, workers, scheduler, retries, quiet, opts)
+        return
+    if len(paths) != 2:
+        raise UserError("give INPUT and OUTPUT, or inputs with --out-dir DIR")
+    if workers or scheduler:
+        raise UserError("--workers and --scheduler need --out-dir")
+    r = run(paths[0], paths[1], progress=not quiet, **opts)
     if not quiet:
+        if r.resumed_tiles:
+            click.echo(f"resumed: {r.resumed_tiles} of {r.tiles} tiles were already written")
         mpix = r.pixels * (1 - r.glass_tiles / max(r.tiles, 1)) / 1e6
         click.echo(f"{r.output}: {r.bytes:,} bytes, {r.bpp:.3f} bits/pixel, {r.tiles} tiles "
                    f"({r.glass_tiles} glass), {r.seconds:.1f} s, {mpix / max(r.seconds, 1e-9):.2f} Mpx tissue/s")
+
+
+def read_manifest_lines(path: Path) -> list[str]:
+    from wsicodec.batch import read_manifest
+
+    return read_manifest(path)
+
+
+def _compress_many(inputs, out_dir, workers, scheduler, retries, quiet, opts) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    from wsicodec.batch import compress_many
+
+    console = Console(stderr=True, quiet=quiet)
+    results = compress_many(inputs, out_dir, workers=workers, scheduler=scheduler, retries=retries,
+                            on_result=lambda r: console.print(f"{r.status:8s} {r.input}"
+                                                              + (f": {r.error}" if r.error else "")),
+                            **opts)
+    t = Table(title=f"wsicodec compress → {out_dir}")
+    for col in ("input", "status", "output", "bytes", "bits/px", "seconds", "error"):
+        t.add_column(col)
+    for r in results:
+        t.add_row(r.input, r.status, r.output, f"{r.bytes:,}" if r.bytes else "", f"{r.bpp:.3f}" if r.bpp else "",
+                  f"{r.seconds:.1f}" if r.seconds else "", r.error)
+    console.print(t)
+    failed = [r for r in results if r.status == "failed"]
+    if failed:
+        raise UserError(f"{len(failed)} of {len(results)} inputs failed (first: {failed[0].input}: {failed[0].error})")
 
 
 @main.command()
@@ -118,6 +182,38 @@ def info(path, as_json):
         if k != "properties":
             t.add_row(k, str(v))
     Console().print(t)
+
+
+@main.command()
+@click.argument("store", type=click.Path(path_type=Path))
+@click.option("--against", type=click.Path(path_type=Path), default=None, metavar="SLIDE",
+              help="Also decode the pixels and report PSNR / MS-SSIM against the source SLIDE.")
+@click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True)
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable report.")
+def verify(store, against, device, as_json):
+    """Check that STORE is whole: metadata, model, tile map, every chunk's checksum and entropy
+    decoding, associated images. Exit status 1 if anything is wrong."""
+    from wsicodec.verify import verify_store
+
+    rep = verify_store(store, against=against, device=device)
+    if as_json:
+        click.echo(json.dumps(rep.to_dict(), indent=2))
+    else:
+        m = rep.model
+        model = f"{m['name']} (sha256 {m['sha256'][:12]}… {'verified' if m.get('checked') else 'NOT verified'})"
+        click.echo(f"{store}: {rep.tiles} tiles ({rep.coded} coded, {rep.glass} glass), "
+                   f"{rep.chunks_decoded} chunks decoded, model {model}, "
+                   f"associated: {', '.join(rep.associated) or 'none'}")
+        if rep.quality:
+            q = rep.quality
+            click.echo(f"against {q['against']}: PSNR {q['psnr']} dB (worst tile {tuple(q['worst_tile'])}: "
+                       f"{q['worst_tile_psnr']} dB), MS-SSIM {q['ms_ssim']}")
+        for p in rep.problems:
+            click.echo(f"problem: {p}")
+    if not rep.ok:
+        raise UserError(f"{store}: {len(rep.problems)} problem(s) found")
+    if not as_json:
+        click.echo("OK")
 
 
 @main.command()

@@ -1,0 +1,157 @@
+"""Many slides: one store per input, in-process or on a dask.distributed cluster (local workers
+or an existing scheduler), failures retried and reported, complete outputs skipped on re-runs."""
+from __future__ import annotations
+
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+from wsicodec.store import StoreError
+
+
+@dataclass
+class JobResult:
+    input: str
+    output: str
+    status: str            # done | skipped | failed
+    seconds: float = 0.0
+    bytes: int = 0
+    bpp: float = 0.0
+    error: str = ""
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def read_manifest(path: str | Path) -> list[str]:
+    """One input per line; blank lines and lines starting with ``#`` are ignored."""
+    path = Path(path)
+    if not path.is_file():
+        raise StoreError(f"{path}: no such manifest")
+    lines = [ln.strip() for ln in path.read_text().splitlines()]
+    inputs = [ln for ln in lines if ln and not ln.startswith("#")]
+    if not inputs:
+        raise StoreError(f"{path}: the manifest lists no inputs")
+    return inputs
+
+
+def plan_outputs(inputs: list[str], out_dir: str | Path) -> list[tuple[str, Path]]:
+    """Output store for each input: ``OUT_DIR/<input name without suffix>.zarr``; refuses two
+    inputs that would share an output."""
+    out_dir = Path(out_dir)
+    plan, seen = [], {}
+    for inp in inputs:
+        name = Path(inp).name
+        stem = name.rsplit(".", 1)[0] if "." in name else name
+        out = out_dir / f"{stem}.zarr"
+        if out in seen:
+            raise StoreError(f"{inp}: its output {out} would overwrite that of {seen[out]}")
+        seen[out] = inp
+        plan.append((inp, out))
+    return plan
+
+
+def is_complete(output: Path, model: str | None, model_dir: Path | None = None) -> bool:
+    """True when ``output`` is a complete store written by the model that would be used now."""
+    from wsicodec.models.registry import default_model_name
+    from wsicodec.store import WsiStore
+
+    if not output.exists():
+        return False
+    try:
+        with WsiStore(output, model_dir=model_dir) as s:
+            return s.meta["model"]["name"] == (model or default_model_name(model_dir))
+    except StoreError:
+        return False
+
+
+def compress_one(inp: str, out: str, kwargs: dict[str, Any], threads: int = 0) -> JobResult:
+    """One slide; raises on failure (so a scheduler can retry it)."""
+    import torch
+
+    from wsicodec.pipeline import compress
+
+    from wsicodec.models import ModelError
+    from wsicodec.slide import SlideError
+
+    if threads:
+        torch.set_num_threads(threads)
+    t0 = time.time()
+    try:
+        r = compress(inp, out, **kwargs)
+    except (SlideError, ModelError, StoreError) as e:  # the input's fault: retrying will not help
+        return JobResult(inp, out, "failed", round(time.time() - t0, 2), error=_one_line(e))
+    return JobResult(inp, out, "done", round(time.time() - t0, 2), r.bytes, round(r.bpp, 4))
+
+
+def compress_many(inputs: list[str], out_dir: str | Path, workers: int = 0, scheduler: str | None = None,
+                  retries: int = 2, threads_per_worker: int = 1,
+                  on_result: Callable[[JobResult], None] = lambda r: None, **kwargs: Any) -> list[JobResult]:
+    """Compress each input into ``out_dir``. ``workers=0`` and no ``scheduler``: in this process,
+    one after the other; otherwise one task per slide on dask.distributed."""
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    results: list[JobResult] = []
+    todo = []
+    for inp, out in plan_outputs(inputs, out_dir):
+        if not kwargs.get("overwrite") and is_complete(out, kwargs.get("model"), kwargs.get("model_dir")):
+            results.append(JobResult(inp, str(out), "skipped"))
+            on_result(results[-1])
+        else:
+            todo.append((inp, out))
+    kwargs = {**kwargs, "overwrite": True}  # incomplete or stale outputs are redone
+    if not todo:
+        return results
+    if workers <= 0 and not scheduler:
+        for inp, out in todo:
+            r = _attempts(lambda: compress_one(inp, str(out), kwargs), retries, inp, out)
+            results.append(r)
+            on_result(r)
+        return results
+    from distributed import Client, LocalCluster, as_completed
+
+    cluster = None
+    if scheduler:
+        client = Client(scheduler)
+    else:
+        cluster = LocalCluster(n_workers=workers, threads_per_worker=1, processes=True,
+                               dashboard_address=None)
+        client = Client(cluster)
+    try:
+        futures = {
+            client.submit(compress_one, inp, str(out), kwargs, threads_per_worker, key=f"wsicodec-{i}-{Path(inp).name}",
+                          retries=retries, pure=False): (inp, out)
+            for i, (inp, out) in enumerate(todo)
+        }
+        for fut in as_completed(futures):
+            inp, out = futures[fut]
+            try:
+                r = fut.result()
+            except Exception as e:
+                r = JobResult(inp, str(out), "failed", error=_one_line(e))
+            results.append(r)
+            on_result(r)
+    finally:
+        client.close()
+        if cluster is not None:
+            cluster.close()
+    order = {inp: i for i, inp in enumerate(inputs)}
+    return sorted(results, key=lambda r: order.get(r.input, 0))
+
+
+def _attempts(fn: Callable[[], JobResult], retries: int, inp: str, out: Path) -> JobResult:
+    err = ""
+    for _ in range(retries + 1):
+        try:
+            return fn()
+        except KeyboardInterrupt:
+            raise
+        except Exception as e:
+            err = _one_line(e)
+    return JobResult(inp, str(out), "failed", error=err)
+
+
+def _one_line(e: BaseException) -> str:
+    lines = str(e).strip().splitlines()
+    return lines[0] if lines else type(e).__name__
