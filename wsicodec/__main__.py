@@ -1,0 +1,4 @@
+"""``python -m wsicodec`` is the ``wsicodec`` command."""
+from wsicodec.cli import main
+
+main()
