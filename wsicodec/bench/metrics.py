@@ -19,8 +19,6 @@ from __future__ import annotations
 
 import math
 import os
-import sys
-import types
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
@@ -164,13 +162,29 @@ class LPIPS(_Perceptual):
         return net.eval()
 
 
-def _stub_torchsummary() -> None:
-    """stlpips_pytorch imports ``torchsummary`` at module level only for a debugging helper."""
-    try:
-        import torchsummary  # noqa: F401
-    except ImportError:
-        sys.modules["torchsummary"] = types.ModuleType("torchsummary")
-        sys.modules["torchsummary"].summary = None  # type: ignore[attr-defined]
+def load_stlpips_network():
+    """The shift-tolerant LPIPS AlexNet with the weights bundled in ``stlpips-pytorch``, checked to
+    fit the network (no random weights left), in eval mode."""
+    import contextlib
+    import io
+
+    import torch
+
+    with contextlib.redirect_stdout(io.StringIO()):
+        from stlpips_pytorch import stlpips
+
+    path = Path(stlpips.__file__).parent / "weights" / "vST0.0" / "alex_shift_tolerant.pth"
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: bundled ST-LPIPS weights are missing")
+    net = stlpips.LPIPS(net="alex", variant="shift_tolerant", pretrained=False, verbose=False)
+    state = torch.load(path, map_location="cpu", weights_only=True)
+    missing, unexpected = net.load_state_dict(state, strict=False)
+    # ``lins.k`` are aliases of ``link``; anything else missing would leave random weights.
+    missing = [k for k in missing if not k.startswith("lins.")]
+    if missing or unexpected:
+        raise RuntimeError(f"{path}: weights do not fit the network (missing {missing[:3]}, "
+                           f"unexpected {unexpected[:3]})")
+    return net.eval()
 
 
 class STLPIPS(_Perceptual):
@@ -179,27 +193,7 @@ class STLPIPS(_Perceptual):
     name = "st_lpips"
 
     def _load(self):
-        import torch
-
-        _stub_torchsummary()
-        import contextlib
-        import io
-
-        with contextlib.redirect_stdout(io.StringIO()):
-            from stlpips_pytorch import stlpips
-
-        path = Path(stlpips.__file__).parent / "weights" / "vST0.0" / "alex_shift_tolerant.pth"
-        if not path.is_file():
-            raise FileNotFoundError(f"{path}: bundled ST-LPIPS weights are missing")
-        net = stlpips.LPIPS(net="alex", variant="shift_tolerant", pretrained=False, verbose=False)
-        state = torch.load(path, map_location="cpu", weights_only=True)
-        missing, unexpected = net.load_state_dict(state, strict=False)
-        # ``lins.k`` are aliases of ``link``; anything else missing would leave random weights.
-        missing = [k for k in missing if not k.startswith("lins.")]
-        if missing or unexpected:
-            raise RuntimeError(f"{path}: weights do not fit the network (missing {missing[:3]}, "
-                               f"unexpected {unexpected[:3]})")
-        return net.eval()
+        return load_stlpips_network()
 
 
 @dataclass

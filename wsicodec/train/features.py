@@ -35,11 +35,12 @@ def _frozen(net: nn.Module) -> nn.Module:
 
 
 def stlpips_distance() -> Distance:
+    from wsicodec.bench.metrics import load_stlpips_network
+
     try:
-        from stlpips_pytorch import stlpips
+        net = _frozen(load_stlpips_network())
     except ImportError as e:
-        raise FeatureNetError(f"--feature-net stlpips needs the stlpips-pytorch package ({e})") from None
-    net = _frozen(stlpips.LPIPS(net="alex", variant="shift_tolerant", verbose=False))
+        raise FeatureNetError(f"--feature-net stlpips needs `pip install wsicodec[metrics]` ({e})") from None
 
     def distance(x: torch.Tensor, x_hat: torch.Tensor) -> torch.Tensor:
         return net.to(x.device)(x, x_hat, normalize=True).mean()
