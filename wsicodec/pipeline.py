@@ -2,6 +2,7 @@
 ``decompress`` (store -> pyramidal TIFF)."""
 from __future__ import annotations
 
+import errno
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -28,6 +29,7 @@ class CompressResult:
     seconds: float
     bytes: int
     pixels: int
+    resumed_tiles: int = 0
 
     @property
     def bpp(self) -> float:
@@ -69,16 +71,35 @@ def canvas_reader(src: SlideSource, glass: tuple[int, int, int]) -> Callable[[in
     return read
 
 
+def check_paths(input_path: Path, output: Path, overwrite: bool) -> None:
+    """Refuse outputs that would write into or over the input, or through a symbolic link."""
+    from wsicodec.store import check_output_path
+
+    if output.is_symlink():
+        raise StoreError(f"{output}: is a symbolic link; refusing to write through it (give the real path)")
+    src, out = input_path.resolve(), output.resolve()
+    if out == src:
+        raise StoreError(f"{output}: refusing to write over the input")
+    if src.is_relative_to(out):
+        raise StoreError(f"{output}: the input {input_path} is inside it; refusing to replace it")
+    if input_path.is_dir() and out.is_relative_to(src):
+        raise StoreError(f"{output}: is inside the input folder {input_path}; refusing to write into the input")
+    check_output_path(output, overwrite)
+
+
 def compress(input_path: str | Path, output: str | Path, model: str | None = None, device: str = "auto",
              batch_size: int = 4, tile: int = 512, overwrite: bool = False, skip_glass: bool = True,
-             progress: bool = False, model_dir: Path | None = None) -> CompressResult:
-    """Compress level 0 of a slide or image into a store at ``output``."""
+             progress: bool = False, model_dir: Path | None = None, resume: bool = False,
+             deidentify: bool = False) -> CompressResult:
+    """Compress level 0 of a slide or image into a store at ``output``.
+
+    ``resume``: continue an interrupted run from the unfinished store (``.<name>.partial``) left
+    beside ``output`` (without it, such a store is discarded and the run starts over); the result
+    is the same store an uninterrupted run writes. ``deidentify``: drop the label and macro
+    images and the identifying metadata (see :mod:`wsicodec.deidentify`)."""
     t0 = time.time()
     input_path, output = Path(input_path), Path(output)
-    if output.exists() and not overwrite:
-        raise StoreError(f"{output}: already exists (use --overwrite to replace it)")
-    if output.resolve() == input_path.resolve():
-        raise StoreError(f"{output}: refusing to write over the input")
+    check_paths(input_path, output, overwrite)
     name = model or default_model_name(model_dir)
     net, card = load_model(name, model_dir)
     coder = LatentCoder(net, card, device, batch_size)
@@ -87,38 +108,56 @@ def compress(input_path: str | Path, output: str | Path, model: str | None = Non
         W, H = src.dimensions
         grid = TileGrid(W, H, tile, card.stride)
         glass = measure_glass(src.thumbnail(1024))
+        props, assoc = src.properties, src.associated_images
+        source: dict[str, Any] = {"file_name": input_path.name, "file_size": src.file_size, "vendor": src.vendor}
+        deid: dict[str, Any] | None = None
+        if deidentify:
+            from wsicodec.deidentify import deidentify as scrub
+
+            props, assoc, removed, dropped = scrub(props, assoc)
+            source["file_name"] = None
+            deid = {"removed_properties": removed, "removed_associated": dropped, "removed_source": ["file_name"]}
         meta: dict[str, Any] = {
             "format": FORMAT_NAME, "format_version": FORMAT_VERSION, "wsicodec_version": __version__,
             "created": now_iso(),
             "model": {"name": card.name, "sha256": card.sha256, "architecture": card.architecture,
                       "params": card.params, "entropy_model": card.spec.entropy_model},
-            "source": {"file_name": input_path.name, "file_size": src.file_size, "vendor": src.vendor},
+            "source": source,
             "level0": {"width": W, "height": H}, "tile_size": tile, "stride": card.stride,
             "mpp": list(src.mpp), "objective_power": src.objective_power, "vendor": src.vendor,
-            "properties": src.properties,
+            "properties": props,
             "background": {"colour": list(glass), "latents": coder.background_latents(glass).tolist(),
                            "detection": "tile is glass when <=0.1% of its pixels differ by >20 levels"
                                         if skip_glass else "off"},
-            "associated": [], "deidentified": False,
+            "associated": [], "deidentified": bool(deidentify),
         }
-        writer = StoreWriter(output, meta, grid, tables, overwrite)
+        if deid is not None:
+            meta["deidentification"] = deid
+        writer = StoreWriter(output, meta, grid, tables, overwrite, resume=resume)
         try:
-            assoc = src.associated_images
             writer.write_associated(assoc)
-            meta["associated"] = sorted(assoc)
-            writer.meta["associated"] = meta["associated"]
+            writer.meta["associated"] = sorted(assoc)
             read = canvas_reader(src, glass)
+            todo = [(tx, ty) for tx, ty in grid if writer.state[ty, tx] == 0]
             with _progress(progress, f"compress {input_path.name}", len(grid)) as advance:
-                for tx, ty, lat in encode_tiles(read, grid, coder, glass if skip_glass else None):
+                advance(len(grid) - len(todo))
+                for tx, ty, lat in encode_tiles(read, grid, coder, glass if skip_glass else None, tiles=todo):
                     writer.write_tile(tx, ty, lat)
                     advance(1)
             n_glass = int((writer.state == 2).sum())
             writer.meta["tiles"] = {"total": len(grid), "glass": n_glass}
             final = writer.finish(overwrite)
+        except KeyboardInterrupt:
+            writer.checkpoint()  # keep the work done for --resume
+            raise
+        except OSError as e:
+            if e.errno not in (errno.ENOSPC, errno.EDQUOT):
+                writer.abort()
+            raise
         except BaseException:
             writer.abort()
             raise
-    return CompressResult(final, len(grid), n_glass, time.time() - t0, store_size(final), W * H)
+    return CompressResult(final, len(grid), n_glass, time.time() - t0, store_size(final), W * H, writer.resumed)
 
 
 def decompress(store_path: str | Path, output: str | Path, tile: int = 256, compression: str = "jpeg",
@@ -129,8 +168,12 @@ def decompress(store_path: str | Path, output: str | Path, tile: int = 256, comp
     from wsicodec.tiff import write_pyramid
 
     output = Path(output)
+    if output.is_symlink():
+        raise StoreError(f"{output}: is a symbolic link; refusing to write through it (give the real path)")
     if output.exists() and not overwrite:
         raise StoreError(f"{output}: already exists (use --overwrite to replace it)")
+    if output.exists() and output.is_dir():
+        raise StoreError(f"{output}: is a folder; refusing to replace it")
     with WsiStore(store_path, device=device, batch_size=batch_size, model_dir=model_dir) as store:
         W, H = store.dimensions
         store.coder  # load and verify the model before any output starts

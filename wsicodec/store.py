@@ -15,7 +15,9 @@ from __future__ import annotations
 import datetime as _dt
 import math
 import os
+import re
 import shutil
+import time
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -53,21 +55,101 @@ def pyramid_downsamples(width: int, height: int, factor: int = 4, smallest: int 
     return ds
 
 
+def is_partial_name(path: Path) -> bool:
+    """Whether ``path`` is named like an unfinished store (``.<name>.partial``)."""
+    name = Path(path).name
+    return name.startswith(".") and name.endswith(".partial") and len(name) > len("..partial")
+
+
+def chunk_file(root: Path, tx: int, ty: int) -> Path:
+    """The file of tile ``(tx, ty)``'s latent chunk (zarr v3 default chunk keys, ``/``)."""
+    return Path(root) / "latents" / "c" / "0" / str(ty) / str(tx)
+
+
+def chunk_crc_ok(data: bytes) -> bool:
+    """Whether a stored chunk ends with the CRC-32C of the rest (zarr's ``crc32c`` codec)."""
+    import google_crc32c
+
+    return len(data) > 4 and int(google_crc32c.value(data[:-4])).to_bytes(4, "little") == data[-4:]
+
+
+def read_store_meta(path: Path) -> dict[str, Any] | None:
+    """The ``wsicodec`` attributes of the group at ``path``, read straight from ``zarr.json``
+    (``None`` if there is no readable group there)."""
+    import json
+
+    try:
+        doc = json.loads((Path(path) / "zarr.json").read_text())
+        meta = doc["attributes"][FORMAT_NAME]
+        return meta if isinstance(meta, dict) else None
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
+#: zarr's own temporary files (``<key>.<uuid hex>.partial``), left behind when a writer is killed
+_ZARR_TMP = re.compile(r"\.[0-9a-f]{32}\.partial$")
+
+#: metadata keys that may differ between an interrupted run and the run that resumes it
+_RUN_KEYS = ("created", "complete", "tiles", "associated")
+
+
+def _comparable(meta: dict[str, Any]) -> str:
+    import json
+
+    return json.dumps({k: v for k, v in meta.items() if k not in _RUN_KEYS}, sort_keys=True, default=str)
+
+
+def check_output_path(final: Path, overwrite: bool) -> None:
+    """Refuse output paths that would write through a symbolic link, or replace something that is
+    not a wsicodec store."""
+    final = Path(final)
+    for p in (final, partial_path(final)):
+        if p.is_symlink():
+            raise StoreError(f"{p}: is a symbolic link; refusing to write through it (give the real path)")
+    if final.exists():
+        if not overwrite:
+            raise StoreError(f"{final}: already exists (use --overwrite to replace it)")
+        if read_store_meta(final) is None or not final.is_dir():
+            raise StoreError(f"{final}: exists and is not a wsicodec store; refusing to replace it")
+    part = partial_path(final)
+    if part.exists() and (not part.is_dir() or (any(part.iterdir()) and not (part / "zarr.json").exists())):
+        raise StoreError(f"{part}: exists and is not an unfinished wsicodec store; refusing to replace it")
+
+
 class StoreWriter:
-    """Writes a store under its partial name; :meth:`finish` moves it into place."""
+    """Writes a store under its partial name; :meth:`finish` moves it into place.
+
+    Progress is kept on disk: every latent chunk is written atomically with its CRC-32C, and the
+    tile-state map is rewritten at least every ``checkpoint_seconds`` (it never claims a tile
+    whose chunk is not yet written). ``resume=True`` continues an interrupted run from the partial
+    store when it was written with the same metadata (same input, model, tile size, ...): tiles
+    whose chunk passes its checksum and glass tiles are kept, everything else is coded again;
+    :attr:`resumed` counts the tiles kept. The group's ``created`` time is the first run's."""
 
     def __init__(self, final: Path, meta: dict[str, Any], grid: TileGrid, tables: EntropyTables,
-                 overwrite: bool = False):
+                 overwrite: bool = False, resume: bool = False, checkpoint_seconds: float = 1.0):
+        self.final = Path(final)
+        self.path = partial_path(self.final)
+        check_output_path(self.final, overwrite)
+        self.grid = grid
+        self.tables = tables
+        self.meta = dict(meta)
+        self.meta["complete"] = False
+        self.resumed = 0
+        self.checkpoint_seconds = checkpoint_seconds
+        self._last_checkpoint = time.monotonic()
+        self._dirty = False
+        if resume and self.path.is_dir() and self._reopen():
+            return
+        if self.path.exists():
+            shutil.rmtree(self.path)
+        self._create()
+
+    def _create(self) -> None:
         zarr = _zarr()
         from zarr.codecs import BytesCodec, Crc32cCodec, ZstdCodec
 
-        self.final = Path(final)
-        self.path = partial_path(self.final)
-        if self.final.exists() and not overwrite:
-            raise StoreError(f"{self.final}: already exists (use --overwrite to replace it)")
-        if self.path.exists():
-            shutil.rmtree(self.path)
-        self.grid = grid
+        grid, tables = self.grid, self.tables
         rows, cols = grid.latent_shape
         c = grid.chunk
         self.group = zarr.open_group(str(self.path), mode="w", zarr_format=3)
@@ -83,9 +165,61 @@ class StoreWriter:
             dimension_names=["tile_y", "tile_x"],
         )
         self.state = np.zeros((grid.tiles_y, grid.tiles_x), np.uint8)
-        self.meta = dict(meta)
-        self.meta["complete"] = False
         self.group.attrs[FORMAT_NAME] = self.meta
+
+    def _reopen(self) -> bool:
+        """Take up an interrupted run; False when the partial store is unusable (start over).
+        Raises :class:`StoreError` when it was written for another input or with other settings."""
+        zarr = _zarr()
+        old = read_store_meta(self.path)
+        if old is None:
+            return False
+        if _comparable(old) != _comparable(json_roundtrip(self.meta)):
+            raise StoreError(f"{self.path}: the unfinished store was written from another input or with other "
+                             f"settings; run without --resume to start over")
+        grid = self.grid
+        try:
+            self.group = zarr.open_group(str(self.path), mode="r+")
+            lat = self.group["latents"]
+            expect = (self.tables.channels, *grid.latent_shape)
+            if (tuple(lat.shape) != expect or tuple(lat.chunks) != (self.tables.channels, grid.chunk, grid.chunk)
+                    or lat.metadata.to_dict()["codecs"][0].get("configuration", {}).get("tables")
+                    != json_roundtrip(self.tables.to_config())):
+                return False
+            from zarr.core.array import Array, AsyncArray
+
+            # (zarr.open_array ignores ``config``): every coded tile has its chunk, even all-zero
+            a = lat._async_array
+            self.latents = Array(AsyncArray(metadata=a.metadata, store_path=a.store_path,
+                                            config={"write_empty_chunks": True}))
+            self.tiles = self.group["tiles"]
+            if tuple(self.tiles.shape) != (grid.tiles_y, grid.tiles_x):
+                return False
+        except Exception:
+            return False
+        try:
+            state = np.asarray(self.tiles[...], np.uint8)
+        except Exception:  # a damaged map: every tile with a good chunk is still kept below
+            state = np.zeros((grid.tiles_y, grid.tiles_x), np.uint8)
+        for f in self.path.rglob("*"):
+            if f.is_file() and _ZARR_TMP.search(f.name):
+                f.unlink()
+        self.state = np.zeros_like(state)
+        for tx, ty in grid:
+            f = chunk_file(self.path, tx, ty)
+            if state[ty, tx] == TILE_GLASS:
+                self.state[ty, tx] = TILE_GLASS
+                if f.exists():
+                    f.unlink()
+            elif f.is_file() and chunk_crc_ok(f.read_bytes()):
+                self.state[ty, tx] = TILE_CODED  # written after the last checkpoint counts too
+            elif f.exists():
+                f.unlink()
+        self.resumed = int((self.state != TILE_MISSING).sum())
+        self.meta["created"] = old.get("created", self.meta.get("created"))
+        self.group.attrs[FORMAT_NAME] = self.meta
+        self.checkpoint()
+        return True
 
     def write_associated(self, images: dict[str, np.ndarray]) -> None:
         from zarr.codecs import BytesCodec, Crc32cCodec, ZstdCodec
@@ -94,7 +228,7 @@ class StoreWriter:
             arr = self.group.create_array(
                 f"associated/{name}", shape=im.shape, chunks=im.shape, dtype="uint8",
                 serializer=BytesCodec(), compressors=[ZstdCodec(level=9), Crc32cCodec()],
-                dimension_names=["y", "x", "rgb"],
+                dimension_names=["y", "x", "rgb"], overwrite=True,
             )
             arr[...] = im
 
@@ -102,28 +236,41 @@ class StoreWriter:
         """Store a tile's latents, or mark it as glass (``None``: nothing is stored)."""
         if latents is None:
             self.state[ty, tx] = TILE_GLASS
-            return
-        lx0, ly0, lx1, ly1 = self.grid.tile_latents(tx, ty)
-        if np.abs(latents).max(initial=0) > 32767:
-            raise StoreError(f"{self.final}: latent values overflow int16 at tile ({tx}, {ty})")
-        self.latents[:, ly0:ly1, lx0:lx1] = latents.astype(np.int16)
-        self.state[ty, tx] = TILE_CODED
+        else:
+            lx0, ly0, lx1, ly1 = self.grid.tile_latents(tx, ty)
+            if np.abs(latents).max(initial=0) > 32767:
+                raise StoreError(f"{self.final}: latent values overflow int16 at tile ({tx}, {ty})")
+            self.latents[:, ly0:ly1, lx0:lx1] = latents.astype(np.int16)  # atomic: temp file + rename
+            if not chunk_file(self.path, tx, ty).is_file():
+                raise StoreError(f"{self.path}: the chunk of tile ({tx}, {ty}) was not written")
+            self.state[ty, tx] = TILE_CODED
+        self._dirty = True
+        if time.monotonic() - self._last_checkpoint >= self.checkpoint_seconds:
+            self.checkpoint()
+
+    def checkpoint(self) -> None:
+        """Persist the tile-state map (only ever after the chunks it marks as coded)."""
+        self.tiles[...] = self.state
+        self._dirty = False
+        self._last_checkpoint = time.monotonic()
 
     def finish(self, overwrite: bool = False) -> Path:
         if (self.state == TILE_MISSING).any():
             raise StoreError(f"{self.final}: {(self.state == TILE_MISSING).sum()} tiles were not written")
-        self.tiles[...] = self.state
+        self.checkpoint()
+        check_output_path(self.final, overwrite)
         self.meta["complete"] = True
         self.group.attrs[FORMAT_NAME] = self.meta
+        _sync()
         if self.final.exists():
-            if not overwrite:
-                raise StoreError(f"{self.final}: already exists (use --overwrite to replace it)")
             old = self.final.with_name(f".{self.final.name}.old")
-            if old.exists():
-                shutil.rmtree(old) if old.is_dir() else old.unlink()
+            if old.is_symlink() or old.is_file():
+                old.unlink()
+            elif old.exists():
+                shutil.rmtree(old)
             os.replace(self.final, old)
             os.replace(self.path, self.final)
-            shutil.rmtree(old) if old.is_dir() else old.unlink()
+            shutil.rmtree(old)
         else:
             os.replace(self.path, self.final)
         return self.final
@@ -132,8 +279,107 @@ class StoreWriter:
         shutil.rmtree(self.path, ignore_errors=True)
 
 
+def json_roundtrip(obj: Any) -> Any:
+    import json
+
+    return json.loads(json.dumps(obj, default=str))
+
+
+def _sync() -> None:
+    """Flush written files to disk before the store is moved into place."""
+    if hasattr(os, "sync"):
+        os.sync()
+
+
 def store_size(path: Path) -> int:
     return sum(f.stat().st_size for f in Path(path).rglob("*") if f.is_file())
+
+
+_NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,63}$")
+#: largest side accepted from store metadata (as for inputs, see wsicodec.slide.MAX_SIDE)
+MAX_SIDE = 1 << 20
+#: largest associated image (label, macro, thumbnail) a reader decodes
+MAX_ASSOCIATED_PIXELS = 1 << 26
+
+
+def _is_int(v: Any) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _is_num(v: Any) -> bool:
+    return (isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v))
+
+
+def check_meta(meta: Any) -> str | None:
+    """What is wrong with a store's ``wsicodec`` metadata object (``None``: nothing). Checks the
+    format marker, version and completeness first, then every key a reader relies on."""
+    if not isinstance(meta, dict):
+        return "not a wsicodec store (metadata is not an object)"
+    if meta.get("format") != FORMAT_NAME:
+        return "not a wsicodec store (no 'format': 'wsicodec' marker)"
+    version = meta.get("format_version")
+    if version != FORMAT_VERSION or not _is_int(version):
+        return (f"store format version {version!r} is not supported "
+                f"(this wsicodec reads version {FORMAT_VERSION})")
+    if meta.get("complete") is not True:
+        return "incomplete store (compression did not finish; `wsicodec compress ... --resume` continues it)"
+    bad = []
+    m = meta.get("model")
+    if not (isinstance(m, dict) and isinstance(m.get("name"), str) and _NAME.match(m["name"])
+            and isinstance(m.get("sha256"), str) and re.fullmatch(r"[0-9a-f]{64}", m["sha256"])):
+        bad.append("model")
+    lv = meta.get("level0")
+    if not (isinstance(lv, dict) and all(_is_int(lv.get(k)) and 0 < lv[k] <= MAX_SIDE for k in ("width", "height"))):
+        bad.append("level0")
+    st, ts = meta.get("stride"), meta.get("tile_size")
+    if not (_is_int(st) and st in (8, 16, 32, 64)):
+        bad.append("stride")
+    elif not (_is_int(ts) and 0 < ts <= 8192 and ts % st == 0):
+        bad.append("tile_size")
+    mpp = meta.get("mpp")
+    if not (isinstance(mpp, list) and len(mpp) == 2 and all(v is None or _is_num(v) for v in mpp)):
+        bad.append("mpp")
+    op = meta.get("objective_power")
+    if not (op is None or _is_num(op)):
+        bad.append("objective_power")
+    props = meta.get("properties", {})
+    if not (isinstance(props, dict) and all(isinstance(k, str) and isinstance(v, str) for k, v in props.items())):
+        bad.append("properties")
+    bg = meta.get("background")
+    if not (isinstance(bg, dict) and isinstance(bg.get("colour"), list) and len(bg["colour"]) == 3
+            and all(_is_int(v) and 0 <= v <= 255 for v in bg["colour"]) and isinstance(bg.get("latents"), list)
+            and 0 < len(bg["latents"]) <= 4096 and all(_is_int(v) and abs(v) <= 32767 for v in bg["latents"])):
+        bad.append("background")
+    assoc = meta.get("associated", [])
+    if not (isinstance(assoc, list) and all(isinstance(a, str) and _NAME.match(a) for a in assoc)):
+        bad.append("associated")
+    for key in ("source", "tiles"):
+        if key in meta and not isinstance(meta[key], dict):
+            bad.append(key)
+    if not isinstance(meta.get("deidentified", False), bool):
+        bad.append("deidentified")
+    if bad:
+        return f"damaged store metadata (bad or missing: {', '.join(bad)})"
+    return None
+
+
+def check_arrays(latents: Any, tiles: Any, grid: TileGrid, channels: int) -> str | None:
+    """What is wrong with the shapes / types of the latent and tile arrays (``None``: nothing)."""
+    try:
+        expect = (channels, *grid.latent_shape)
+        if tuple(latents.shape) != expect:
+            return f"latents shape {tuple(latents.shape)}, expected {expect}"
+        if tuple(latents.chunks) != (channels, grid.chunk, grid.chunk):
+            return f"latent chunks {tuple(latents.chunks)}, expected {(channels, grid.chunk, grid.chunk)}"
+        if np.dtype(latents.dtype) != np.int16:
+            return f"latents dtype {latents.dtype}, expected int16"
+        if tuple(tiles.shape) != (grid.tiles_y, grid.tiles_x):
+            return "tile map shape does not match the level-0 size"
+        if np.dtype(tiles.dtype) != np.uint8:
+            return f"tile map dtype {tiles.dtype}, expected uint8"
+    except Exception as e:
+        return _first_line(e)
+    return None
 
 
 class WsiStore:
@@ -147,28 +393,40 @@ class WsiStore:
         zarr = _zarr()
         self.path = Path(path)
         if not self.path.exists():
-            raise StoreError(f"{self.path}: no such store")
+            hint = ""
+            if partial_path(self.path).is_dir():
+                hint = (f" (an unfinished one is at {partial_path(self.path)}; "
+                        f"`wsicodec compress ... --resume` continues it)")
+            raise StoreError(f"{self.path}: no such store{hint}")
+        if is_partial_name(self.path):
+            raise StoreError(f"{self.path}: incomplete store (an unfinished compression; "
+                             f"`wsicodec compress ... --resume` continues it)")
         try:
             self.group = zarr.open_group(str(self.path), mode="r")
-            meta = dict(self.group.attrs[FORMAT_NAME])
+            meta = self.group.attrs[FORMAT_NAME]
+            if not isinstance(meta, dict):
+                raise TypeError("attributes['wsicodec'] is not an object")
+            meta = dict(meta)
         except Exception as e:
             raise StoreError(f"{self.path}: not a wsicodec store ({_first_line(e)})") from None
-        version = meta.get("format_version")
-        if version != FORMAT_VERSION:
-            raise StoreError(f"{self.path}: store format version {version!r} is not supported "
-                             f"(this wsicodec reads version {FORMAT_VERSION})")
-        if not meta.get("complete"):
-            raise StoreError(f"{self.path}: incomplete store (compression did not finish)")
+        problem = check_meta(meta)
+        if problem:
+            raise StoreError(f"{self.path}: {problem}")
         self.meta = meta
+        lv = meta["level0"]
+        self.grid = TileGrid(int(lv["width"]), int(lv["height"]), int(meta["tile_size"]), int(meta["stride"]))
         try:
             self.latents = self.group["latents"]
-            self.tile_state = np.asarray(self.group["tiles"][...])
-            lv = meta["level0"]
-            self.grid = TileGrid(int(lv["width"]), int(lv["height"]), int(meta["tile_size"]), int(meta["stride"]))
+            tiles = self.group["tiles"]
         except Exception as e:
             raise StoreError(f"{self.path}: damaged store layout ({_first_line(e)})") from None
-        if self.tile_state.shape != (self.grid.tiles_y, self.grid.tiles_x):
-            raise StoreError(f"{self.path}: tile map shape does not match the level-0 size")
+        problem = check_arrays(self.latents, tiles, self.grid, len(meta["background"]["latents"]))
+        if problem:
+            raise StoreError(f"{self.path}: damaged store layout ({problem})")
+        try:
+            self.tile_state = np.asarray(tiles[...])
+        except Exception as e:
+            raise StoreError(f"{self.path}: damaged tile map ({_first_line(e)})") from None
         self.glass = tuple(int(v) for v in meta["background"]["colour"])
         self.glass_latents = np.asarray(meta["background"]["latents"], np.int32).reshape(-1, 1, 1)
         self._device, self._batch_size, self._model_dir = device, batch_size, model_dir
@@ -210,7 +468,15 @@ class WsiStore:
 
         out = {}
         for name in self.meta.get("associated", []):
-            out[name] = Image.fromarray(np.asarray(self.group[f"associated/{name}"][...]))
+            try:
+                arr = self.group[f"associated/{name}"]
+                if len(arr.shape) != 3 or arr.shape[2] != 3 or np.dtype(arr.dtype) != np.uint8:
+                    raise StoreError(f"shape {arr.shape} / dtype {arr.dtype}, expected (h, w, 3) uint8")
+                if arr.shape[0] * arr.shape[1] > MAX_ASSOCIATED_PIXELS:
+                    raise StoreError(f"size {arr.shape[1]}x{arr.shape[0]} is too large")
+                out[name] = Image.fromarray(np.asarray(arr[...]))
+            except Exception as e:
+                raise StoreError(f"{self.path}: damaged associated image {name!r} ({_first_line(e)})") from None
         return out
 
     def get_best_level_for_downsample(self, downsample: float) -> int:

@@ -1,0 +1,285 @@
+"""``wsicodec verify``: check that a store is whole and readable, and (``against``) how close its
+pixels are to the source slide.
+
+Checks, in order: the group metadata (format marker, version, completeness, every key a reader
+relies on), the latent / tile-map array metadata, the model (named weights present, sha256 as in
+the store, entropy tables in the store equal to the model's), the tile map (every tile coded or
+glass, counts as in the metadata), every latent chunk (present exactly for coded tiles, passes its
+CRC-32C and decodes; entropy decoding only, chunk by chunk), no stray files, and every associated
+image. A problem in a chunk is named by its tile position ``(tx, ty)``.
+
+With ``against``, every tile is also decoded to pixels and compared with the source, tile by tile
+(memory stays bounded): PSNR over the whole slide and the worst tile, and MS-SSIM (pixel-weighted
+mean over tiles; pytorch-msssim, 5 scales, window shrunk for tiles under 161 px, tiles under 33 px
+left out).
+"""
+from __future__ import annotations
+
+import math
+import os
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from wsicodec.store import (FORMAT_NAME, TILE_CODED, TILE_GLASS, StoreError, TileGrid, WsiStore, _first_line,
+                            check_arrays, check_meta, chunk_crc_ok, is_partial_name, partial_path)
+
+
+@dataclass
+class Problem:
+    what: str                      # "metadata", "model", "tiles", "chunk", "file", "associated", "pixels"
+    message: str
+    tile: tuple[int, int] | None = None
+
+    def __str__(self) -> str:
+        where = f"tile ({self.tile[0]}, {self.tile[1]}): " if self.tile else ""
+        return f"{self.what}: {where}{self.message}"
+
+
+@dataclass
+class VerifyReport:
+    path: str
+    ok: bool = True
+    problems: list[Problem] = field(default_factory=list)
+    tiles: int = 0
+    coded: int = 0
+    glass: int = 0
+    chunks_decoded: int = 0
+    model: dict[str, Any] = field(default_factory=dict)
+    associated: list[str] = field(default_factory=list)
+    quality: dict[str, Any] | None = None
+
+    def add(self, what: str, message: str, tile: tuple[int, int] | None = None) -> None:
+        self.problems.append(Problem(what, message, tile))
+        self.ok = False
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["problems"] = [dict(asdict(p), text=str(p)) for p in self.problems]
+        return d
+
+
+def verify_store(path: str | os.PathLike, against: str | os.PathLike | None = None,
+                 model_dir: Path | None = None, device: str = "auto", batch_size: int = 4,
+                 check_model: bool = True) -> VerifyReport:
+    """Check a store (see the module docstring). Raises :class:`StoreError` only when ``path`` is
+    not a readable, complete wsicodec store at all; everything else is listed in the report."""
+    import zarr
+
+    path = Path(path)
+    rep = VerifyReport(str(path))
+    if not path.exists():
+        hint = f" (an unfinished one is at {partial_path(path)})" if partial_path(path).is_dir() else ""
+        raise StoreError(f"{path}: no such store{hint}")
+    if is_partial_name(path):
+        raise StoreError(f"{path}: incomplete store (an unfinished compression; "
+                         f"`wsicodec compress ... --resume` continues it)")
+    try:
+        group = zarr.open_group(str(path), mode="r")
+        meta = group.attrs[FORMAT_NAME]
+    except Exception as e:
+        raise StoreError(f"{path}: not a wsicodec store ({_first_line(e)})") from None
+    problem = check_meta(meta)
+    if problem:
+        raise StoreError(f"{path}: {problem}")
+    meta = dict(meta)
+    lv = meta["level0"]
+    grid = TileGrid(lv["width"], lv["height"], meta["tile_size"], meta["stride"])
+    rep.tiles = len(grid)
+    channels = len(meta["background"]["latents"])
+
+    # -- arrays --------------------------------------------------------------------------------
+    try:
+        latents, tiles = group["latents"], group["tiles"]
+    except Exception as e:
+        rep.add("metadata", f"cannot open the latent / tile arrays ({_first_line(e)})")
+        return rep
+    problem = check_arrays(latents, tiles, grid, channels)
+    if problem:
+        rep.add("metadata", problem)
+        return rep
+    enc = latents.metadata.chunk_key_encoding.to_dict()
+    if enc.get("name") != "default" or enc.get("configuration", {}).get("separator", "/") != "/":
+        rep.add("metadata", f"latent chunk key encoding {enc}, expected default with '/'")
+        return rep
+
+    # -- model ---------------------------------------------------------------------------------
+    m = meta["model"]
+    rep.model = {"name": m["name"], "sha256": m["sha256"], "checked": False}
+    if check_model:
+        _check_model(rep, latents, m, model_dir)
+
+    # -- tile map ------------------------------------------------------------------------------
+    try:
+        state = np.asarray(tiles[...])
+    except Exception as e:
+        rep.add("tiles", f"tile map cannot be read ({_first_line(e)})")
+        state = None
+    if state is not None:
+        rep.coded = int((state == TILE_CODED).sum())
+        rep.glass = int((state == TILE_GLASS).sum())
+        for ty, tx in zip(*np.nonzero((state != TILE_CODED) & (state != TILE_GLASS))):
+            rep.add("tiles", f"state {int(state[ty, tx])} (not written)" if state[ty, tx] == 0
+                    else f"invalid state {int(state[ty, tx])}", (int(tx), int(ty)))
+        counts = meta.get("tiles")
+        if isinstance(counts, dict) and (counts.get("total") != len(grid) or counts.get("glass") != rep.glass):
+            rep.add("tiles", f"metadata says {counts.get('total')} tiles / {counts.get('glass')} glass, "
+                             f"the tile map {len(grid)} / {rep.glass}")
+
+    # -- chunks --------------------------------------------------------------------------------
+    for tx, ty in grid:
+        f = _chunk_path(path, latents, tx, ty)
+        st = None if state is None else int(state[ty, tx])
+        if not f.is_file():
+            if st == TILE_CODED or st is None:
+                rep.add("chunk", f"{f.relative_to(path)} is missing", (tx, ty))
+            continue
+        if st == TILE_GLASS:
+            rep.add("chunk", f"glass tile has a chunk file {f.relative_to(path)}", (tx, ty))
+            continue
+        try:
+            data = f.read_bytes()
+        except OSError as e:
+            rep.add("chunk", f"{f.relative_to(path)} cannot be read ({e.strerror or e})", (tx, ty))
+            continue
+        if not chunk_crc_ok(data):
+            rep.add("chunk", f"{f.relative_to(path)} is corrupt (CRC-32C mismatch)", (tx, ty))
+            continue
+        lx0, ly0, lx1, ly1 = grid.tile_latents(tx, ty)
+        try:
+            np.asarray(latents[:, ly0:ly1, lx0:lx1])
+            rep.chunks_decoded += 1
+        except Exception as e:
+            rep.add("chunk", f"{f.relative_to(path)} does not decode ({_first_line(e)})", (tx, ty))
+
+    # -- stray files -----------------------------------------------------------------------------
+    _check_files(rep, path, grid, meta)
+
+    # -- associated images -----------------------------------------------------------------------
+    for name in meta.get("associated", []):
+        try:
+            arr = group[f"associated/{name}"]
+            if len(arr.shape) != 3 or arr.shape[2] != 3 or np.dtype(arr.dtype) != np.uint8:
+                raise ValueError(f"shape {arr.shape} / dtype {arr.dtype}, expected (h, w, 3) uint8")
+            np.asarray(arr[...])
+            rep.associated.append(name)
+        except Exception as e:
+            rep.add("associated", f"{name!r} cannot be read ({_first_line(e)})")
+
+    if against is not None:
+        if not rep.ok:
+            rep.add("pixels", "not compared with the source: the store has problems")
+        else:
+            _compare(rep, path, Path(against), model_dir, device, batch_size)
+    return rep
+
+
+def _chunk_path(root: Path, latents: Any, tx: int, ty: int) -> Path:
+    return root / "latents" / latents.metadata.encode_chunk_key((0, ty, tx))
+
+
+def _check_model(rep: VerifyReport, latents: Any, m: dict[str, Any], model_dir: Path | None) -> None:
+    from wsicodec.codec import EntropyTables
+    from wsicodec.models import ModelError, load_model
+    from wsicodec.store import json_roundtrip
+
+    try:
+        net, card = load_model(m["name"], model_dir, expect_sha256=m["sha256"])
+    except ModelError as e:
+        rep.add("model", str(e))
+        return
+    rep.model.update(checked=True, architecture=card.architecture)
+    try:
+        stored = latents.metadata.to_dict()["codecs"][0]["configuration"]["tables"]
+    except Exception as e:
+        rep.add("model", f"the store's entropy tables cannot be read ({_first_line(e)})")
+        return
+    if stored != json_roundtrip(EntropyTables.from_entropy_bottleneck(net.entropy_bottleneck).to_config()):
+        rep.add("model", f"the store's entropy tables differ from model {m['name']!r}'s")
+
+
+def _check_files(rep: VerifyReport, path: Path, grid: TileGrid, meta: dict[str, Any]) -> None:
+    """Files that have no place in the layout (``docs/format.md``), e.g. chunks outside the grid."""
+    names = set(meta.get("associated", []))
+
+    def index(v: str, n: int) -> bool:
+        return v.isdigit() and str(int(v)) == v and int(v) < n
+
+    for f in sorted(path.rglob("*")):
+        if f.is_dir():
+            continue
+        rel = f.relative_to(path).parts
+        ok = (rel in {("zarr.json",), ("latents", "zarr.json"), ("tiles", "zarr.json"), ("tiles", "c", "0", "0"),
+                      ("associated", "zarr.json")}
+              or (len(rel) == 5 and rel[:3] == ("latents", "c", "0") and index(rel[3], grid.tiles_y)
+                  and index(rel[4], grid.tiles_x))
+              or (len(rel) >= 3 and rel[0] == "associated" and rel[1] in names
+                  and rel[2:] in {("zarr.json",), ("c", "0", "0", "0")}))
+        if not ok:
+            rep.add("file", f"unexpected file {'/'.join(rel)}")
+
+
+def _tile_ms_ssim(a: np.ndarray, b: np.ndarray) -> float | None:
+    side = min(a.shape[:2])
+    win = 11
+    while win >= 3 and not side > (win - 1) * 16:
+        win -= 2
+    if win < 3:
+        return None
+    if np.array_equal(a, b):
+        return 1.0
+    import torch
+    from pytorch_msssim import ms_ssim
+
+    def t(x: np.ndarray):
+        return torch.from_numpy(np.ascontiguousarray(x)).permute(2, 0, 1)[None].float()
+
+    with torch.no_grad():
+        return float(ms_ssim(t(a), t(b), data_range=255, win_size=win))
+
+
+def _compare(rep: VerifyReport, path: Path, against: Path, model_dir: Path | None, device: str,
+             batch_size: int) -> None:
+    from wsicodec.slide import open_input
+
+    with WsiStore(path, device=device, batch_size=batch_size, model_dir=model_dir) as store, \
+            open_input(against) as src:
+        if tuple(src.dimensions) != tuple(store.dimensions):
+            rep.add("pixels", f"{against} is {src.dimensions[0]}x{src.dimensions[1]}, "
+                              f"the store {store.dimensions[0]}x{store.dimensions[1]}")
+            return
+        sq_err, n_px = 0.0, 0
+        worst: tuple[float, tuple[int, int]] | None = None
+        ssim_sum, ssim_px = 0.0, 0
+        tiles = list(store.grid)
+        try:
+            for tx, ty, px in store.decode_tiles(tiles):
+                x, y, w, h = store.grid.tile_box(tx, ty)
+                ref = src.read_rgb(x, y, w, h)
+                d = ref.astype(np.float64) - px.astype(np.float64)
+                se = float((d * d).sum())
+                sq_err += se
+                n_px += d.size
+                p = _psnr(se / d.size)
+                if worst is None or p < worst[0]:
+                    worst = (p, (tx, ty))
+                s = _tile_ms_ssim(ref, px)
+                if s is not None and math.isfinite(s):
+                    ssim_sum += s * w * h
+                    ssim_px += w * h
+        except Exception as e:
+            rep.add("pixels", f"decoding failed ({_first_line(e)})")
+            return
+        rep.quality = {
+            "against": str(against),
+            "psnr": round(_psnr(sq_err / max(n_px, 1)), 3),
+            "worst_tile_psnr": round(worst[0], 3) if worst else None,
+            "worst_tile": list(worst[1]) if worst else None,
+            "ms_ssim": round(ssim_sum / ssim_px, 5) if ssim_px else None,
+        }
+
+
+def _psnr(mse: float, cap: float = 100.0) -> float:
+    return cap if mse <= 0 else min(cap, 10 * math.log10(255.0 ** 2 / mse))
