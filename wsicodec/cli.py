@@ -2,48 +2,15 @@
 from __future__ import annotations
 
 import json
-import sys
 from pathlib import Path
 
 import click
 
 from wsicodec import __version__
+from wsicodec._click import ErrorGroup, UserError
 
 
-class UserError(click.ClickException):
-    """Printed as one line, exit status 1, no traceback."""
-
-    def show(self, file=None) -> None:
-        click.echo(f"wsicodec: error: {self.format_message()}", err=True)
-
-
-def _expected_errors() -> tuple[type[BaseException], ...]:
-    from wsicodec.codec import CodecError
-    from wsicodec.engine import EngineError
-    from wsicodec.models import ModelError
-    from wsicodec.slide import SlideError
-    from wsicodec.store import StoreError
-
-    return (SlideError, StoreError, ModelError, CodecError, EngineError, FileNotFoundError,
-            IsADirectoryError, PermissionError, ValueError)
-
-
-class _Group(click.Group):
-    def invoke(self, ctx):
-        try:
-            return super().invoke(ctx)
-        except click.ClickException:
-            raise
-        except KeyboardInterrupt:
-            click.echo("wsicodec: interrupted", err=True)
-            sys.exit(130)
-        except _expected_errors() as e:
-            raise UserError(str(e)) from None
-        except OSError as e:
-            raise UserError(f"{getattr(e, 'filename', '') or ''}: {e.strerror or e}") from None
-
-
-@click.group(cls=_Group)
+@click.group(cls=ErrorGroup)
 @click.version_option(__version__, prog_name="wsicodec")
 def main() -> None:
     """Learned compression of pathology whole-slide images."""
@@ -265,3 +232,7 @@ def _register_optional() -> None:
 
 
 _register_optional()
+
+
+if __name__ == "__main__":
+    main()

@@ -9,52 +9,16 @@ Anything that is not a subcommand name (or ``--help``) as the first argument goe
 """
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
 import click
 
+from wsicodec._click import DefaultGroup, UserError
+
 DEFAULT_COMMAND = "run"
 
 
-class _BenchError(click.ClickException):
-    def show(self, file=None) -> None:
-        click.echo(f"wsicodec: error: {self.format_message()}", err=True)
-
-
-def _expected() -> tuple[type[BaseException], ...]:
-    from wsicodec.codec import CodecError
-    from wsicodec.models import ModelError
-    from wsicodec.slide import SlideError
-    from wsicodec.store import StoreError
-
-    return (SlideError, StoreError, ModelError, CodecError, FileNotFoundError, IsADirectoryError,
-            PermissionError, ValueError)
-
-
-class BenchGroup(click.Group):
-    """Routes ``bench INPUT...`` to the default command; errors become one line."""
-
-    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
-        if args and args[0] not in self.commands and args[0] not in ("--help", "-h"):
-            args = [DEFAULT_COMMAND, *args]
-        elif not args:
-            args = [DEFAULT_COMMAND]
-        return super().parse_args(ctx, args)
-
-    def invoke(self, ctx: click.Context):
-        try:
-            return super().invoke(ctx)
-        except click.ClickException:
-            raise
-        except KeyboardInterrupt:
-            click.echo("wsicodec: interrupted", err=True)
-            sys.exit(130)
-        except _expected() as e:
-            raise _BenchError(str(e)) from None
-
-
-@click.group(cls=BenchGroup, context_settings={"help_option_names": ["--help", "-h"]})
+@click.group(cls=DefaultGroup, default_command=DEFAULT_COMMAND, context_settings={"help_option_names": ["--help", "-h"]})
 def command() -> None:
     """Benchmark wsicodec against JPEG, WebP, JPEG-XL, AVIF and JPEG 2000.
 
