@@ -1,0 +1,30 @@
+"""CUDA paths; skipped on machines without a CUDA device (the development and CI machines)."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device on this machine")
+
+
+def test_cuda_latents_match_cpu_and_decode_anywhere(tiny_models, he_crop, tmp_path):
+    from PIL import Image
+
+    from wsicodec.pipeline import compress
+    from wsicodec.store import WsiStore
+
+    Image.fromarray(he_crop).save(tmp_path / "he.png")
+    cpu = compress(tmp_path / "he.png", tmp_path / "cpu.zarr", model_dir=tiny_models, tile=128, device="cpu")
+    gpu = compress(tmp_path / "he.png", tmp_path / "gpu.zarr", model_dir=tiny_models, tile=128, device="cuda",
+                   batch_size=8)
+    with WsiStore(cpu.output, model_dir=tiny_models, device="cpu") as a, \
+            WsiStore(gpu.output, model_dir=tiny_models, device="cpu") as b:
+        qa, qb = np.asarray(a.latents[...]), np.asarray(b.latents[...])
+        assert np.mean(qa != qb) < 1e-3 and np.abs(qa.astype(int) - qb).max() <= 1
+        pa = b.read_level0(0, 0, *b.dimensions)  # GPU-written store decoded on the CPU
+    with WsiStore(gpu.output, model_dir=tiny_models, device="cuda") as g:
+        pg = g.read_level0(0, 0, *g.dimensions)
+    assert np.abs(pa.astype(int) - pg).max() <= 2
+
+
