@@ -62,6 +62,7 @@ def write_pyramid(store, output: Path, region: tuple[int, int, int, int], tile: 
         res = {"resolution": (1e4 / float(mpp[0]), 1e4 / float(mpp[1])), "resolutionunit": "CENTIMETER"}
     band_h = max(tile, store.grid.tile) // tile * tile
     output = Path(output)
+    output.parent.mkdir(parents=True, exist_ok=True)  # like compress, which creates the store's folders
     tmpdir = tempfile.mkdtemp(prefix=f".{output.name}.", dir=output.parent)
     tmp_tif = Path(tmpdir) / output.name
     lvl1 = None
