@@ -285,3 +285,218 @@ def test_partial_store_without_resume_starts_over(tiny_models, tmp_path):
     shutil.rmtree(out)
     with pytest.raises(StoreError, match="other settings"):
         compress(img, out, tile=64, model_dir=tiny_models, device="cpu", resume=True)
+
+
+# -- input safety ----------------------------------------------------------------------------------
+
+def _huge_tiff(path: Path, W: int, H: int, T: int = 256) -> Path:
+    """A tiled RGB TIFF header claiming W x H pixels; every tile points at one 16-byte blob."""
+    import struct
+
+    n = -(-W // T) * -(-H // T)
+    blob = bytes(16)
+    data_off = 8
+    offs_off = data_off + len(blob)
+    cnts_off = offs_off + 4 * n
+    bps_off = cnts_off + 4 * n
+    ifd_off = bps_off + 6
+    tags = [(256, 4, 1, W), (257, 4, 1, H), (258, 3, 3, bps_off), (259, 3, 1, 1), (262, 3, 1, 2),
+            (277, 3, 1, 3), (284, 3, 1, 1), (322, 3, 1, T), (323, 3, 1, T), (324, 4, n, offs_off),
+            (325, 4, n, cnts_off)]
+    out = bytearray(b"II*\x00" + struct.pack("<I", ifd_off)) + blob
+    out += struct.pack(f"<{n}I", *([data_off] * n)) + struct.pack(f"<{n}I", *([len(blob)] * n))
+    out += struct.pack("<3H", 8, 8, 8) + struct.pack("<H", len(tags))
+    for tag, typ, cnt, val in tags:
+        out += struct.pack("<HHIHH", tag, typ, cnt, val, 0) if typ == 3 and cnt == 1 else \
+            struct.pack("<HHII", tag, typ, cnt, val)
+    out += struct.pack("<I", 0)
+    path.write_bytes(bytes(out))
+    return path
+
+
+def _png_header(path: Path, W: int, H: int) -> Path:
+    """A PNG whose IHDR claims W x H pixels, with one tiny IDAT."""
+    import struct
+    import zlib
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", W, H, 8, 2, 0, 0, 0))
+                     + chunk(b"IDAT", zlib.compress(b"\x00" * 16)) + chunk(b"IEND", b""))
+    return path
+
+
+def test_huge_or_malformed_dimensions_are_refused_before_allocating(run, tmp_path):
+    import resource
+
+    cases = [(_png_header(tmp_path / "bomb.png", 100000, 100000), "larger than"),      # PIL's bomb check
+             (_png_header(tmp_path / "big.png", 40000, 40000), "larger than"),         # PIL only warns here
+             (_png_header(tmp_path / "wide.png", 1 << 21, 1), "outside 1.."),
+             (_huge_tiff(tmp_path / "huge.tif", 2_000_000, 2_000_000, T=4096), "outside 1..")]
+    for src, needle in cases:
+        _one_line_error(run("compress", src, tmp_path / "o.zarr", "-q"), src.name, needle)
+        _one_line_error(run("info", src), src.name, needle)
+    assert not (tmp_path / "o.zarr").exists()
+    # and without allocating: the same under a 1.5 GB address-space limit (no torch in this process)
+    code = ("import sys\nfrom wsicodec.slide import open_input, SlideError\n"
+            "for p in sys.argv[1:]:\n"
+            "    try: open_input(p)\n"
+            "    except SlideError as e: print('refused', e)\n")
+    limit = lambda: resource.setrlimit(resource.RLIMIT_AS, (1500 << 20, 1500 << 20))  # noqa: E731
+    r = subprocess.run([sys.executable, "-c", code, *(str(c[0]) for c in cases)], capture_output=True, text=True,
+                       preexec_fn=limit, timeout=120)
+    assert r.returncode == 0 and r.stdout.count("refused") == len(cases), r.stdout + r.stderr
+
+
+def test_thumbnail_of_a_slide_without_small_level_is_read_in_strips(monkeypatch):
+    from conftest import EXAMPLE
+    import wsicodec.slide as slide
+
+    with slide.open_input(EXAMPLE) as s:
+        whole = s.thumbnail(512)
+        monkeypatch.setattr(slide, "MAX_THUMBNAIL_READ", 1 << 18)
+        reads = []
+        orig = s._slide.read_region
+        monkeypatch.setattr(s._slide, "read_region", lambda *a: reads.append(a[2]) or orig(*a))
+        strips = s.thumbnail(512)
+    assert strips.shape == whole.shape and np.abs(strips.astype(int) - whole).mean() < 8
+    assert len(reads) > 10 and all(w * h <= 1 << 18 for w, h in reads)
+
+
+def test_output_must_not_touch_the_input(run, tmp_path):
+    img = _image(tmp_path / "in.png", 64)
+    _one_line_error(run("compress", img, img, "--overwrite"), "over the input")
+    assert img.stat().st_size > 0
+    folder = tmp_path / "case"
+    folder.mkdir()
+    inner = _image(folder / "in.png", 64)
+    # the output would replace the folder holding the input
+    _one_line_error(run("compress", inner, folder, "--overwrite"), "inside it")
+    assert inner.exists()
+    # a folder input (DICOM folder, .zarr store): no output inside it
+    store = tmp_path / "s.zarr"
+    assert run("compress", img, store, "-q").exit_code == 0
+    _one_line_error(run("compress", store, store / "x.zarr"), "inside the input folder")
+    # --overwrite replaces only a wsicodec store
+    (tmp_path / "notes.txt").write_text("precious")
+    _one_line_error(run("compress", img, tmp_path / "notes.txt", "--overwrite"), "not a wsicodec store")
+    assert (tmp_path / "notes.txt").read_text() == "precious"
+    # symbolic links are not written through
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    (tmp_path / "link.zarr").symlink_to(elsewhere)
+    _one_line_error(run("compress", img, tmp_path / "link.zarr", "--overwrite"), "symbolic link")
+    (tmp_path / "dangling.zarr").symlink_to(tmp_path / "nowhere")
+    _one_line_error(run("compress", img, tmp_path / "dangling.zarr"), "symbolic link")
+    assert not (tmp_path / "nowhere").exists() and not any(elsewhere.iterdir())
+    partial_path(tmp_path / "p.zarr").symlink_to(elsewhere)
+    _one_line_error(run("compress", img, tmp_path / "p.zarr"), "symbolic link")
+    (tmp_path / "link.tif").symlink_to(tmp_path / "target.tif")
+    _one_line_error(run("decompress", store, tmp_path / "link.tif"), "symbolic link")
+    assert not (tmp_path / "target.tif").exists()
+
+
+# -- hostile stores ----------------------------------------------------------------------------------
+
+def test_fuzzed_stores_fail_cleanly(small_store, tiny_models, run):
+    """Random metadata values, bit flips in any zarr.json, truncated files, wrong shapes and
+    versions: always a StoreError / CodecError / ModelError (a one-line CLI error), never a crash
+    or a hang."""
+    import tempfile
+
+    from hypothesis import HealthCheck, given, settings
+    from hypothesis import strategies as st
+
+    from wsicodec.codec import CodecError
+    from wsicodec.models import ModelError
+
+    good, _ = small_store
+    files = sorted(p.relative_to(good).as_posix() for p in good.rglob("*") if p.is_file())
+    jsons = [f for f in files if f.endswith("zarr.json")]
+    meta_keys = list(json.loads((good / "zarr.json").read_text())["attributes"]["wsicodec"])
+    json_values = st.recursive(st.none() | st.booleans() | st.integers(-2**63, 2**64) | st.floats()
+                               | st.text(max_size=8), lambda c: st.lists(c, max_size=4)
+                               | st.dictionaries(st.text(max_size=6), c, max_size=4), max_leaves=8)
+    mutation = st.one_of(
+        st.tuples(st.just("value"), st.sampled_from(meta_keys), st.one_of(st.none(), st.text(max_size=8)), json_values),
+        st.tuples(st.just("delete"), st.sampled_from(meta_keys)),
+        st.tuples(st.just("bitflip"), st.sampled_from(jsons), st.integers(0, 10**6), st.integers(0, 7)),
+        st.tuples(st.just("truncate"), st.sampled_from(files), st.floats(0, 1)),
+        st.tuples(st.just("shape"), st.sampled_from(["latents/zarr.json", "tiles/zarr.json"]),
+                  st.sampled_from(["shape", "chunk_grid"]), st.lists(st.integers(-3, 2**40), max_size=4)),
+        st.tuples(st.just("version"), json_values),
+    )
+    seen = {"tried": 0, "clean_errors": 0, "read_ok": 0}
+
+    def mutate(root: Path, m: tuple) -> None:
+        kind = m[0]
+        if kind in ("value", "delete", "version"):
+            doc = json.loads((root / "zarr.json").read_text())
+            meta = doc["attributes"]["wsicodec"]
+            if kind == "delete":
+                meta.pop(m[1])
+            elif kind == "version":
+                meta["format_version"] = m[1]
+            elif m[2] is not None and isinstance(meta.get(m[1]), dict):
+                meta[m[1]][m[2]] = m[3]
+            else:
+                meta[m[1]] = m[3]
+            (root / "zarr.json").write_text(json.dumps(doc))
+        elif kind == "bitflip":
+            f = root / m[1]
+            data = bytearray(f.read_bytes())
+            data[m[2] % len(data)] ^= 1 << m[3]
+            f.write_bytes(bytes(data))
+        elif kind == "truncate":
+            f = root / m[1]
+            data = f.read_bytes()
+            f.write_bytes(data[: int(len(data) * m[2])])
+        elif kind == "shape":
+            doc = json.loads((root / m[1]).read_text())
+            if m[2] == "shape":
+                doc["shape"] = m[3]
+            else:
+                doc["chunk_grid"]["configuration"]["chunk_shape"] = m[3]
+            (root / m[1]).write_text(json.dumps(doc))
+
+    def on_alarm(*_):
+        raise TimeoutError("hang")
+
+    old = signal.signal(signal.SIGALRM, on_alarm)
+
+    @settings(max_examples=250, deadline=None, database=None, derandomize=True,
+              suppress_health_check=list(HealthCheck))
+    @given(mutation)
+    def fuzz(m):
+        seen["tried"] += 1
+        with tempfile.TemporaryDirectory() as d:
+            root = Path(d) / "f.zarr"
+            shutil.copytree(good, root)
+            mutate(root, m)
+            signal.alarm(20)
+            try:
+                try:
+                    with WsiStore(root, model_dir=tiny_models, device="cpu") as s:
+                        s.properties, s.level_dimensions, s.associated_images
+                        s.read_region((0, 0), 0, (40, 40))
+                    seen["read_ok"] += 1
+                except (StoreError, CodecError, ModelError):
+                    seen["clean_errors"] += 1
+                try:
+                    verify_store(root, check_model=False)
+                except StoreError:
+                    pass
+            finally:
+                signal.alarm(0)
+            if seen["tried"] % 10 == 0:  # the CLI turns all of it into one line
+                r = run("info", root, "--json")
+                assert r.exit_code == 0 or (r.output.startswith("wsicodec: error:")
+                                            and len(r.output.strip().splitlines()) == 1), (m, r.output)
+
+    try:
+        fuzz()
+    finally:
+        signal.signal(signal.SIGALRM, old)
+    print(f"fuzzed stores: {seen}")
+    assert seen["tried"] >= 250 and seen["clean_errors"] > 100

@@ -16,6 +16,8 @@ import numpy as np
 MAX_SIDE = 1 << 20
 #: Largest plain image (not a tiled slide) decoded into memory at once.
 MAX_IMAGE_PIXELS = 1 << 30
+#: Most pixels of a slide level read at once to make a thumbnail.
+MAX_THUMBNAIL_READ = 1 << 24
 
 
 class SlideError(Exception):
@@ -138,11 +140,37 @@ class OpenSlideSource(SlideSource):
         return flatten_rgba(np.asarray(region), self.background)
 
     def thumbnail(self, max_size: int = 1024) -> np.ndarray:
+        W, H = self.dimensions
         try:
-            im = self._slide.get_thumbnail((max_size, max_size))
+            level = self._slide.get_best_level_for_downsample(max(W, H) / max_size)
+            lw, lh = self._slide.level_dimensions[level]
+            if lw * lh <= MAX_THUMBNAIL_READ:
+                im = self._slide.get_thumbnail((max_size, max_size))
+                return flatten_rgba(np.asarray(im), self.background)
+            return self._strip_thumbnail(level, max_size)
+        except SlideError:
+            raise
         except Exception as e:
             raise SlideError(self.path, f"cannot read a thumbnail ({_short(e)})") from None
-        return flatten_rgba(np.asarray(im), self.background)
+
+    def _strip_thumbnail(self, level: int, max_size: int) -> np.ndarray:
+        """A thumbnail of a slide without a small enough pyramid level (OpenSlide's own would read the
+        whole level at once): read the level in strips of at most MAX_THUMBNAIL_READ pixels."""
+        from PIL import Image
+
+        lw, lh = self._slide.level_dimensions[level]
+        ds = self._slide.level_downsamples[level]
+        scale = max_size / max(lw, lh)
+        tw, th = max(1, round(lw * scale)), max(1, round(lh * scale))
+        out = np.empty((th, tw, 3), np.uint8)
+        rows_per_strip = max(1, int(MAX_THUMBNAIL_READ / lw * th / lh))
+        for r0 in range(0, th, rows_per_strip):
+            r1 = min(th, r0 + rows_per_strip)
+            y0, y1 = r0 * lh // th, max(r0 * lh // th + 1, r1 * lh // th)
+            region = self._slide.read_region((0, int(y0 * ds)), level, (lw, y1 - y0))
+            strip = Image.fromarray(flatten_rgba(np.asarray(region), self.background))
+            out[r0:r1] = np.asarray(strip.resize((tw, r1 - r0), Image.Resampling.BOX))
+        return out
 
     def close(self) -> None:
         self._slide.close()
@@ -162,6 +190,9 @@ class ImageSource(SlideSource):
             with Image.open(path) as im:
                 self.dimensions = (int(im.width), int(im.height))
                 self._check_dimensions()
+                if im.width * im.height > MAX_IMAGE_PIXELS:  # PIL only warns between 1x and 2x its limit
+                    raise SlideError(path, f"image of {im.width}x{im.height} pixels is larger than "
+                                           f"{MAX_IMAGE_PIXELS} pixels (not decoded)")
                 self.vendor = f"image/{(im.format or 'unknown').lower()}"
                 mode = "RGBA" if ("A" in im.mode or "transparency" in im.info) else "RGB"
                 pixels = np.asarray(im.convert(mode))
