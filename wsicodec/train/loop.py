@@ -109,7 +109,8 @@ def validate(model: nn.Module, images: list[torch.Tensor]) -> dict[str, float]:
         psnrs.append(10 * math.log10(255**2 / max(mse, 1e-10)))
         ssims.append(ms_ssim(x8, y8, data_range=255).item() if min(x.shape[2:]) >= 161 else float("nan"))
     model.train(was_training)
-    return {"bpp": bits / max(pixels, 1), "psnr": float(np.mean(psnrs)), "ms_ssim": float(np.nanmean(ssims))}
+    ssim = float(np.nanmean(ssims)) if not np.isnan(ssims).all() else float("nan")  # crops < 161 px: none
+    return {"bpp": bits / max(pixels, 1), "psnr": float(np.mean(psnrs)), "ms_ssim": ssim}
 
 
 class Trainer:
