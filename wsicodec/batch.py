@@ -7,6 +7,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Callable
 
+from wsicodec.remote import as_path, current_options
 from wsicodec.store import StoreError
 
 
@@ -38,8 +39,8 @@ def read_manifest(path: str | Path) -> list[str]:
 
 def plan_outputs(inputs: list[str], out_dir: str | Path) -> list[tuple[str, Path]]:
     """Output store for each input: ``OUT_DIR/<input name without suffix>.zarr``; refuses two
-    inputs that would share an output."""
-    out_dir = Path(out_dir)
+    inputs that would share an output. ``out_dir`` may be an fsspec URL."""
+    out_dir = as_path(out_dir)
     plan, seen = [], {}
     for inp in inputs:
         name = Path(inp).name
@@ -89,8 +90,11 @@ def compress_many(inputs: list[str], out_dir: str | Path, workers: int = 0, sche
                   retries: int = 2, threads_per_worker: int = 1,
                   on_result: Callable[[JobResult], None] = lambda r: None, **kwargs: Any) -> list[JobResult]:
     """Compress each input into ``out_dir``. ``workers=0`` and no ``scheduler``: in this process,
-    one after the other; otherwise one task per slide on dask.distributed."""
-    out_dir = Path(out_dir)
+    one after the other; otherwise one task per slide on dask.distributed. Inputs and ``out_dir``
+    may be fsspec URLs (``storage_options``, default: those of ``--storage-option``)."""
+    if kwargs.get("storage_options") is None and current_options() is not None:
+        kwargs["storage_options"] = current_options()  # also for dask workers
+    out_dir = as_path(out_dir, kwargs.get("storage_options"))
     out_dir.mkdir(parents=True, exist_ok=True)
     results: list[JobResult] = []
     todo = []

@@ -8,6 +8,7 @@ import click
 
 from wsicodec import __version__
 from wsicodec._click import ErrorGroup, UserError
+from wsicodec.remote import PATH_OR_URL, storage_option_flag
 
 
 @click.group(cls=ErrorGroup)
@@ -17,8 +18,9 @@ def main() -> None:
 
 
 @main.command()
-@click.argument("paths", nargs=-1, required=False, type=click.Path(path_type=Path))
-@click.option("--out-dir", type=click.Path(path_type=Path), default=None,
+@click.argument("paths", nargs=-1, required=False, type=PATH_OR_URL)
+@storage_option_flag
+@click.option("--out-dir", type=PATH_OR_URL, default=None,
               help="Compress every PATH (or --manifest entry) into OUT_DIR/<name>.zarr.")
 @click.option("--manifest", type=click.Path(path_type=Path), default=None, help="File listing inputs, one per line.")
 @click.option("--workers", type=click.IntRange(0, 1024), default=0, show_default=True,
@@ -104,8 +106,9 @@ def _compress_many(inputs, out_dir, workers, scheduler, retries, quiet, opts) ->
 
 
 @main.command()
-@click.argument("store", type=click.Path(path_type=Path))
-@click.argument("output", type=click.Path(path_type=Path))
+@click.argument("store", type=PATH_OR_URL)
+@click.argument("output", type=PATH_OR_URL)
+@storage_option_flag
 @click.option("--tile", type=click.IntRange(16, 4096), default=256, show_default=True)
 @click.option("--compression", type=click.Choice(["jpeg", "deflate", "zstd", "none"]), default="jpeg",
               show_default=True)
@@ -127,11 +130,14 @@ def decompress(store, output, tile, compression, quality, region, device, batch_
               region=tuple(region) if region else None, overwrite=overwrite, device=device,
               batch_size=batch_size, progress=not quiet)
     if not quiet:
-        click.echo(f"{out}: {out.stat().st_size:,} bytes, {time.time() - t0:.1f} s")
+        from wsicodec.remote import file_size
+
+        click.echo(f"{out}: {file_size(out):,} bytes, {time.time() - t0:.1f} s")
 
 
 @main.command()
-@click.argument("path", type=click.Path(path_type=Path))
+@click.argument("path", type=PATH_OR_URL)
+@storage_option_flag
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 def info(path, as_json):
     """Describe a store or a slide: size, MPP, model, bytes, bits per pixel."""

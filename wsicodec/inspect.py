@@ -8,7 +8,9 @@ from wsicodec.store import StoreError, WsiStore, store_size
 
 
 def describe(path: str | Path) -> dict[str, Any]:
-    path = Path(path)
+    from wsicodec.remote import as_path, local_input
+
+    path = as_path(path)  # a local path or an fsspec URL
     if not path.exists():
         raise StoreError(f"{path}: no such file or store")
     if path.is_dir() and (path / "zarr.json").exists():
@@ -30,7 +32,7 @@ def describe(path: str | Path) -> dict[str, Any]:
             }
     from wsicodec.slide import open_input
 
-    with open_input(path) as src:
+    with local_input(path) as local, open_input(local) as src:
         W, H = src.dimensions
         return {
             "kind": "image" if src.is_image else "slide", "dimensions": [W, H], "mpp": list(src.mpp),

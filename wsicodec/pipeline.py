@@ -16,6 +16,7 @@ from wsicodec.codec import EntropyTables
 from wsicodec.engine import LatentCoder, encode_tiles
 from wsicodec.models import load_model
 from wsicodec.models.registry import default_model_name
+from wsicodec.remote import compress_urls, decompress_urls
 from wsicodec.slide import SlideSource, open_input
 from wsicodec.store import FORMAT_NAME, FORMAT_VERSION, StoreError, StoreWriter, WsiStore, now_iso, store_size
 from wsicodec.tiling import TileGrid, measure_glass
@@ -87,6 +88,7 @@ def check_paths(input_path: Path, output: Path, overwrite: bool) -> None:
     check_output_path(output, overwrite)
 
 
+@compress_urls  # input / output may be fsspec URLs (wsicodec.remote)
 def compress(input_path: str | Path, output: str | Path, model: str | None = None, device: str = "auto",
              batch_size: int = 4, tile: int = 512, overwrite: bool = False, skip_glass: bool = True,
              progress: bool = False, model_dir: Path | None = None, resume: bool = False,
@@ -160,6 +162,7 @@ def compress(input_path: str | Path, output: str | Path, model: str | None = Non
     return CompressResult(final, len(grid), n_glass, time.time() - t0, store_size(final), W * H, writer.resumed)
 
 
+@decompress_urls  # store / output may be fsspec URLs (wsicodec.remote)
 def decompress(store_path: str | Path, output: str | Path, tile: int = 256, compression: str = "jpeg",
                quality: int = 90, region: tuple[int, int, int, int] | None = None, overwrite: bool = False,
                device: str = "auto", batch_size: int = 4, progress: bool = False,

@@ -292,6 +292,11 @@ def _sync() -> None:
 
 
 def store_size(path: Path) -> int:
+    if not isinstance(path, Path):
+        from wsicodec import remote
+
+        if remote.is_url(path):
+            return remote.store_size(path)
     return sum(f.stat().st_size for f in Path(path).rglob("*") if f.is_file())
 
 
@@ -389,9 +394,10 @@ class WsiStore:
     for."""
 
     def __init__(self, path: str | os.PathLike, device: str = "auto", batch_size: int = 4,
-                 model_dir: Path | None = None):
-        zarr = _zarr()
-        self.path = Path(path)
+                 model_dir: Path | None = None, storage_options: dict[str, Any] | None = None):
+        from wsicodec import remote  # ``path`` may be an fsspec URL, read through zarr's FsspecStore
+
+        self.path = remote.as_path(path, storage_options)
         if not self.path.exists():
             hint = ""
             if partial_path(self.path).is_dir():
@@ -402,7 +408,7 @@ class WsiStore:
             raise StoreError(f"{self.path}: incomplete store (an unfinished compression; "
                              f"`wsicodec compress ... --resume` continues it)")
         try:
-            self.group = zarr.open_group(str(self.path), mode="r")
+            self.group = remote.open_group(self.path, mode="r")
             meta = self.group.attrs[FORMAT_NAME]
             if not isinstance(meta, dict):
                 raise TypeError("attributes['wsicodec'] is not an object")
