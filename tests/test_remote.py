@@ -246,6 +246,16 @@ def test_cli_with_environment_and_storage_option(s3, slide_png, tiny_models, loc
     assert r.exit_code == 2 and "KEY=VALUE" in r.output
     r = run(main, ["info", f"s3://{BUCKET}/in/slide.png", "--json"], env=env)
     assert r.exit_code == 0 and json.loads(r.output)["dimensions"] == [120, 100], r.output
+    r = run(main, ["verify", store, "--json", "--device", "cpu"], env=env)
+    assert r.exit_code == 0, r.output
+    assert json.loads(r.output)["path"] == store and json.loads(r.output)["ok"] is True
+    # an S3 input to a local store: the same latents as the local run
+    r = run(main, ["compress", f"s3://{BUCKET}/in/slide.png", str(tmp_path / "from_s3.zarr"), "--tile", "64", "-q"],
+            env=env)
+    assert r.exit_code == 0, r.output
+    with open_slide(tmp_path / "from_s3.zarr") as a, open_slide(local_run / "slide.zarr") as b:
+        np.testing.assert_array_equal(a.latents[...], b.latents[...])
+        assert a.meta["source"] == b.meta["source"]
     # many inputs into an S3 prefix; a re-run skips the complete outputs
     r = run(main, ["compress", f"s3://{BUCKET}/in/slide.png", "--out-dir", f"s3://{BUCKET}/batch", "--tile", "64",
                    "--device", "cpu"], env=env)

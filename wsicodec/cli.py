@@ -158,8 +158,9 @@ def info(path, as_json):
 
 
 @main.command()
-@click.argument("store", type=click.Path(path_type=Path))
-@click.option("--against", type=click.Path(path_type=Path), default=None, metavar="SLIDE",
+@click.argument("store", type=PATH_OR_URL)
+@storage_option_flag
+@click.option("--against", type=PATH_OR_URL, default=None, metavar="SLIDE",
               help="Also decode the pixels and report PSNR / MS-SSIM against the source SLIDE.")
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True)
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable report.")
@@ -168,7 +169,11 @@ def verify(store, against, device, as_json):
     decoding, associated images. Exit status 1 if anything is wrong."""
     from wsicodec.verify import verify_store
 
-    rep = verify_store(store, against=against, device=device)
+    from wsicodec.remote import local_input
+
+    with local_input(store) as local, local_input(against) as local_against:  # a URL is fetched first
+        rep = verify_store(local, against=local_against, device=device)
+    rep.path = str(store)
     if as_json:
         click.echo(json.dumps(rep.to_dict(), indent=2))
     else:

@@ -216,12 +216,12 @@ def _fetch_tree(fs: Any, root: str, local: Path) -> None:
 
 
 @contextmanager
-def local_input(path: Any, storage_options: dict[str, Any] | None = None) -> Iterator[Path]:
+def local_input(path: Any, storage_options: dict[str, Any] | None = None) -> Iterator[Path | None]:
     """A local path for an input: the path itself, or a temporary copy of a URL's file or folder
     (removed on exit). The copy keeps the URL's last name, so the store records the same
-    ``source.file_name`` as for a local run."""
+    ``source.file_name`` as for a local run. ``None`` gives ``None``."""
     if not is_url(path):
-        yield Path(path)
+        yield None if path is None else Path(path)
         return
     from wsicodec.slide import SlideError
 
