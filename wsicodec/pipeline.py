@@ -88,6 +88,38 @@ def check_paths(input_path: Path, output: Path, overwrite: bool) -> None:
     check_output_path(output, overwrite)
 
 
+def store_metadata(src: SlideSource, input_path: Path, card, coder: LatentCoder, glass: tuple[int, int, int],
+                   tile: int, skip_glass: bool, deidentify: bool) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
+    """The group metadata of a new store (docs/format.md) and the associated images to keep."""
+    W, H = src.dimensions
+    props, assoc = src.properties, src.associated_images
+    source: dict[str, Any] = {"file_name": input_path.name, "file_size": src.file_size, "vendor": src.vendor}
+    deid: dict[str, Any] | None = None
+    if deidentify:
+        from wsicodec.deidentify import deidentify as scrub
+
+        props, assoc, removed, dropped = scrub(props, assoc)
+        source["file_name"] = None
+        deid = {"removed_properties": removed, "removed_associated": dropped, "removed_source": ["file_name"]}
+    meta: dict[str, Any] = {
+        "format": FORMAT_NAME, "format_version": FORMAT_VERSION, "wsicodec_version": __version__,
+        "created": now_iso(),
+        "model": {"name": card.name, "sha256": card.sha256, "architecture": card.architecture,
+                  "params": card.params, "entropy_model": card.spec.entropy_model},
+        "source": source,
+        "level0": {"width": W, "height": H}, "tile_size": tile, "stride": card.stride,
+        "mpp": list(src.mpp), "objective_power": src.objective_power, "vendor": src.vendor,
+        "properties": props,
+        "background": {"colour": list(glass), "latents": coder.background_latents(glass).tolist(),
+                       "detection": "tile is glass when <=0.1% of its pixels differ by >20 levels"
+                                    if skip_glass else "off"},
+        "associated": [], "deidentified": bool(deidentify),
+    }
+    if deid is not None:
+        meta["deidentification"] = deid
+    return meta, assoc
+
+
 @compress_urls  # input / output may be fsspec URLs (wsicodec.remote)
 def compress(input_path: str | Path, output: str | Path, model: str | None = None, device: str = "auto",
              batch_size: int = 4, tile: int = 512, overwrite: bool = False, skip_glass: bool = True,
@@ -110,31 +142,7 @@ def compress(input_path: str | Path, output: str | Path, model: str | None = Non
         W, H = src.dimensions
         grid = TileGrid(W, H, tile, card.stride)
         glass = measure_glass(src.thumbnail(1024))
-        props, assoc = src.properties, src.associated_images
-        source: dict[str, Any] = {"file_name": input_path.name, "file_size": src.file_size, "vendor": src.vendor}
-        deid: dict[str, Any] | None = None
-        if deidentify:
-            from wsicodec.deidentify import deidentify as scrub
-
-            props, assoc, removed, dropped = scrub(props, assoc)
-            source["file_name"] = None
-            deid = {"removed_properties": removed, "removed_associated": dropped, "removed_source": ["file_name"]}
-        meta: dict[str, Any] = {
-            "format": FORMAT_NAME, "format_version": FORMAT_VERSION, "wsicodec_version": __version__,
-            "created": now_iso(),
-            "model": {"name": card.name, "sha256": card.sha256, "architecture": card.architecture,
-                      "params": card.params, "entropy_model": card.spec.entropy_model},
-            "source": source,
-            "level0": {"width": W, "height": H}, "tile_size": tile, "stride": card.stride,
-            "mpp": list(src.mpp), "objective_power": src.objective_power, "vendor": src.vendor,
-            "properties": props,
-            "background": {"colour": list(glass), "latents": coder.background_latents(glass).tolist(),
-                           "detection": "tile is glass when <=0.1% of its pixels differ by >20 levels"
-                                        if skip_glass else "off"},
-            "associated": [], "deidentified": bool(deidentify),
-        }
-        if deid is not None:
-            meta["deidentification"] = deid
+        meta, assoc = store_metadata(src, input_path, card, coder, glass, tile, skip_glass, deidentify)
         writer = StoreWriter(output, meta, grid, tables, overwrite, resume=resume)
         try:
             writer.write_associated(assoc)
