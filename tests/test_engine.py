@@ -30,3 +30,120 @@ def test_batches_give_the_same_latents_as_single_tiles(tiny_models, he_crop):
     assert np.mean(together != alone) < 1e-4
     px = coder.synthesis(together)
     assert px.shape == (3, 128, 128, 3) and px.dtype == np.uint8
+
+
+def _coder(tiny_models, **kw):
+    """A fresh model per coder: channels_last converts the model's parameters in place."""
+    from wsicodec.engine import LatentCoder
+    from wsicodec.models import load_model
+
+    m, card = load_model("tiny", tiny_models)
+    return LatentCoder(m, card, "cpu", batch_size=2, **kw)
+
+
+def _plain_fp32_latents(tiny_models, pixels: np.ndarray) -> np.ndarray:
+    """The reference: the model's own g_a on contiguous NCHW fp32, no engine tuning."""
+    from wsicodec.models import load_model
+
+    m, _ = load_model("tiny", tiny_models)
+    with torch.inference_mode():
+        x = torch.from_numpy(pixels).permute(0, 3, 1, 2).contiguous().float() / 255.0
+        y = m.g_a(x)
+        med = m.entropy_bottleneck._get_medians().reshape(1, -1, 1, 1)
+        return torch.round(y - med).to(torch.int32).numpy()
+
+
+@pytest.fixture()
+def he_tiles(he_crop) -> np.ndarray:
+    return np.stack([he_crop[:192, :192], he_crop[192:384, :192], he_crop[:192, 176:368]])
+
+
+def test_tuned_path_gives_the_plain_fp32_latents(tiny_models, he_tiles):
+    ref = _plain_fp32_latents(tiny_models, he_tiles)
+    for channels_last in (True, False):
+        q = _coder(tiny_models, channels_last=channels_last).analysis(he_tiles)
+        assert q.shape == ref.shape and q.dtype == np.int32
+        assert np.mean(q != ref) < 1e-4, channels_last
+        assert np.abs(q - ref).max() <= 1
+
+
+def test_channels_last_synthesis_matches_plain(tiny_models, he_tiles):
+    plain = _coder(tiny_models, channels_last=False)
+    tuned = _coder(tiny_models, channels_last=True)
+    assert tuned.channels_last and not plain.channels_last
+    q = plain.analysis(he_tiles)
+    a, b = plain.synthesis(q), tuned.synthesis(q)
+    assert a.shape == b.shape == he_tiles.shape and a.flags.c_contiguous and b.flags.c_contiguous
+    assert np.abs(a.astype(int) - b.astype(int)).max() <= 1
+
+
+def test_thread_count_does_not_change_latents(tiny_models, he_tiles):
+    before = torch.get_num_threads()
+    try:
+        one = _coder(tiny_models, threads=1)
+        assert torch.get_num_threads() == 1
+        q1 = one.analysis(he_tiles)
+        two = _coder(tiny_models, threads=2)
+        assert torch.get_num_threads() == 2
+        q2 = two.analysis(he_tiles)
+    finally:
+        torch.set_num_threads(before)
+    assert np.mean(q1 != q2) < 1e-4
+    assert np.mean(q1 != _plain_fp32_latents(tiny_models, he_tiles)) < 1e-4
+
+
+def test_half_synthesis_is_off_on_cpu_and_leaves_latents_alone(tiny_models, he_tiles):
+    assert _coder(tiny_models).half_synthesis is False
+    half = _coder(tiny_models, half_synthesis=True)
+    q = half.analysis(he_tiles)
+    assert np.mean(q != _plain_fp32_latents(tiny_models, he_tiles)) < 1e-4  # analysis stays fp32
+    px = half.synthesis(q)
+    assert px.shape == he_tiles.shape and px.dtype == np.uint8
+
+
+def test_half_synthesis_falls_back_to_fp32_when_not_finite(tiny_models, he_tiles):
+    half = _coder(tiny_models, half_synthesis=True)
+    full = _coder(tiny_models, half_synthesis=False)
+    g_s = half.model.g_s
+    forward = g_s.forward
+    calls = []
+
+    def overflowing(x):
+        out = forward(x)
+        calls.append(torch.is_autocast_enabled("cpu"))
+        return out * float("inf") if torch.is_autocast_enabled("cpu") else out
+
+    g_s.forward = overflowing
+    q = full.analysis(he_tiles)
+    assert np.array_equal(half.synthesis(q), full.synthesis(q))
+    assert calls == [True, False]
+
+
+def test_no_tf32_restores_the_backend_flags():
+    from wsicodec.engine import _no_tf32
+
+    saved = torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
+    try:
+        torch.backends.cudnn.allow_tf32 = True
+        torch.backends.cuda.matmul.allow_tf32 = True
+        with _no_tf32(torch.device("cuda")):  # only flips flags: no GPU needed
+            assert not torch.backends.cudnn.allow_tf32 and not torch.backends.cuda.matmul.allow_tf32
+        assert torch.backends.cudnn.allow_tf32 and torch.backends.cuda.matmul.allow_tf32
+        with _no_tf32(torch.device("cpu")):
+            assert torch.backends.cudnn.allow_tf32
+    finally:
+        torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = saved
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_cuda_tuned_path_matches_cpu_latents(tiny_models, he_tiles):
+    from wsicodec.engine import LatentCoder
+    from wsicodec.models import load_model
+
+    m, card = load_model("tiny", tiny_models)
+    gpu = LatentCoder(m, card, "cuda", batch_size=2)
+    assert gpu.half_synthesis and gpu.channels_last
+    q = gpu.analysis(he_tiles)
+    assert np.mean(q != _plain_fp32_latents(tiny_models, he_tiles)) < 1e-4
+    px = gpu.synthesis(q)
+    assert px.shape == he_tiles.shape and px.dtype == np.uint8

@@ -1,0 +1,259 @@
+"""Encode / decode throughput of wsicodec and JPEG-XL on the same tiles, in the same run (issue 5).
+
+    python benchmarks/throughput.py [--model NAME] [--models-dir DIR] [--device cpu|cuda]
+        [--batch-size 4] [--threads N] [--tiles 16] [--repeats 3] [--jxl-distance 1.0] [--json OUT]
+
+What is timed, per 512 x 512 tile of real H&E (from ../shared/data/histology/val):
+
+* wsicodec encode = what ``compress`` does per tile: ``LatentCoder.analysis`` of the tile's
+  576 x 576 encode window (tile + 32 px halo each side), in batches of ``--batch-size``, then
+  ``wsicodec.codec.encode_chunk`` of the tile's 32 x 32 latents;
+* wsicodec decode = what ``decompress`` does per tile: ``decode_chunk`` of the tile's chunk, then
+  ``LatentCoder.synthesis`` of its 40 x 40 latent window (chunk + 4 latents of halo, here the
+  chunk's edge values repeated) in batches, cropped to the tile;
+* JPEG-XL = imagecodecs ``jpegxl_encode(tile, effort=7, distance=D)`` / ``jpegxl_decode`` of the
+  512 x 512 tile, with ``numthreads`` = ``--threads``.
+
+Megapixels are tile pixels (512 x 512 per tile; the halo wsicodec also computes is its own cost).
+Each repeat times wsicodec and then JPEG-XL, so both see the same machine load; the reported
+figure is the median over repeats. Without a shipped model (and no ``--model``), an untrained
+N=64 / M=96 ``bmshj2018-factorized`` is built: the transforms' cost does not depend on the
+weights (the entropy coder's a little does, through the number of symbols it escapes)."""
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import json
+import os
+import platform
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+REPO = Path(__file__).resolve().parents[1]
+DATA = REPO.parent / "shared" / "data" / "histology" / "val"
+TILE = 512
+
+
+def load_tiles(data: Path, n: int, window: int) -> list[np.ndarray]:
+    """``n`` windows of ``window`` px (tile + halo) cut from the images in ``data`` that are large
+    enough, round-robin over images so every image contributes."""
+    from PIL import Image
+
+    per_image = []
+    for p in sorted(data.glob("*")):
+        if p.suffix.lower() not in (".webp", ".png", ".jpg", ".jpeg", ".tif", ".tiff"):
+            continue
+        a = np.asarray(Image.open(p).convert("RGB"))
+        H, W = a.shape[:2]
+        if H < window or W < window:
+            continue
+        xs = sorted({0, (W - window) // 2, W - window})
+        ys = sorted({0, (H - window) // 2, H - window})
+        per_image.append([np.ascontiguousarray(a[y : y + window, x : x + window]) for y in ys for x in xs])
+    if not per_image:
+        raise SystemExit(f"no image of at least {window} x {window} px in {data}")
+    out: list[np.ndarray] = []
+    i = 0
+    while len(out) < n:
+        for wins in per_image:
+            if i < len(wins) and len(out) < n:
+                out.append(wins[i])
+        i += 1
+        if i > max(len(w) for w in per_image):  # fewer distinct windows than asked: repeat
+            i = 0
+    return out
+
+
+def load_engine(engine_file: str | None):
+    if not engine_file:
+        import wsicodec.engine as engine
+
+        return engine
+    spec = importlib.util.spec_from_file_location("wsicodec_engine_under_test", engine_file)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def get_model(name: str | None, models_dir: Path | None):
+    """(model, card, note): the named or shipped default model, else an untrained N=64/M=96."""
+    import torch
+
+    from wsicodec.models.registry import ModelCard, ModelError, build_model, default_model_name, load_model
+
+    if name is None:
+        try:
+            name = default_model_name(models_dir)
+        except ModelError:
+            name = None
+    if name is not None:
+        model, card = load_model(name, models_dir)
+        return model, card, f"model {card.name} ({card.architecture}, {card.params})"
+    torch.manual_seed(0)
+    params = {"N": 64, "M": 96}
+    model = build_model("bmshj2018-factorized", **params)
+    model.update(force=True)
+    card = ModelCard(name="untrained-N64-M96", architecture="bmshj2018-factorized", params=params)
+    return model.eval(), card, ("no shipped model: an untrained bmshj2018-factorized N=64/M=96 "
+                                "(speed does not depend on training)")
+
+
+def timed(fn) -> float:
+    t0 = time.perf_counter()
+    fn()
+    return time.perf_counter() - t0
+
+
+def main(argv: list[str] | None = None) -> dict:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--model", default=None, help="model name (default: the shipped default)")
+    ap.add_argument("--models-dir", type=Path, default=None)
+    ap.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
+    ap.add_argument("--batch-size", type=int, default=4)
+    ap.add_argument("--threads", type=int, default=os.cpu_count() or 1,
+                    help="torch threads and JPEG-XL numthreads (default: all cores)")
+    ap.add_argument("--tiles", type=int, default=16)
+    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--jxl-distance", type=float, default=1.0, help="JPEG-XL Butteraugli distance (1.0 ~ quality 90)")
+    ap.add_argument("--data", type=Path, default=DATA)
+    ap.add_argument("--channels-last", choices=["on", "off"], default=None,
+                    help="LatentCoder channels_last (default: the engine's default)")
+    ap.add_argument("--half-synthesis", choices=["on", "off"], default=None,
+                    help="LatentCoder half_synthesis (default: the engine's default)")
+    ap.add_argument("--engine-file", default=None, help=argparse.SUPPRESS)  # compare another engine.py
+    ap.add_argument("--skip-jxl", action="store_true", help=argparse.SUPPRESS)
+    ap.add_argument("--json", type=Path, default=None, help="write the results here")
+    args = ap.parse_args(argv)
+
+    import imagecodecs
+    import torch
+
+    from wsicodec.codec import EntropyTables, _Models, decode_chunk, encode_chunk
+
+    torch.set_num_threads(max(1, args.threads))
+    engine = load_engine(args.engine_file)
+    model, card, note = get_model(args.model, args.models_dir)
+    kwargs = {}
+    if args.channels_last is not None:
+        kwargs["channels_last"] = args.channels_last == "on"
+    if args.half_synthesis is not None:
+        kwargs["half_synthesis"] = args.half_synthesis == "on"
+    coder = engine.LatentCoder(model, card, args.device, args.batch_size, **kwargs)
+    tables = _Models(EntropyTables.from_entropy_bottleneck(model.entropy_bottleneck))
+    spec = card.spec
+    s, ehalo, dhalo = spec.stride, spec.encode_halo, spec.decode_halo
+    windows = load_tiles(args.data, args.tiles, TILE + 2 * ehalo)
+    tiles = [np.ascontiguousarray(w[ehalo : ehalo + TILE, ehalo : ehalo + TILE]) for w in windows]
+    n, bs, lh = len(tiles), coder.batch_size, ehalo // s
+    mpx = n * TILE * TILE / 1e6
+    sync = torch.cuda.synchronize if args.device == "cuda" else (lambda: None)
+
+    # -- wsicodec ---------------------------------------------------------------------------
+    state: dict = {}
+
+    def analysis():
+        state["lat"] = [q for b in range(0, n, bs) for q in coder.analysis(np.stack(windows[b : b + bs]))]
+        sync()
+
+    def entropy_encode():
+        state["chunks"] = [encode_chunk(np.ascontiguousarray(q[:, lh : lh + TILE // s, lh : lh + TILE // s]), tables)
+                           for q in state["lat"]]
+
+    def entropy_decode():
+        c = TILE // s
+        state["dec"] = [np.pad(decode_chunk(b, tables, (card.latent_channels, c, c)),
+                               ((0, 0), (dhalo, dhalo), (dhalo, dhalo)), mode="edge") for b in state["chunks"]]
+
+    def synthesis():
+        o = dhalo * s
+        state["px"] = [p[o : o + TILE, o : o + TILE] for b in range(0, n, bs)
+                       for p in coder.synthesis(np.stack(state["dec"][b : b + bs]))]
+        sync()
+
+    # -- JPEG-XL ----------------------------------------------------------------------------
+    def jxl_encode():
+        state["jxl"] = [imagecodecs.jpegxl_encode(t, effort=7, distance=args.jxl_distance, numthreads=args.threads)
+                        for t in tiles]
+
+    def jxl_decode():
+        state["jxl_px"] = [imagecodecs.jpegxl_decode(b, numthreads=args.threads) for b in state["jxl"]]
+
+    # warm-up (first-call allocations, oneDNN kernel selection), untimed
+    coder.analysis(np.stack(windows[:bs]))
+    coder.synthesis(np.zeros((min(bs, n), card.latent_channels, TILE // s + 2 * dhalo, TILE // s + 2 * dhalo), np.int32))
+    if not args.skip_jxl:
+        imagecodecs.jpegxl_decode(imagecodecs.jpegxl_encode(tiles[0], effort=7, distance=args.jxl_distance))
+
+    times: dict[str, list[float]] = {k: [] for k in ("analysis", "entropy_encode", "entropy_decode", "synthesis",
+                                                      "jxl_encode", "jxl_decode")}
+    for _ in range(args.repeats):
+        for name, fn in (("analysis", analysis), ("entropy_encode", entropy_encode),
+                         ("entropy_decode", entropy_decode), ("synthesis", synthesis)):
+            times[name].append(timed(fn))
+        if not args.skip_jxl:
+            times["jxl_encode"].append(timed(jxl_encode))
+            times["jxl_decode"].append(timed(jxl_decode))
+
+    def med(k):
+        return statistics.median(times[k]) if times[k] else float("nan")
+
+    enc = statistics.median(a + e for a, e in zip(times["analysis"], times["entropy_encode"]))
+    dec = statistics.median(a + e for a, e in zip(times["entropy_decode"], times["synthesis"]))
+    rate = lambda t: round(mpx / t, 3) if t == t and t > 0 else None  # noqa: E731
+    w_enc, w_dec = rate(enc), rate(dec)
+    j_enc, j_dec = rate(med("jxl_encode")), rate(med("jxl_decode"))
+    try:
+        cpu = next(l.split(":", 1)[1].strip() for l in open("/proc/cpuinfo") if l.startswith("model name"))
+    except (OSError, StopIteration):
+        cpu = platform.processor()
+    result = {
+        "model": note,
+        "device": args.device if args.device == "cpu" else torch.cuda.get_device_name(0),
+        "engine": args.engine_file or "wsicodec.engine",
+        "coder": {"batch_size": bs, "threads": torch.get_num_threads(),
+                  "channels_last": getattr(coder, "channels_last", None),
+                  "half_synthesis": getattr(coder, "half_synthesis", None)},
+        "tiles": n, "tile_size": TILE, "megapixels": mpx, "repeats": args.repeats,
+        "jxl": {"effort": 7, "distance": args.jxl_distance, "numthreads": args.threads,
+                "bpp": round(8 * sum(map(len, state.get("jxl", []))) / (mpx * 1e6), 3) if "jxl" in state else None},
+        "seconds_median": {k: round(med(k), 4) for k in times},
+        "mpx_per_s": {"wsicodec_encode": w_enc, "wsicodec_decode": w_dec, "jxl_encode": j_enc, "jxl_decode": j_dec,
+                      "analysis": rate(med("analysis")), "entropy_encode": rate(med("entropy_encode")),
+                      "entropy_decode": rate(med("entropy_decode")), "synthesis": rate(med("synthesis"))},
+        "ratio_wsicodec_over_jxl": {"encode": round(w_enc / j_enc, 3) if j_enc else None,
+                                    "decode": round(w_dec / j_dec, 3) if j_dec else None},
+        "machine": {"nproc": os.cpu_count(), "cpu": cpu, "torch": torch.__version__,
+                    "imagecodecs": imagecodecs.__version__, "python": platform.python_version(),
+                    "loadavg_1min": round(os.getloadavg()[0], 2)},
+    }
+    try:
+        from rich.console import Console
+        from rich.table import Table
+
+        t = Table(title=f"throughput, Mpx/s ({n} tiles of {TILE} px, {args.device}, batch {bs}, "
+                        f"{result['coder']['threads']} threads)")
+        for col in ("", "encode", "decode"):
+            t.add_column(col, justify="right" if col else "left")
+        t.add_row("wsicodec", f"{w_enc:.2f}", f"{w_dec:.2f}")
+        t.add_row("  network (analysis / synthesis)", f"{rate(med('analysis')):.2f}", f"{rate(med('synthesis')):.2f}")
+        t.add_row("  entropy coder", f"{rate(med('entropy_encode')):.2f}", f"{rate(med('entropy_decode')):.2f}")
+        if not args.skip_jxl:
+            t.add_row(f"JPEG-XL (effort 7, d {args.jxl_distance})", f"{j_enc:.2f}", f"{j_dec:.2f}")
+            t.add_row("wsicodec / JPEG-XL", f"{w_enc / j_enc:.2f}x", f"{w_dec / j_dec:.2f}x")
+        con = Console(stderr=True)
+        con.print(t)
+        con.print(note)
+    except ImportError:
+        pass
+    print(json.dumps(result, indent=2))
+    if args.json:
+        args.json.write_text(json.dumps(result, indent=2) + "\n")
+    return result
+
+
+if __name__ == "__main__":
+    sys.exit(main() and 0)
