@@ -72,7 +72,8 @@ def compress(paths, out_dir, manifest, workers, scheduler, retries, model, devic
         if r.resumed_tiles:
             click.echo(f"resumed: {r.resumed_tiles} of {r.tiles} tiles were already written")
         mpix = r.pixels * (1 - r.glass_tiles / max(r.tiles, 1)) / 1e6
-        click.echo(f"{r.output}: {r.bytes:,} bytes, {r.bpp:.3f} bits/pixel, {r.tiles} tiles "
+        click.echo(f"{r.output}: {r.bytes:,} bytes, {r.bpp:.3f} bits/pixel ({r.latent_bpp:.3f} for the image alone), "
+                   f"{r.tiles} tiles "
                    f"({r.glass_tiles} glass), {r.seconds:.1f} s, {mpix / max(r.seconds, 1e-9):.2f} Mpx tissue/s")
 
 

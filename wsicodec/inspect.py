@@ -18,12 +18,14 @@ def describe(path: str | Path) -> dict[str, Any]:
             m = s.meta
             W, H = s.dimensions
             size = store_size(path)
+            latent_size = store_size(path / "latents")  # the coded image, without associated images
             return {
                 "kind": "wsicodec store", "format_version": m["format_version"],
                 "dimensions": [W, H], "mpp": m.get("mpp"), "objective_power": m.get("objective_power"),
                 "vendor": m.get("vendor"), "model": m["model"]["name"], "model_sha256": m["model"]["sha256"],
                 "tile_size": m["tile_size"], "tiles": m.get("tiles"), "bytes": size,
                 "bits_per_pixel": round(8 * size / (W * H), 4),
+                "latent_bytes": latent_size, "latent_bits_per_pixel": round(8 * latent_size / (W * H), 4),
                 "source_file": m["source"]["file_name"], "source_bytes": m["source"]["file_size"],
                 "ratio_to_source": round(m["source"]["file_size"] / max(size, 1), 3),
                 "associated_images": m.get("associated", []), "deidentified": m.get("deidentified", False),

@@ -31,10 +31,15 @@ class CompressResult:
     bytes: int
     pixels: int
     resumed_tiles: int = 0
+    latent_bytes: int = 0   # the coded image alone: the store less metadata and associated images
 
     @property
     def bpp(self) -> float:
         return 8 * self.bytes / max(self.pixels, 1)
+
+    @property
+    def latent_bpp(self) -> float:
+        return 8 * self.latent_bytes / max(self.pixels, 1)
 
 
 @contextmanager
@@ -167,7 +172,8 @@ def compress(input_path: str | Path, output: str | Path, model: str | None = Non
         except BaseException:
             writer.abort()
             raise
-    return CompressResult(final, len(grid), n_glass, time.time() - t0, store_size(final), W * H, writer.resumed)
+    return CompressResult(final, len(grid), n_glass, time.time() - t0, store_size(final), W * H, writer.resumed,
+                          store_size(final / "latents"))
 
 
 @decompress_urls  # store / output may be fsspec URLs (wsicodec.remote)
