@@ -55,6 +55,7 @@ def example_slide(model: str | None, tmp: Path) -> dict:
         b = s.read_level0(0, 0, W, H)
     tissue_mpx = W * H * (1 - r.glass_tiles / r.tiles) / 1e6
     return {"slide": src_path.name, "size": [W, H], "bytes": r.bytes, "bpp": round(r.bpp, 4),
+            "latent_bytes": r.latent_bytes, "latent_bpp": round(r.latent_bpp, 4),
             "source_bytes": src_path.stat().st_size, **quality(a, b), "tiles": r.tiles, "glass_tiles": r.glass_tiles,
             "compress_s": round(t_c, 2), "decompress_s": round(t_d, 2),
             "compress_mpx_tissue_per_s": round(tissue_mpx / t_c, 3),
@@ -74,7 +75,7 @@ def glass_cost(model: str | None, tmp: Path) -> dict:
     for name in ("tissue", "with_glass"):
         t0 = time.time()
         r = compress(tmp / f"{name}.png", tmp / f"{name}.zarr", model=model, device="cpu")
-        out[name] = {"pixels": r.pixels, "bytes": r.bytes, "tiles": r.tiles, "glass_tiles": r.glass_tiles,
+        out[name] = {"pixels": r.pixels, "bytes": r.bytes, "latent_bytes": r.latent_bytes, "tiles": r.tiles, "glass_tiles": r.glass_tiles,
                      "seconds": round(time.time() - t0, 2)}
     out["glass_share"] = round(1 - tissue.shape[0] * tissue.shape[1] / (2048 * 2560), 3)
     out["time_ratio"] = round(out["with_glass"]["seconds"] / out["tissue"]["seconds"], 3)
