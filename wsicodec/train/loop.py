@@ -271,7 +271,7 @@ class Trainer:
         self.sched.step(obj)
         if obj < self.best:
             self.best = obj
-            torch.save(self.model.state_dict(), self.out / "best_model.pt")
+            torch.save({"model": self.model.state_dict(), "step": self.step}, self.out / "best_model.pt")
         row = {"step": self.step, **{k: round(x, 5) for k, x in v.items()}, "objective": round(obj, 5),
                "lr": self.opt.param_groups[0]["lr"], "time": round(time.time())}
         self._log_row("val_log.csv", row)
@@ -282,12 +282,17 @@ class Trainer:
         cfg = self.cfg
         model = build_model(cfg.architecture, N=cfg.N, M=cfg.M)
         best = self.out / "best_model.pt"
-        src = best if (use_best and best.exists()) else None
-        model.load_state_dict(torch.load(src, map_location="cpu") if src else self.model.state_dict())
+        step = self.step
+        if use_best and best.exists():
+            st = torch.load(best, map_location="cpu", weights_only=False)
+            model.load_state_dict(st["model"])
+            step = int(st["step"])
+        else:
+            model.load_state_dict(self.model.state_dict())
         v = validate(model, self.val) if self.val else {}
         card = ModelCard(
             name=name, architecture=cfg.architecture, params={"N": cfg.N, "M": cfg.M},
-            lmbda=cfg.lmbda, psi=cfg.psi_at(self.step), feature_net=cfg.feature_net, steps=self.step,
+            lmbda=cfg.lmbda, psi=cfg.psi_at(step), feature_net=cfg.feature_net, steps=step,
             data=data_desc or ", ".join(cfg.data),
             validation={**{k: round(x, 4) for k, x in v.items()}, "set": ", ".join(cfg.val),
                         "crop": cfg.val_crop},
