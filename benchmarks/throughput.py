@@ -124,6 +124,8 @@ def main(argv: list[str] | None = None) -> dict:
                     help="LatentCoder channels_last (default: the engine's default)")
     ap.add_argument("--half-synthesis", choices=["on", "off"], default=None,
                     help="LatentCoder half_synthesis (default: the engine's default)")
+    ap.add_argument("--keep-heap", choices=["on", "off"], default=None,
+                    help="LatentCoder keep_heap (glibc mallopt; default: the engine's default)")
     ap.add_argument("--engine-file", default=None, help=argparse.SUPPRESS)  # compare another engine.py
     ap.add_argument("--skip-jxl", action="store_true", help=argparse.SUPPRESS)
     ap.add_argument("--json", type=Path, default=None, help="write the results here")
@@ -142,6 +144,8 @@ def main(argv: list[str] | None = None) -> dict:
         kwargs["channels_last"] = args.channels_last == "on"
     if args.half_synthesis is not None:
         kwargs["half_synthesis"] = args.half_synthesis == "on"
+    if args.keep_heap is not None:
+        kwargs["keep_heap"] = args.keep_heap == "on"
     coder = engine.LatentCoder(model, card, args.device, args.batch_size, **kwargs)
     tables = _Models(EntropyTables.from_entropy_bottleneck(model.entropy_bottleneck))
     spec = card.spec
@@ -216,7 +220,8 @@ def main(argv: list[str] | None = None) -> dict:
         "engine": args.engine_file or "wsicodec.engine",
         "coder": {"batch_size": bs, "threads": torch.get_num_threads(),
                   "channels_last": getattr(coder, "channels_last", None),
-                  "half_synthesis": getattr(coder, "half_synthesis", None)},
+                  "half_synthesis": getattr(coder, "half_synthesis", None),
+                  "heap_kept": getattr(engine, "_HEAP_KEPT", None)},
         "tiles": n, "tile_size": TILE, "megapixels": mpx, "repeats": args.repeats,
         "jxl": {"effort": 7, "distance": args.jxl_distance, "numthreads": args.threads,
                 "bpp": round(8 * sum(map(len, state.get("jxl", []))) / (mpx * 1e6), 3) if "jxl" in state else None},

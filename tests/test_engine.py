@@ -104,7 +104,7 @@ def test_half_synthesis_is_off_on_cpu_and_leaves_latents_alone(tiny_models, he_t
 def test_half_synthesis_falls_back_to_fp32_when_not_finite(tiny_models, he_tiles):
     half = _coder(tiny_models, half_synthesis=True)
     full = _coder(tiny_models, half_synthesis=False)
-    g_s = half.model.g_s
+    g_s = half.g_s
     forward = g_s.forward
     calls = []
 
@@ -147,3 +147,18 @@ def test_cuda_tuned_path_matches_cpu_latents(tiny_models, he_tiles):
     assert np.mean(q != _plain_fp32_latents(tiny_models, he_tiles)) < 1e-4
     px = gpu.synthesis(q)
     assert px.shape == he_tiles.shape and px.dtype == np.uint8
+
+
+def test_kept_heap_and_fused_gdn_give_the_plain_latents(tiny_models, he_tiles):
+    from wsicodec.engine import InferenceGDN, keep_freed_memory
+
+    coder = _coder(tiny_models, keep_heap=True)
+    assert isinstance(keep_freed_memory(), bool)
+    assert any(isinstance(m, InferenceGDN) for m in coder.g_a) and any(isinstance(m, InferenceGDN) for m in coder.g_s)
+    x = torch.from_numpy(he_tiles).permute(0, 3, 1, 2).float().div(255).contiguous(memory_format=torch.channels_last)
+    with torch.inference_mode():  # InferenceGDN: bit for bit compressai's GDN / IGDN
+        y = coder.model.g_a(x)
+        assert torch.equal(coder.g_a(x), y)
+        assert torch.equal(coder.g_s(y), coder.model.g_s(y))
+    ref = _plain_fp32_latents(tiny_models, he_tiles)
+    assert np.mean(coder.analysis(he_tiles) != ref) < 1e-4
