@@ -27,13 +27,17 @@ def shared_file(*parts: str) -> Path:
 
 @pytest.fixture(scope="session")
 def tiny_models(tmp_path_factory) -> Path:
-    """A folder with two tiny untrained models ('tiny', 'tiny-other') and DEFAULT = tiny."""
+    """A folder with two tiny untrained models ('tiny', 'tiny-other') and DEFAULT = tiny. The
+    analysis output is scaled up so that latents spread over about ±10 (an untrained model's are
+    all 0, which would make latent checks trivial) and some fall outside the tables (escapes)."""
     from wsicodec.models import ModelCard, build_model, save_model
 
     d = tmp_path_factory.mktemp("models")
     for i, name in enumerate(["tiny", "tiny-other"]):
         torch.manual_seed(i)
         m = build_model("bmshj2018-factorized", N=8, M=8)
+        with torch.no_grad():
+            m.g_a[-1].weight.mul_(30)
         save_model(m, ModelCard(name=name, architecture="bmshj2018-factorized", params={"N": 8, "M": 8}), d)
     (d / "DEFAULT").write_text("tiny\n")
     return d
