@@ -29,7 +29,7 @@ def main() -> None:
 @click.option("--retries", type=click.IntRange(0, 10), default=2, show_default=True)
 @click.option("--model", "-m", default=None, help="Shipped model name (see `wsicodec models`).")
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True)
-@click.option("--batch-size", type=click.IntRange(1, 1024), default=4, show_default=True)
+@click.option("--batch-size", type=click.IntRange(1, 1024), default=8, show_default=True)
 @click.option("--tile", type=click.IntRange(64, 4096), default=512, show_default=True,
               help="Tile (= chunk) size in level-0 pixels, a multiple of 16.")
 @click.option("--keep-glass", is_flag=True, help="Encode empty-glass tiles too (no background skipping).")
@@ -117,7 +117,7 @@ def _compress_many(inputs, out_dir, workers, scheduler, retries, quiet, opts) ->
 @click.option("--region", type=int, nargs=4, default=None, metavar="X Y W H",
               help="Decode only this level-0 box.")
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True)
-@click.option("--batch-size", type=click.IntRange(1, 1024), default=4, show_default=True)
+@click.option("--batch-size", type=click.IntRange(1, 1024), default=8, show_default=True)
 @click.option("--overwrite", is_flag=True)
 @click.option("--quiet", "-q", is_flag=True)
 def decompress(store, output, tile, compression, quality, region, device, batch_size, overwrite, quiet):

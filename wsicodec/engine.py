@@ -129,7 +129,7 @@ class LatentCoder:
     """
 
     def __init__(self, model: nn.Module, card: ModelCard, device: str | torch.device = "auto",
-                 batch_size: int = 4, *, channels_last: bool = True, threads: int | None = None,
+                 batch_size: int = 8, *, channels_last: bool = True, threads: int | None = None,
                  half_synthesis: bool | None = None, keep_heap: bool | None = None):
         self.device = pick_device(device) if isinstance(device, str) else device
         self.cuda = self.device.type == "cuda"

@@ -127,7 +127,7 @@ def store_metadata(src: SlideSource, input_path: Path, card, coder: LatentCoder,
 
 @compress_urls  # input / output may be fsspec URLs (wsicodec.remote)
 def compress(input_path: str | Path, output: str | Path, model: str | None = None, device: str = "auto",
-             batch_size: int = 4, tile: int = 512, overwrite: bool = False, skip_glass: bool = True,
+             batch_size: int = 8, tile: int = 512, overwrite: bool = False, skip_glass: bool = True,
              progress: bool = False, model_dir: Path | None = None, resume: bool = False,
              deidentify: bool = False) -> CompressResult:
     """Compress level 0 of a slide or image into a store at ``output``.
@@ -179,7 +179,7 @@ def compress(input_path: str | Path, output: str | Path, model: str | None = Non
 @decompress_urls  # store / output may be fsspec URLs (wsicodec.remote)
 def decompress(store_path: str | Path, output: str | Path, tile: int = 256, compression: str = "jpeg",
                quality: int = 90, region: tuple[int, int, int, int] | None = None, overwrite: bool = False,
-               device: str = "auto", batch_size: int = 4, progress: bool = False,
+               device: str = "auto", batch_size: int = 8, progress: bool = False,
                model_dir: Path | None = None) -> Path:
     """Decode a store (or a region of it) to a tiled pyramidal TIFF."""
     from wsicodec.tiff import write_pyramid

@@ -393,7 +393,7 @@ class WsiStore:
     ``get_thumbnail``; a context manager. Pixels are decoded on demand, only for the tiles asked
     for."""
 
-    def __init__(self, path: str | os.PathLike, device: str = "auto", batch_size: int = 4,
+    def __init__(self, path: str | os.PathLike, device: str = "auto", batch_size: int = 8,
                  model_dir: Path | None = None, storage_options: dict[str, Any] | None = None):
         from wsicodec import remote  # ``path`` may be an fsspec URL, read through zarr's FsspecStore
 

@@ -62,7 +62,7 @@ class VerifyReport:
 
 
 def verify_store(path: str | os.PathLike, against: str | os.PathLike | None = None,
-                 model_dir: Path | None = None, device: str = "auto", batch_size: int = 4,
+                 model_dir: Path | None = None, device: str = "auto", batch_size: int = 8,
                  check_model: bool = True) -> VerifyReport:
     """Check a store (see the module docstring). Raises :class:`StoreError` only when ``path`` is
     not a readable, complete wsicodec store at all; everything else is listed in the report."""
