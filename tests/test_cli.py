@@ -45,7 +45,7 @@ def test_compress_info_decompress(run, tmp_path):
     assert json.loads(r.output)["vendor"] == "aperio"
     r = run("models", "--json")
     assert {m["name"] for m in json.loads(r.output)} == {"tiny", "tiny-other"}
-    assert "tiny (default)" in run("models").output
+    assert "tiny *" in run("models").output
 
 
 def test_bad_inputs_are_one_line_errors(run, tmp_path):

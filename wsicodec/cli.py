@@ -212,14 +212,18 @@ def models(as_json):
     from rich.table import Table
 
     default = default_model_name() if cards else ""
-    t = Table(title="shipped models")
-    for col in ("name", "architecture", "N/M", "λ", "steps", "val bpp", "val PSNR", "val MS-SSIM"):
-        t.add_column(col, no_wrap=col == "name")
+    from rich import box
+
+    t = Table(title="shipped models", caption="* default model; bpp, PSNR, MS-SSIM: validation figures of the model card",
+              box=box.SIMPLE_HEAD)
+    for col in ("name", "kind", "N/M", "λ", "steps", "bpp", "PSNR", "MS-SSIM"):
+        t.add_column(col, no_wrap=True)
     for c in cards:
         v = c.validation
-        t.add_row(c.name + (" (default)" if c.name == default else ""), c.architecture,
-                  f"{c.params.get('N')}/{c.params.get('M')}", str(c.lmbda), str(c.steps),
-                  str(v.get("bpp", "")), str(v.get("psnr", "")), str(v.get("ms_ssim", "")))
+        t.add_row(c.name + (" *" if c.name == default else ""), c.spec.entropy_model[:10],
+                  f"{c.params.get('N')}/{c.params.get('M')}", f"{c.lmbda:g}" if c.lmbda else "", str(c.steps),
+                  f"{v['bpp']:.3f}" if "bpp" in v else "", f"{v['psnr']:.2f}" if "psnr" in v else "",
+                  f"{v['ms_ssim']:.4f}" if "ms_ssim" in v else "")
     Console().print(t)
 
 
