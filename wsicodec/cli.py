@@ -216,14 +216,17 @@ def models(as_json):
 
     t = Table(title="shipped models", caption="* default model; bpp, PSNR, MS-SSIM: validation figures of the model card",
               box=box.SIMPLE_HEAD)
-    for col in ("name", "kind", "N/M", "λ", "steps", "bpp", "PSNR", "MS-SSIM"):
-        t.add_column(col, no_wrap=True)
+    rows = []
     for c in cards:
         v = c.validation
-        t.add_row(c.name + (" *" if c.name == default else ""), c.spec.entropy_model[:10],
-                  f"{c.params.get('N')}/{c.params.get('M')}", f"{c.lmbda:g}" if c.lmbda else "", str(c.steps),
-                  f"{v['bpp']:.3f}" if "bpp" in v else "", f"{v['psnr']:.2f}" if "psnr" in v else "",
-                  f"{v['ms_ssim']:.4f}" if "ms_ssim" in v else "")
+        rows.append([c.name + (" *" if c.name == default else ""), c.spec.entropy_model,
+                     f"{c.params.get('N')}/{c.params.get('M')}", f"{c.lmbda:g}" if c.lmbda else "", str(c.steps),
+                     f"{v['bpp']:.3f}" if "bpp" in v else "", f"{v['psnr']:.2f}" if "psnr" in v else "",
+                     f"{v['ms_ssim']:.4f}" if "ms_ssim" in v else ""])
+    for i, col in enumerate(("name", "kind", "N/M", "λ", "steps", "bpp", "PSNR", "MS-SSIM")):
+        t.add_column(col, no_wrap=True, min_width=max([len(col)] + [len(r[i]) for r in rows]))
+    for r in rows:
+        t.add_row(*r)
     Console().print(t)
 
 
