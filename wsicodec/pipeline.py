@@ -27,7 +27,7 @@ class CompressResult:
     output: Path
     tiles: int
     glass_tiles: int
-    seconds: float
+    seconds: float          # from opening the input to the finished store (model loading excluded)
     bytes: int
     pixels: int
     resumed_tiles: int = 0
@@ -136,12 +136,12 @@ def compress(input_path: str | Path, output: str | Path, model: str | None = Non
     beside ``output`` (without it, such a store is discarded and the run starts over); the result
     is the same store an uninterrupted run writes. ``deidentify``: drop the label and macro
     images and the identifying metadata (see :mod:`wsicodec.deidentify`)."""
-    t0 = time.time()
     input_path, output = Path(input_path), Path(output)
     check_paths(input_path, output, overwrite)
     name = model or default_model_name(model_dir)
     net, card = load_model(name, model_dir)
     coder = LatentCoder(net, card, device, batch_size)
+    t0 = time.time()  # the slide's own time, after the one-off model load
     tables = EntropyTables.from_entropy_bottleneck(net.entropy_bottleneck)
     with open_input(input_path) as src:
         W, H = src.dimensions
