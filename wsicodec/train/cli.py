@@ -11,7 +11,7 @@ from wsicodec._click import DefaultGroup
 
 @click.group(cls=DefaultGroup, default_command="run")
 def command() -> None:
-    """Train models the way Fischer et al. 2023 do, and export them."""
+    """Train models with the paper's recipe (Fischer 2023) and export them."""
 
 
 @command.command("run")
