@@ -7,6 +7,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Callable
 
+from wsicodec.errors import first_line as _one_line
 from wsicodec.remote import as_path, current_options
 from wsicodec.store import StoreError
 
@@ -155,7 +156,3 @@ def _attempts(fn: Callable[[], JobResult], retries: int, inp: str, out: Path) ->
             err = _one_line(e)
     return JobResult(inp, str(out), "failed", error=err)
 
-
-def _one_line(e: BaseException) -> str:
-    lines = str(e).strip().splitlines()
-    return lines[0] if lines else type(e).__name__

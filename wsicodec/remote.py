@@ -31,6 +31,8 @@ from typing import Any, Callable, Iterator
 
 import click
 
+from wsicodec.errors import first_line as _first_line
+
 _URL = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]+://")
 #: storage options of the call in progress (set by the wrappers below and by the CLI option)
 _current: contextvars.ContextVar[dict[str, Any] | None] = contextvars.ContextVar("wsicodec_storage_options",
@@ -437,7 +439,3 @@ def decompress_urls(fn: Callable) -> Callable:
 
     return wrapper
 
-
-def _first_line(e: BaseException) -> str:
-    lines = str(e).strip().splitlines()
-    return lines[0] if lines else type(e).__name__

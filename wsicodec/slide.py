@@ -12,6 +12,8 @@ from typing import Any
 
 import numpy as np
 
+from wsicodec.errors import first_line as _short
+
 #: Largest accepted level-0 side, checked before any pixel is allocated.
 MAX_SIDE = 1 << 20
 #: Largest plain image (not a tiled slide) decoded into memory at once.
@@ -221,10 +223,6 @@ class ImageSource(SlideSource):
         im.thumbnail((max_size, max_size), Image.Resampling.BOX)
         return np.asarray(im)
 
-
-def _short(e: BaseException) -> str:
-    text = str(e).strip().splitlines()
-    return text[0] if text else type(e).__name__
 
 
 def open_input(path: str | os.PathLike) -> SlideSource:

@@ -25,6 +25,7 @@ import numpy as np
 
 from wsicodec import __version__
 from wsicodec.codec import CodecError, EntropyTables, ZarrLatentCodec
+from wsicodec.errors import first_line as _first_line
 from wsicodec.tiling import TileGrid
 
 FORMAT_NAME = "wsicodec"
@@ -627,10 +628,6 @@ def open_slide(path: str | os.PathLike, **kwargs: Any) -> WsiStore:
     """Open a wsicodec store like ``openslide.OpenSlide``."""
     return WsiStore(path, **kwargs)
 
-
-def _first_line(e: BaseException) -> str:
-    lines = str(e).strip().splitlines()
-    return lines[0] if lines else type(e).__name__
 
 
 def now_iso() -> str:
