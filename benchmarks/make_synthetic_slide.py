@@ -46,24 +46,22 @@ def tile_source(width: int, height: int, tile: int, sources: list[np.ndarray], g
 
 
 def downsampled_tiles(width: int, height: int, tile: int, factor: int, sources, glass, seed):
-    """Tiles of a level ``factor`` times smaller, built from the same level-0 tile stream."""
-    rng_stream = tile_source(width, height, tile, sources, glass, seed)
-    cols = -(-width // tile)
-    rows = -(-height // tile)
+    """Tiles of a level ``factor`` times smaller (``factor`` divides ``tile``), built from the same
+    level-0 tile stream: each level-0 tile is area-averaged on its own into a band one output tile
+    high, so memory stays at one band whatever the slide size."""
+    stream = tile_source(width, height, tile, sources, glass, seed)
+    cols, rows = -(-width // tile), -(-height // tile)
+    small = tile // factor
     W = -(-width // factor)
-    # assemble bands of `factor` level-0 tile rows, downsample, cut into tiles
     for band_start in range(0, rows, factor):
-        band = np.zeros((factor * tile, cols * tile, 3), np.uint8)
-        for r in range(factor):
-            if band_start + r >= rows:
-                break
+        band = np.zeros((tile, cols * small, 3), np.uint8)
+        for r in range(min(factor, rows - band_start)):
             for c in range(cols):
-                band[r * tile : (r + 1) * tile, c * tile : (c + 1) * tile] = next(rng_stream)
-        small = band.reshape(factor * tile // factor, factor, cols * tile // factor, factor, 3).mean(axis=(1, 3))
-        small = small.astype(np.uint8)
+                t = next(stream).reshape(small, factor, small, factor, 3).mean(axis=(1, 3), dtype=np.float32)
+                band[r * small : (r + 1) * small, c * small : (c + 1) * small] = np.round(t).astype(np.uint8)
         for x in range(0, W, tile):
             t = np.zeros((tile, tile, 3), np.uint8)
-            part = small[:, x : x + tile]
+            part = band[:, x : x + tile]
             t[: part.shape[0], : part.shape[1]] = part
             yield t
 
@@ -90,7 +88,7 @@ def main() -> None:
         tif.write(tile_source(W, H, tile, sources, args.glass, args.seed), shape=(H, W, 3),
                   resolution=(res, res), resolutionunit="CENTIMETER", **opts)
         f = 4
-        while max(W, H) // f > 1024 and f <= 64:
+        while max(W, H) // f > 1024 and f <= tile // 8:
             tif.write(downsampled_tiles(W, H, tile, f, sources, args.glass, args.seed),
                       shape=(-(-H // f), -(-W // f), 3), subfiletype=1,
                       resolution=(res / f, res / f), resolutionunit="CENTIMETER", **opts)

@@ -1,9 +1,12 @@
 """Peak memory and time of compress / decompress as a slide grows (issue 5).
 
-    python benchmarks/streaming.py SLIDE [SLIDE...] [--model NAME] [--device cpu]
+    python benchmarks/streaming.py SLIDE [SLIDE...] [--model NAME] [--device cpu] [--json OUT]
 
 Each job runs as its own process (`wsicodec compress` / `decompress`); peak RSS is that process's
-ru_maxrss. Make large slides with benchmarks/make_synthetic_slide.py."""
+ru_maxrss (the high-water mark of resident memory, model and libraries included). Seconds are
+wall-clock of the whole command (start-up and model load included); "s per tissue Mpx" divides
+them by the tissue area (tiles not skipped as glass), so that a constant column means time
+proportional to tissue. Make large slides with benchmarks/make_synthetic_slide.py."""
 from __future__ import annotations
 
 import argparse
@@ -32,6 +35,8 @@ def main() -> None:
     ap.add_argument("slides", nargs="+", type=Path)
     ap.add_argument("--model", default=None)
     ap.add_argument("--device", default="cpu")
+    ap.add_argument("--json", type=Path, default=None, help="also write the rows here")
+    ap.add_argument("--compress-only", action="store_true", help="skip the decompression runs")
     args = ap.parse_args()
     exe = [sys.executable, "-m", "wsicodec.cli"]
     rows = []
@@ -45,15 +50,24 @@ def main() -> None:
             c = run(exe + ["compress", str(slide), str(store), "-q", "--device", args.device] + model)
             info = json.loads(subprocess.run(exe + ["info", str(store), "--json"], capture_output=True,
                                              text=True).stdout or "{}")
-            dcmp = run(exe + ["decompress", str(store), str(tif), "-q", "--device", args.device])
+            dcmp = ({"seconds": None, "peak_rss_mib": None, "error": ""} if args.compress_only else
+                    run(exe + ["decompress", str(store), str(tif), "-q", "--device", args.device]))
             tiles = info.get("tiles") or {}
             tissue = W * H * (1 - tiles.get("glass", 0) / max(tiles.get("total", 1), 1))
+            if c["error"] or dcmp["error"]:
+                print(c["error"], dcmp["error"], file=sys.stderr)
             rows.append({"slide": slide.name, "size": [W, H], "mpx": round(W * H / 1e6, 1),
                          "tissue_mpx": round(tissue / 1e6, 1), "compress": c, "decompress": dcmp,
-                         "bpp": info.get("bits_per_pixel")})
+                         "compress_s_per_tissue_mpx": round(c["seconds"] / max(tissue / 1e6, 1e-9), 4),
+                         "decompress_s_per_mpx": dcmp["seconds"] and round(dcmp["seconds"] / (W * H / 1e6), 4),
+                         "store_bytes": info.get("bytes"), "bpp": info.get("bits_per_pixel"),
+                         "latent_bpp": info.get("latent_bits_per_pixel")})
+            print(json.dumps(rows[-1]), file=sys.stderr, flush=True)
             shutil.rmtree(store, ignore_errors=True)
             tif.unlink(missing_ok=True)
     print(json.dumps(rows, indent=2))
+    if args.json:
+        args.json.write_text(json.dumps(rows, indent=2) + "\n")
 
 
 if __name__ == "__main__":

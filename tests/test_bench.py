@@ -73,14 +73,16 @@ def test_psnr_value_and_shape_check():
         psnr(a, np.zeros((8, 9, 3), np.uint8))
 
 
-def test_st_lpips_loads_bundled_weights_and_ranks_distortion(he_crop):
+@pytest.mark.parametrize("metric", ["STLPIPS", "STLPIPSVGG"])
+def test_st_lpips_loads_bundled_weights_and_ranks_distortion(he_crop, metric):
+    from wsicodec.bench import metrics
     from wsicodec.bench.distortions import jpeg_roundtrip
-    from wsicodec.bench.metrics import STLPIPS
 
-    m = STLPIPS()
+    m = getattr(metrics, metric)()
     assert m.available, m.reason
     mild, strong = m(he_crop, jpeg_roundtrip(he_crop, 90)), m(he_crop, jpeg_roundtrip(he_crop, 10))
     assert 0 < mild < strong
+    assert m(he_crop, he_crop) == pytest.approx(0.0, abs=1e-6)
 
 
 def test_lpips_never_downloads(tmp_path, monkeypatch):
@@ -244,6 +246,36 @@ def test_lab_shift_round_trip_and_size():
 
 
 # -- CLI ----------------------------------------------------------------------------------------
+
+def test_cli_bench_adds_chosen_models_to_reused_classical_rows(tmp_path, bench_models):
+    from click.testing import CliRunner
+
+    from wsicodec.cli import main
+
+    from PIL import Image
+
+    img = tmp_path / "crop.png"
+    Image.fromarray(_he()[:96, :112]).save(img)
+    runner = CliRunner()
+    first = tmp_path / "first"
+    res = runner.invoke(main, ["bench", str(img), "--out", str(first), "--codecs", "jpeg",
+                               "--metrics", "psnr", "-q"])
+    assert res.exit_code == 0, res.output
+    second = tmp_path / "second"
+    res = runner.invoke(main, ["bench", str(img), "--out", str(second), "--codecs", "wsicodec", "--models", "tiny-hi",
+                               "--models-dir", str(bench_models), "--metrics", "psnr",
+                               "--reuse", str(first / "results.csv"), "-q"])
+    assert res.exit_code == 0, res.output
+    with open(first / "results.csv") as f:
+        jpeg_rows = list(csv.DictReader(f))
+    with open(second / "results.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert [r for r in rows if r["codec"] == "jpeg"] == jpeg_rows   # kept as measured
+    assert [r["setting"] for r in rows if r["codec"] == "wsicodec"] == ["tiny-hi"]
+    summary = json.loads((second / "summary.json").read_text())
+    assert "jpeg" in summary["bd_rate"]["psnr"]["wsicodec"]
+    assert any("reused from" in n for n in summary["notes"])
+
 
 def test_cli_bench_and_distortions(tmp_path):
     from click.testing import CliRunner

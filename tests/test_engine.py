@@ -162,3 +162,23 @@ def test_kept_heap_and_fused_gdn_give_the_plain_latents(tiny_models, he_tiles):
         assert torch.equal(coder.g_s(y), coder.model.g_s(y))
     ref = _plain_fp32_latents(tiny_models, he_tiles)
     assert np.mean(coder.analysis(he_tiles) != ref) < 1e-4
+
+
+def test_kept_heap_is_handed_back_over_the_memory_budget(tiny_models, he_tiles, monkeypatch):
+    import sys
+
+    from wsicodec import engine
+
+    coder = _coder(tiny_models, keep_heap=True)
+    assert engine.resident_mb() > 10 or not sys.platform.startswith("linux")
+    if not engine.keep_freed_memory():
+        pytest.skip("no glibc mallopt here: the heap is the system's, nothing to bound")
+    monkeypatch.setenv("WSICODEC_MAX_RSS_MB", "1")  # always over: every batch trims
+    trims = []
+    real = engine.bound_heap
+    monkeypatch.setattr(engine, "bound_heap", lambda: trims.append(real()) or trims[-1])
+    q = coder.analysis(he_tiles)
+    coder.synthesis(q)
+    assert trims == [True, True]
+    monkeypatch.setenv("WSICODEC_MAX_RSS_MB", "1000000")  # never over
+    assert real() is False

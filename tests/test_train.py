@@ -19,8 +19,9 @@ def data_dir(tmp_path, he_crop):
 
 
 def _cfg(data_dir, out, **kw):
-    return TrainConfig(data=[str(data_dir)], out=str(out), N=8, M=8, patch=64, batch=4, steps=60, lr=3e-3,
-                       val=[str(data_dir)], val_every=1000, val_crop=128, **kw)
+    kw = {"val_every": 1000, "steps": 60, **kw}
+    return TrainConfig(data=[str(data_dir)], out=str(out), N=8, M=8, patch=64, batch=4, lr=3e-3,
+                       val=[str(data_dir)], val_crop=128, **kw)
 
 
 def test_few_steps_reduce_the_loss(data_dir, tmp_path):
@@ -76,3 +77,38 @@ def test_weights_file_carries_a_run_across_machines(data_dir, tmp_path):
     assert b.step == 4
     for va, vb in zip(a.model.state_dict().values(), b.model.state_dict().values()):
         assert torch.equal(va, vb)
+
+
+def test_time_budget_stops_training_and_validates_there(data_dir, tmp_path):
+    t = Trainer(_cfg(data_dir, tmp_path / "run", max_minutes=0.02, val_every=10**9, steps=10**9))
+    t.run()
+    assert 0 < t.step and 1.2 <= t.train_seconds < 1.2 + 5  # CPU seconds: the budget, plus the last step
+    import csv
+
+    rows = list(csv.DictReader(open(tmp_path / "run" / "val_log.csv")))
+    assert [int(r["step"]) for r in rows] == [t.step] and float(rows[0]["train_minutes"]) >= 0.02
+
+
+def test_export_from_a_moved_weights_only_run(data_dir, tmp_path):
+    import shutil
+
+    from wsicodec.models import load_model
+
+    a = Trainer(_cfg(data_dir, tmp_path / "a"))
+    a.run(max_steps=3)
+    a.save_weights()
+    moved = tmp_path / "carried"
+    moved.mkdir()
+    shutil.copy(tmp_path / "a" / "weights.pt", moved / "weights.pt")  # what a session commits
+    card = Trainer.from_checkpoint(moved).export("carried", tmp_path / "models", use_best=False, notes="n")
+    _, loaded = load_model("carried", tmp_path / "models")
+    assert loaded.sha256 == card.sha256 and loaded.steps == 3 and loaded.notes == "n"
+    assert not (tmp_path / "a" / "models").exists() and (moved / "weights.pt").exists()
+
+
+def test_psi_schedule_switches_halfway_through_a_fine_tune():
+    cfg = TrainConfig(data=[], out="", feature_net="stlpips", psi=[0.5, 0.7], steps=1000)
+    assert cfg.psi_at(0) == 0.5 and cfg.psi_at(499) == 0.5 and cfg.psi_at(500) == 0.7
+    cfg = TrainConfig(data=[], out="", feature_net="stlpips", psi=[0.5, 0.7], steps=83_000)
+    assert cfg.psi_at(81_000, start=80_000) == 0.5 and cfg.psi_at(81_600, start=80_000) == 0.7
+    assert TrainConfig(data=[], out="", steps=10).psi_at(9) == 0.0  # no feature network: Baseline

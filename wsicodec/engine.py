@@ -38,6 +38,9 @@ def pick_device(name: str = "auto") -> torch.device:
 
 
 _HEAP_KEPT: bool | None = None
+_TRIM: Callable[[], None] | None = None
+#: resident memory above which a kept heap is handed back to the system (``WSICODEC_MAX_RSS_MB``)
+HEAP_BUDGET_MB = 1536
 
 
 def keep_freed_memory() -> bool:
@@ -45,9 +48,11 @@ def keep_freed_memory() -> bool:
     (``mallopt`` M_MMAP_THRESHOLD and M_TRIM_THRESHOLD at 1 GiB). Without it every CPU layer's
     output (~100 MB for a batch of 4 encode windows) is fresh ``mmap``'d memory whose pages the
     kernel faults in and zeroes, then unmaps again; measured +40 % encode throughput
-    (docs/performance.md). Process-wide and once per process; the price is that the process keeps
-    its peak memory until it exits. ``WSICODEC_MALLOC=system`` turns it off. True when applied."""
-    global _HEAP_KEPT
+    (docs/performance.md). Process-wide and once per process. A kept heap fragments as batches of
+    different shapes come and go, so :func:`bound_heap` hands free memory back (``malloc_trim``)
+    whenever the process's resident memory passes ``WSICODEC_MAX_RSS_MB`` (default 1536).
+    ``WSICODEC_MALLOC=system`` turns all of it off. True when applied."""
+    global _HEAP_KEPT, _TRIM
     if _HEAP_KEPT is None:
         _HEAP_KEPT = False
         if sys.platform.startswith("linux") and os.environ.get("WSICODEC_MALLOC", "").lower() != "system":
@@ -57,9 +62,33 @@ def keep_freed_memory() -> bool:
                 mallopt.argtypes = [ctypes.c_int, ctypes.c_int]
                 M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3
                 _HEAP_KEPT = bool(mallopt(M_MMAP_THRESHOLD, 1 << 30)) and bool(mallopt(M_TRIM_THRESHOLD, 1 << 30))
+                trim = libc.malloc_trim
+                trim.argtypes = [ctypes.c_size_t]
+                _TRIM = lambda: trim(0)  # noqa: E731
             except (OSError, AttributeError):
                 pass
     return _HEAP_KEPT
+
+
+def resident_mb() -> float:
+    """This process's resident memory in MiB (Linux; 0 elsewhere)."""
+    try:
+        with open("/proc/self/statm") as f:
+            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
+    except (OSError, ValueError, IndexError):
+        return 0.0
+
+
+def bound_heap() -> bool:
+    """With a kept heap: give free memory back to the system when resident memory is over the
+    budget. Called before each batch; True when it trimmed."""
+    if _TRIM is None or not _HEAP_KEPT:
+        return False
+    budget = float(os.environ.get("WSICODEC_MAX_RSS_MB", "") or HEAP_BUDGET_MB)
+    if resident_mb() <= budget:
+        return False
+    _TRIM()
+    return True
 
 
 @contextlib.contextmanager
@@ -163,6 +192,7 @@ class LatentCoder:
     @torch.inference_mode()
     def analysis(self, pixels: np.ndarray) -> np.ndarray:
         """uint8 (N, H, W, 3) -> int32 (N, M, H/stride, W/stride)."""
+        bound_heap()
         x = self._upload(pixels)  # uint8 NHWC: 4x fewer bytes to the device than float
         x = self._format(x.permute(0, 3, 1, 2).float().div_(255.0))
         with _no_tf32(self.device):
@@ -172,6 +202,7 @@ class LatentCoder:
     @torch.inference_mode()
     def synthesis(self, latents: np.ndarray) -> np.ndarray:
         """int (N, M, h, w) -> uint8 (N, h*stride, w*stride, 3)."""
+        bound_heap()
         q = self._upload(np.asarray(latents, dtype=np.float32))
         q = self._format(q + self.medians)
         x = None
@@ -196,30 +227,91 @@ class LatentCoder:
         return q[:, mid, mid].copy()
 
 
-def _prefetch(items: Iterable, fn: Callable, depth: int) -> Iterator:
-    """Map ``fn`` over ``items`` in a background thread, at most ``depth`` results ahead."""
+def prefetch(items: Iterable, fn: Callable, depth: int) -> Iterator:
+    """Map ``fn`` over ``items`` in a background thread, at most ``depth`` results ahead. Closing
+    the generator early stops the thread."""
     q: queue.Queue = queue.Queue(maxsize=depth)
     done = object()
+    stop = threading.Event()
+
+    def put(x) -> bool:
+        while not stop.is_set():
+            try:
+                q.put(x, timeout=0.1)
+                return True
+            except queue.Full:
+                pass
+        return False
 
     def work():
         try:
             for it in items:
-                q.put((it, fn(it), None))
+                if stop.is_set() or not put((it, fn(it), None)):
+                    return
         except BaseException as e:  # handed to the consumer
-            q.put((None, None, e))
-        q.put(done)
+            put((None, None, e))
+        put(done)
 
-    t = threading.Thread(target=work, daemon=True)
+    t = threading.Thread(target=work, daemon=True, name="wsicodec-prefetch")
     t.start()
-    while True:
-        got = q.get()
-        if got is done:
-            break
-        it, res, err = got
-        if err is not None:
-            raise err
-        yield it, res
-    t.join()
+    try:
+        while True:
+            got = q.get()
+            if got is done:
+                break
+            it, res, err = got
+            if err is not None:
+                raise err
+            yield it, res
+    finally:
+        stop.set()
+        t.join()
+
+
+class BackgroundSink:
+    """Run ``fn(*item)`` for each :meth:`put` item on ``workers`` threads, at most ``depth`` items
+    in flight (``put`` blocks beyond that, so memory stays bounded). The first error is raised
+    from the next :meth:`put` or from :meth:`close`; once one item failed, the rest are skipped.
+
+    The compressor uses it to entropy-code and write tiles while the network runs the next batch."""
+
+    def __init__(self, fn: Callable, workers: int = 2, depth: int = 16):
+        self._fn = fn
+        self._pool = ThreadPoolExecutor(max(1, workers), thread_name_prefix="wsicodec-sink")
+        self._slots = threading.BoundedSemaphore(max(1, depth))
+        self._error: BaseException | None = None
+
+    def _run(self, item: tuple) -> None:
+        try:
+            if self._error is None:
+                self._fn(*item)
+        except BaseException as e:
+            if self._error is None:
+                self._error = e
+        finally:
+            self._slots.release()
+
+    def put(self, *item) -> None:
+        if self._error is not None:
+            raise self._error
+        self._slots.acquire()
+        self._pool.submit(self._run, item)
+
+    def close(self) -> None:
+        """Wait for every item; raise the first error."""
+        self._pool.shutdown(wait=True)
+        if self._error is not None:
+            raise self._error
+
+    def __enter__(self) -> "BackgroundSink":
+        return self
+
+    def __exit__(self, exc_type, *exc) -> None:
+        if exc_type is None:
+            self.close()
+        else:  # already failing: drop what is queued, keep the original error
+            self._error = self._error or exc[0]
+            self._pool.shutdown(wait=True, cancel_futures=True)
 
 
 def encode_tiles(read_rgb: Callable[[int, int, int, int], np.ndarray], grid: TileGrid,
@@ -249,7 +341,7 @@ def encode_tiles(read_rgb: Callable[[int, int, int, int], np.ndarray], grid: Til
             ox, oy = lx0 - x0 // s, ly0 - y0 // s
             yield tx, ty, lat[:, oy : oy + ly1 - ly0, ox : ox + lx1 - lx0]
 
-    for (tx, ty), (origin, win, bg) in _prefetch(tiles if tiles is not None else iter(grid), read, read_ahead):
+    for (tx, ty), (origin, win, bg) in prefetch(tiles if tiles is not None else iter(grid), read, read_ahead):
         if bg:
             yield tx, ty, None
             continue

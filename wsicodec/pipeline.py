@@ -13,7 +13,7 @@ import numpy as np
 
 from wsicodec import __version__
 from wsicodec.codec import EntropyTables
-from wsicodec.engine import LatentCoder, encode_tiles
+from wsicodec.engine import BackgroundSink, LatentCoder, encode_tiles
 from wsicodec.models import load_model
 from wsicodec.models.registry import default_model_name
 from wsicodec.remote import compress_urls, decompress_urls
@@ -129,13 +129,15 @@ def store_metadata(src: SlideSource, input_path: Path, card, coder: LatentCoder,
 def compress(input_path: str | Path, output: str | Path, model: str | None = None, device: str = "auto",
              batch_size: int = 8, tile: int = 512, overwrite: bool = False, skip_glass: bool = True,
              progress: bool = False, model_dir: Path | None = None, resume: bool = False,
-             deidentify: bool = False) -> CompressResult:
+             deidentify: bool = False, io_threads: int = 2) -> CompressResult:
     """Compress level 0 of a slide or image into a store at ``output``.
 
     ``resume``: continue an interrupted run from the unfinished store (``.<name>.partial``) left
     beside ``output`` (without it, such a store is discarded and the run starts over); the result
     is the same store an uninterrupted run writes. ``deidentify``: drop the label and macro
-    images and the identifying metadata (see :mod:`wsicodec.deidentify`)."""
+    images and the identifying metadata (see :mod:`wsicodec.deidentify`). ``io_threads``: threads
+    that entropy-code and write tiles while the network runs (reading runs on one more); the
+    store's bytes do not depend on it."""
     input_path, output = Path(input_path), Path(output)
     check_paths(input_path, output, overwrite)
     name = model or default_model_name(model_dir)
@@ -156,9 +158,14 @@ def compress(input_path: str | Path, output: str | Path, model: str | None = Non
             todo = [(tx, ty) for tx, ty in grid if writer.state[ty, tx] == 0]
             with _progress(progress, f"compress {input_path.name}", len(grid)) as advance:
                 advance(len(grid) - len(todo))
-                for tx, ty, lat in encode_tiles(read, grid, coder, glass if skip_glass else None, tiles=todo):
+
+                def write(tx, ty, lat):
                     writer.write_tile(tx, ty, lat)
                     advance(1)
+
+                with BackgroundSink(write, io_threads, depth=2 * batch_size + io_threads) as sink:
+                    for tx, ty, lat in encode_tiles(read, grid, coder, glass if skip_glass else None, tiles=todo):
+                        sink.put(tx, ty, lat)
             n_glass = int((writer.state == 2).sum())
             writer.meta["tiles"] = {"total": len(grid), "glass": n_glass}
             final = writer.finish(overwrite)

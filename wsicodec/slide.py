@@ -19,7 +19,7 @@ MAX_SIDE = 1 << 20
 #: Largest plain image (not a tiled slide) decoded into memory at once.
 MAX_IMAGE_PIXELS = 1 << 30
 #: Most pixels of a slide level read at once to make a thumbnail.
-MAX_THUMBNAIL_READ = 1 << 24
+MAX_THUMBNAIL_READ = 1 << 22
 
 
 class SlideError(Exception):

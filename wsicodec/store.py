@@ -17,6 +17,7 @@ import math
 import os
 import re
 import shutil
+import threading
 import time
 from pathlib import Path
 from typing import Any, Iterator
@@ -140,6 +141,7 @@ class StoreWriter:
         self.checkpoint_seconds = checkpoint_seconds
         self._last_checkpoint = time.monotonic()
         self._dirty = False
+        self._lock = threading.Lock()  # write_tile may run on several threads
         if resume and self.path.is_dir() and self._reopen():
             return
         if self.path.exists():
@@ -234,23 +236,27 @@ class StoreWriter:
             arr[...] = im
 
     def write_tile(self, tx: int, ty: int, latents: np.ndarray | None) -> None:
-        """Store a tile's latents, or mark it as glass (``None``: nothing is stored)."""
-        if latents is None:
-            self.state[ty, tx] = TILE_GLASS
-        else:
+        """Store a tile's latents, or mark it as glass (``None``: nothing is stored). Safe to call
+        from several threads for different tiles (each tile is one chunk)."""
+        if latents is not None:
             lx0, ly0, lx1, ly1 = self.grid.tile_latents(tx, ty)
             if np.abs(latents).max(initial=0) > 32767:
                 raise StoreError(f"{self.final}: latent values overflow int16 at tile ({tx}, {ty})")
             self.latents[:, ly0:ly1, lx0:lx1] = latents.astype(np.int16)  # atomic: temp file + rename
             if not chunk_file(self.path, tx, ty).is_file():
                 raise StoreError(f"{self.path}: the chunk of tile ({tx}, {ty}) was not written")
-            self.state[ty, tx] = TILE_CODED
-        self._dirty = True
-        if time.monotonic() - self._last_checkpoint >= self.checkpoint_seconds:
-            self.checkpoint()
+        with self._lock:
+            self.state[ty, tx] = TILE_GLASS if latents is None else TILE_CODED
+            self._dirty = True
+            if time.monotonic() - self._last_checkpoint >= self.checkpoint_seconds:
+                self._checkpoint()
 
     def checkpoint(self) -> None:
         """Persist the tile-state map (only ever after the chunks it marks as coded)."""
+        with self._lock:
+            self._checkpoint()
+
+    def _checkpoint(self) -> None:
         self.tiles[...] = self.state
         self._dirty = False
         self._last_checkpoint = time.monotonic()
@@ -526,25 +532,32 @@ class WsiStore:
         return q
 
     def decode_tiles(self, tiles: list[tuple[int, int]], group: int = 16) -> Iterator[tuple[int, int, np.ndarray]]:
-        """Yield ``(tx, ty, rgb)`` for tiles (row-major order advised), batched, seam-free."""
+        """Yield ``(tx, ty, rgb)`` for tiles (row-major order advised), batched, seam-free. The
+        latents of the next groups are entropy-decoded on a thread while the network runs."""
+        from wsicodec.engine import prefetch
+
         grid, coder = self.grid, self.coder
         halo, s = coder.spec.decode_halo, grid.stride
-        for start in range(0, len(tiles), group):
-            part = tiles[start : start + group]
+
+        def fetch(part):
             boxes = [grid.tile_box(tx, ty) for tx, ty in part]
+            if all(self.tile_state[ty, tx] == TILE_GLASS for tx, ty in part):
+                return boxes, None, None
             x0 = min(b[0] for b in boxes)
             y0 = min(b[1] for b in boxes)
             x1 = max(b[0] + b[2] for b in boxes)
             y1 = max(b[1] + b[3] for b in boxes)
-            wx0, wy0, wx1, wy1 = grid.latent_window(x0, y0, x1 - x0, y1 - y0, halo)
-            need_net = [t for t in part if self.tile_state[t[1], t[0]] != TILE_GLASS]
-            q = self.fetch_latents(wx0, wy0, wx1, wy1) if need_net else None
+            window = grid.latent_window(x0, y0, x1 - x0, y1 - y0, halo)
+            return boxes, window, self.fetch_latents(*window)
+
+        parts = [tiles[i : i + group] for i in range(0, len(tiles), group)]
+        for part, (boxes, window, q) in prefetch(parts, fetch, depth=2):
             windows: dict[tuple, list] = {}
             for (tx, ty), (x, y, w, h) in zip(part, boxes):
                 if self.tile_state[ty, tx] == TILE_GLASS:
                     continue
                 lx0, ly0, lx1, ly1 = grid.latent_window(x, y, w, h, halo)
-                win = q[:, ly0 - wy0 : ly1 - wy0, lx0 - wx0 : lx1 - wx0]
+                win = q[:, ly0 - window[1] : ly1 - window[1], lx0 - window[0] : lx1 - window[0]]
                 windows.setdefault(win.shape, []).append((tx, ty, lx0, ly0, win))
             decoded: dict[tuple[int, int], np.ndarray] = {}
             for items in windows.values():
@@ -631,4 +644,9 @@ def open_slide(path: str | os.PathLike, **kwargs: Any) -> WsiStore:
 
 
 def now_iso() -> str:
-    return _dt.datetime.now(_dt.timezone.utc).replace(microsecond=0).isoformat()
+    """The current UTC time, or ``SOURCE_DATE_EPOCH`` when set (reproducible stores, as in
+    reproducible builds: the same input and settings then give a byte-identical store)."""
+    epoch = os.environ.get("SOURCE_DATE_EPOCH", "").strip()
+    when = (_dt.datetime.fromtimestamp(int(epoch), _dt.timezone.utc) if epoch.isdigit()
+            else _dt.datetime.now(_dt.timezone.utc))
+    return when.replace(microsecond=0).isoformat()

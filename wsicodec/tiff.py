@@ -36,6 +36,31 @@ def _tiles_of(image_rows: Iterator[np.ndarray], width: int, tile: int) -> Iterat
             yield t
 
 
+class _RowFile:
+    """An image level kept on disk as raw RGB rows, appended band by band and read back in bands:
+    plain file I/O (no memory map), so the rows live in the page cache and never count against
+    the process's memory, whatever the slide's size."""
+
+    def __init__(self, path: Path, width: int):
+        self._f = open(path, "w+b")
+        self.width, self.rows = width, 0
+
+    def append(self, rows: np.ndarray) -> None:
+        self._f.seek(0, os.SEEK_END)
+        self._f.write(np.ascontiguousarray(rows, dtype=np.uint8).tobytes())
+        self.rows += rows.shape[0]
+
+    def bands(self, height: int) -> Iterator[np.ndarray]:
+        row_bytes = self.width * 3
+        for r0 in range(0, self.rows, height):
+            n = min(height, self.rows - r0)
+            self._f.seek(r0 * row_bytes)
+            yield np.frombuffer(self._f.read(n * row_bytes), np.uint8).reshape(n, self.width, 3)
+
+    def close(self) -> None:
+        self._f.close()
+
+
 def write_pyramid(store, output: Path, region: tuple[int, int, int, int], tile: int = 256,
                   compression: str = "jpeg", quality: int = 90,
                   advance: Callable[[int], None] = lambda n=1: None) -> None:
@@ -65,12 +90,14 @@ def write_pyramid(store, output: Path, region: tuple[int, int, int, int], tile: 
     output.parent.mkdir(parents=True, exist_ok=True)  # like compress, which creates the store's folders
     tmpdir = tempfile.mkdtemp(prefix=f".{output.name}.", dir=output.parent)
     tmp_tif = Path(tmpdir) / output.name
-    lvl1 = None
+    files: list[_RowFile] = []
     try:
-        if len(downs) > 1:
-            lvl1 = np.lib.format.open_memmap(Path(tmpdir) / "level1.npy", mode="w+", dtype=np.uint8,
-                                             shape=(math.ceil(h / f), math.ceil(w / f), 3))
+        def next_level(width: int) -> _RowFile:
+            files.append(_RowFile(Path(tmpdir) / f"level{len(files) + 1}.raw", math.ceil(width / f)))
+            return files[-1]
+
         touched: set = set()
+        below = next_level(w) if len(downs) > 1 else None
 
         def level0_rows() -> Iterator[np.ndarray]:
             for by in range(0, h, band_h):
@@ -80,30 +107,37 @@ def write_pyramid(store, output: Path, region: tuple[int, int, int, int], tile: 
                 new = [t for t in tiles if t not in touched]
                 touched.update(new)
                 advance(len(new))
-                if lvl1 is not None:
-                    lvl1[by // f : (by + bh + f - 1) // f] = _downsample(band, f)
+                if below is not None:
+                    below.append(_downsample(band, f))
                 for r in range(0, bh, tile):
                     yield band[r : r + tile]
+
+        def level_rows(level: _RowFile, below: _RowFile | None) -> Iterator[np.ndarray]:
+            for band in level.bands(tile):  # tile is a multiple of 16, so of f: bands downsample alone
+                if below is not None:
+                    below.append(_downsample(band, f))
+                yield band
 
         desc = f"wsicodec {store.meta.get('wsicodec_version', '')} from {Path(store.path).name}"
         with tifffile.TiffWriter(tmp_tif, bigtiff=w * h * 3 > 2**31) as tif:
             tif.write(_tiles_of(level0_rows(), w, tile), shape=(h, w, 3), dtype=np.uint8, tile=(tile, tile),
                       photometric="rgb", description=desc, metadata=None, **cargs, **res)
-            level = lvl1
             for i, d in enumerate(downs[1:], start=1):
-                if i > 1:
-                    level = _downsample(np.asarray(level), f)
-                lh, lw = level.shape[:2]
+                level = files[i - 1]
+                below = next_level(level.width) if i + 1 < len(downs) else None
                 lres = {}
                 if res:
                     lres = {"resolution": (res["resolution"][0] / d, res["resolution"][1] / d),
                             "resolutionunit": "CENTIMETER"}
-                rows = (level[r : r + tile] for r in range(0, lh, tile))
-                tif.write(_tiles_of(rows, lw, tile), shape=(lh, lw, 3), dtype=np.uint8, tile=(tile, tile),
-                          photometric="rgb", subfiletype=1, metadata=None, **cargs, **lres)
-        del lvl1
+                tif.write(_tiles_of(level_rows(level, below), level.width, tile), shape=(level.rows, level.width, 3),
+                          dtype=np.uint8, tile=(tile, tile), photometric="rgb", subfiletype=1, metadata=None,
+                          **cargs, **lres)
+        for rf in files:
+            rf.close()
         os.replace(tmp_tif, output)
     finally:
+        for rf in files:
+            rf.close()
         for p in Path(tmpdir).glob("*"):
             p.unlink()
         os.rmdir(tmpdir)

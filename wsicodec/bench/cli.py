@@ -41,7 +41,7 @@ def _threads(n: int) -> None:
 @click.option("--codecs", default=None, metavar="LIST",
               help="Comma-separated: jpeg,webp,jxl,avif,j2k,wsicodec (default: all; wsicodec if a model is shipped).")
 @click.option("--metrics", default=None, metavar="LIST",
-              help="Comma-separated: psnr,ms_ssim,lpips,st_lpips (default: all).")
+              help="Comma-separated: psnr,ms_ssim,lpips,st_lpips,st_lpips_vgg (default: all but st_lpips_vgg).")
 @click.option("--tiles", type=click.IntRange(1, 100000), default=8, show_default=True,
               help="Tissue tiles sampled from each slide.")
 @click.option("--tile-size", type=click.IntRange(16, 8192), default=512, show_default=True,
@@ -50,14 +50,23 @@ def _threads(n: int) -> None:
 @click.option("--device", type=click.Choice(["cpu", "cuda"]), default="cpu", show_default=True,
               help="Device for wsicodec.")
 @click.option("--threads", type=click.IntRange(0, 1024), default=0, help="torch CPU threads (0: torch default).")
+@click.option("--models", default=None, metavar="LIST",
+              help="Comma-separated wsicodec models to measure (default: every model in the model folder).")
+@click.option("--models-dir", type=click.Path(exists=True, file_okay=False, path_type=Path), default=None,
+              help="Model folder (default: the installed one).")
+@click.option("--reuse", type=click.Path(exists=True, dir_okay=False, path_type=Path), default=None,
+              help="An earlier results.csv: its rows for the same images and for codecs not run now are "
+                   "kept (e.g. add models without re-measuring the classical codecs).")
 @click.option("--quiet", "-q", is_flag=True, help="No progress bar or tables.")
-def run(inputs, out, codecs, metrics, tiles, tile_size, seed, device, threads, quiet):
+def run(inputs, out, codecs, metrics, tiles, tile_size, seed, device, threads, models, models_dir, reuse, quiet):
     """Rate–distortion benchmark of INPUT images, folders and slides; results in --out."""
     from wsicodec.bench.runner import run_benchmark
 
     _threads(threads)
+    settings = {"wsicodec": [m.strip() for m in models.split(",") if m.strip()]} if models else None
     r = run_benchmark(list(inputs), out, codecs=codecs, metrics=metrics, tiles=tiles, tile_size=tile_size,
-                      seed=seed, device=device, progress=not quiet)
+                      seed=seed, settings=settings, model_dir=models_dir, device=device, progress=not quiet,
+                      reuse=reuse)
     if not quiet:
         click.echo(f"{len(r.rows)} measurements; wrote " + ", ".join(p.name for p in r.files) + f" to {r.out}")
 
@@ -65,7 +74,7 @@ def run(inputs, out, codecs, metrics, tiles, tile_size, seed, device, threads, q
 @command.command("distortions")
 @click.argument("inputs", nargs=-1, required=True, type=click.Path(path_type=Path), metavar="IMAGES...")
 @click.option("--out", "-o", required=True, type=click.Path(path_type=Path), help="Folder for the results.")
-@click.option("--metrics", default=None, metavar="LIST", help="Comma-separated: psnr,ms_ssim,lpips,st_lpips.")
+@click.option("--metrics", default=None, metavar="LIST", help="Comma-separated: psnr,ms_ssim,lpips,st_lpips,st_lpips_vgg.")
 @click.option("--tiles", type=click.IntRange(1, 100000), default=4, show_default=True,
               help="Tissue tiles sampled from each slide.")
 @click.option("--tile-size", type=click.IntRange(16, 8192), default=512, show_default=True)

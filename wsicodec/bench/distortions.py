@@ -14,7 +14,7 @@ from typing import Sequence
 
 import numpy as np
 
-from wsicodec.bench.metrics import ALL_METRICS, LABELS, MetricSet
+from wsicodec.bench.metrics import ALL_METRICS, DEFAULT_METRICS, LABELS, MetricSet
 
 JPEG_QUALITIES = (90, 80, 70, 60, 50, 40, 30, 20, 10)
 LAB_SHIFTS = (0, 5, 10, 15, 20, 25, 30, 35, 40, 45, 50)
@@ -78,7 +78,7 @@ def run_distortions(inputs: Sequence[str | Path], out: str | Path, metrics: str 
     out = Path(out)
     if out.exists() and not out.is_dir():
         raise ValueError(f"{out}: exists and is not a folder")
-    names = _parse_list(metrics, ALL_METRICS, "metric") or list(ALL_METRICS)
+    names = _parse_list(metrics, ALL_METRICS, "metric") or list(DEFAULT_METRICS)
     names = ["mse" if n == "psnr" else n for n in names]
     if "mse" in names:
         names.insert(names.index("mse") + 1, "psnr")

@@ -12,8 +12,11 @@
 * ``st_lpips``: shift-tolerant LPIPS (AlexNet variant) from ``stlpips-pytorch``, whose trunk and
   linear weights are bundled with the package (``weights/vST0.0/alex_shift_tolerant.pth``), so it
   works offline.
+* ``st_lpips_vgg``: the same with the VGG-16 trunk (``vgg_shift_tolerant.pth``, also bundled).
+  Not in the default set (about 10x the AlexNet's cost); it is the LPIPS-type metric that stays
+  independent of a model trained with the AlexNet ST-LPIPS as its feature network.
 
-Lower is better for both LPIPS metrics; higher is better for PSNR and MS-SSIM.
+Lower is better for the LPIPS metrics; higher is better for PSNR and MS-SSIM.
 """
 from __future__ import annotations
 
@@ -27,10 +30,12 @@ import numpy as np
 
 PSNR_CAP = 100.0
 #: metric name -> True when higher is better
-HIGHER_IS_BETTER = {"psnr": True, "ms_ssim": True, "lpips": False, "st_lpips": False, "mse": False}
-ALL_METRICS = ("psnr", "ms_ssim", "lpips", "st_lpips")
+HIGHER_IS_BETTER = {"psnr": True, "ms_ssim": True, "lpips": False, "st_lpips": False, "st_lpips_vgg": False,
+                    "mse": False}
+ALL_METRICS = ("psnr", "ms_ssim", "lpips", "st_lpips", "st_lpips_vgg")
+DEFAULT_METRICS = ("psnr", "ms_ssim", "lpips", "st_lpips")
 LABELS = {"psnr": "PSNR (dB)", "ms_ssim": "MS-SSIM", "lpips": "LPIPS-AlexNet", "st_lpips": "ST-LPIPS (AlexNet)",
-          "mse": "MSE"}
+          "st_lpips_vgg": "ST-LPIPS (VGG-16)", "mse": "MSE"}
 #: torchvision's AlexNet ImageNet weights, the trunk of LPIPS-AlexNet
 ALEXNET_WEIGHTS = "alexnet-owt-7be5be79.pth"
 
@@ -162,9 +167,9 @@ class LPIPS(_Perceptual):
         return net.eval()
 
 
-def load_stlpips_network():
-    """The shift-tolerant LPIPS AlexNet with the weights bundled in ``stlpips-pytorch``, checked to
-    fit the network (no random weights left), in eval mode."""
+def load_stlpips_network(net: str = "alex"):
+    """The shift-tolerant LPIPS network (``alex`` or ``vgg``) with the weights bundled in
+    ``stlpips-pytorch``, checked to fit the network (no random weights left), in eval mode."""
     import contextlib
     import io
 
@@ -173,34 +178,42 @@ def load_stlpips_network():
     with contextlib.redirect_stdout(io.StringIO()):
         from stlpips_pytorch import stlpips
 
-    path = Path(stlpips.__file__).parent / "weights" / "vST0.0" / "alex_shift_tolerant.pth"
+    path = Path(stlpips.__file__).parent / "weights" / "vST0.0" / f"{net}_shift_tolerant.pth"
     if not path.is_file():
         raise FileNotFoundError(f"{path}: bundled ST-LPIPS weights are missing")
-    net = stlpips.LPIPS(net="alex", variant="shift_tolerant", pretrained=False, verbose=False)
+    model = stlpips.LPIPS(net=net, variant="shift_tolerant", pretrained=False, verbose=False)
     state = torch.load(path, map_location="cpu", weights_only=True)
-    missing, unexpected = net.load_state_dict(state, strict=False)
+    missing, unexpected = model.load_state_dict(state, strict=False)
     # ``lins.k`` are aliases of ``link``; anything else missing would leave random weights.
     missing = [k for k in missing if not k.startswith("lins.")]
     if missing or unexpected:
         raise RuntimeError(f"{path}: weights do not fit the network (missing {missing[:3]}, "
                            f"unexpected {unexpected[:3]})")
-    return net.eval()
+    return model.eval()
 
 
 class STLPIPS(_Perceptual):
     """Shift-tolerant LPIPS, AlexNet variant (``stlpips-pytorch``), weights bundled with the package."""
 
     name = "st_lpips"
+    trunk = "alex"
 
     def _load(self):
-        return load_stlpips_network()
+        return load_stlpips_network(self.trunk)
+
+
+class STLPIPSVGG(STLPIPS):
+    """Shift-tolerant LPIPS, VGG-16 variant, weights bundled with the package."""
+
+    name = "st_lpips_vgg"
+    trunk = "vgg"
 
 
 @dataclass
 class MetricSet:
     """The metrics to compute, with the perceptual networks loaded once."""
 
-    names: tuple[str, ...] = ALL_METRICS
+    names: tuple[str, ...] = DEFAULT_METRICS
     _nets: dict[str, _Perceptual] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -211,6 +224,8 @@ class MetricSet:
             self._nets["lpips"] = LPIPS()
         if "st_lpips" in self.names:
             self._nets["st_lpips"] = STLPIPS()
+        if "st_lpips_vgg" in self.names:
+            self._nets["st_lpips_vgg"] = STLPIPSVGG()
 
     def unavailable(self) -> dict[str, str]:
         """Requested metrics that cannot be computed here, with the reason."""

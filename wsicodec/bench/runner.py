@@ -15,16 +15,16 @@ from typing import Any, Iterable, Sequence
 import numpy as np
 
 from wsicodec.bench.codecs import ALL_CODECS, CLASSICAL, Codec, make_codec
-from wsicodec.bench.metrics import ALL_METRICS, HIGHER_IS_BETTER, LABELS, PSNR_CAP, MetricSet
+from wsicodec.bench.metrics import ALL_METRICS, DEFAULT_METRICS, HIGHER_IS_BETTER, LABELS, PSNR_CAP, MetricSet
 from wsicodec.bench.rd import average_curves, bd_rate, curve, is_monotone, rate_at_quality
 
 CSV_COLUMNS = ["image", "codec", "setting", "bytes", "pixels", "bpp", "psnr", "ms_ssim", "lpips", "st_lpips",
-               "encode_mpix_s", "decode_mpix_s"]
+               "st_lpips_vgg", "encode_mpix_s", "decode_mpix_s"]
 #: quality targets of the "bpp needed" table: (metric, target)
 TARGETS = (("ms_ssim", 0.99), ("psnr", 38.0))
 #: a sweep may lose this much quality from one setting to the next and still count as monotone
 #: (PSNR in dB, MS-SSIM and LPIPS in their units); larger drops are reported.
-MONOTONE_TOL = {"psnr": 0.05, "ms_ssim": 0.0005, "lpips": 0.002, "st_lpips": 0.002}
+MONOTONE_TOL = {"psnr": 0.05, "ms_ssim": 0.0005, "lpips": 0.002, "st_lpips": 0.002, "st_lpips_vgg": 0.002}
 
 
 @dataclass
@@ -127,10 +127,12 @@ def _progress(enabled: bool, console):
 def run_benchmark(inputs: Sequence[str | Path], out: str | Path, codecs: str | Sequence[str] | None = None,
                   metrics: str | Sequence[str] | None = None, tiles: int = 8, tile_size: int = 512, seed: int = 0,
                   settings: dict[str, Sequence[Any]] | None = None, model_dir: Path | None = None,
-                  device: str = "cpu", progress: bool = True, console=None) -> BenchResult:
+                  device: str = "cpu", progress: bool = True, console=None,
+                  reuse: str | Path | None = None) -> BenchResult:
     """Benchmark ``codecs`` (default: all; ``wsicodec`` only if a model is shipped) on ``inputs``
     and write the result files into ``out``. ``settings`` overrides a codec's sweep (e.g.
-    ``{"jpeg": [50, 80]}``; for ``wsicodec`` a list of model names)."""
+    ``{"jpeg": [50, 80]}``; for ``wsicodec`` a list of model names). ``reuse``: an earlier
+    ``results.csv`` whose rows for these images and for codecs not run now are kept."""
     from rich.console import Console
 
     console = console or Console(quiet=not progress)
@@ -138,7 +140,7 @@ def run_benchmark(inputs: Sequence[str | Path], out: str | Path, codecs: str | S
     if out.exists() and not out.is_dir():
         raise ValueError(f"{out}: exists and is not a folder")
     codec_names = _parse_list(codecs, ALL_CODECS, "codec")
-    metric_names = _parse_list(metrics, ALL_METRICS, "metric") or list(ALL_METRICS)
+    metric_names = _parse_list(metrics, ALL_METRICS, "metric") or list(DEFAULT_METRICS)
     notes: list[str] = []
     explicit = codec_names is not None
     codec_names = codec_names or list(ALL_CODECS)
@@ -166,6 +168,11 @@ def run_benchmark(inputs: Sequence[str | Path], out: str | Path, codecs: str | S
             console.print(f"[yellow]note:[/] {n}")
 
         rows = _measure(images, built, mset, progress, console)
+        if reuse:
+            kept = reused_rows(reuse, {im.name for im in images}, {c.name for c in built})
+            notes.append(f"{len(kept)} measurements of {', '.join(sorted({r['codec'] for r in kept})) or 'no codec'} "
+                         f"reused from {reuse}")
+            rows += kept
     finally:
         for c in built:
             c.close()
@@ -202,6 +209,20 @@ def run_benchmark(inputs: Sequence[str | Path], out: str | Path, codecs: str | S
     files.append(_write_report(out / "report.md", meta, summary, bd, need, notes, computable))
     print_tables(console, bd, need, summary)
     return BenchResult(out, rows, summary, files, notes)
+
+
+def reused_rows(path: str | Path, images: set[str], skip_codecs: set[str]) -> list[dict]:
+    """Rows of an earlier ``results.csv`` for ``images``, leaving out ``skip_codecs``."""
+    out = []
+    with open(path, newline="") as f:
+        for row in csv.DictReader(f):
+            if row.get("image") not in images or row.get("codec") in skip_codecs:
+                continue
+            for k, v in row.items():
+                if k not in ("image", "codec", "setting"):
+                    row[k] = float(v) if v not in ("", None) else None
+            out.append(row)
+    return out
 
 
 def _measure(images: list[TestImage], codecs: list[Codec], mset: MetricSet, progress: bool, console) -> list[dict]:

@@ -32,19 +32,21 @@ def command() -> None:
 @click.option("--clip", default=1.0, show_default=True)
 @click.option("--val-every", default=2000, show_default=True)
 @click.option("--checkpoint-minutes", default=5.0, show_default=True)
+@click.option("--minutes", "max_minutes", default=0.0,
+              help="Stop after this many CPU minutes of training steps, validation excluded (0: no limit).")
 @click.option("--seed", default=0, show_default=True)
 @click.option("--threads", default=0, show_default=True, help="torch threads (0: torch's default).")
 @click.option("--init-from", default="", help="Start from another run's checkpoint weights (fine-tuning).")
 @click.option("--resume", is_flag=True, help="Continue the run in --out exactly where it stopped.")
 def run(data, out, val, architecture, N, M, lmbda, feature_net, psi, patch, batch, steps, lr, clip,
-        val_every, checkpoint_minutes, seed, threads, init_from, resume):
+        val_every, checkpoint_minutes, max_minutes, seed, threads, init_from, resume):
     """Train on DATA (image files, folders, slides)."""
     from wsicodec.train import TrainConfig, Trainer
 
     cfg = TrainConfig(data=list(data), out=str(out), architecture=architecture, N=N, M=M, lmbda=lmbda,
                       feature_net=feature_net, psi=[float(v) for v in psi.split(",")], patch=patch, batch=batch,
                       steps=steps, lr=lr, clip=clip, val=list(val), val_every=val_every,
-                      checkpoint_minutes=checkpoint_minutes, seed=seed, threads=threads, init_from=init_from)
+                      checkpoint_minutes=checkpoint_minutes, max_minutes=max_minutes, seed=seed, threads=threads, init_from=init_from)
     t = Trainer(cfg)
     if resume:
         if not t.ckpt_path.exists():
@@ -63,10 +65,15 @@ def run(data, out, val, architecture, N, M, lmbda, feature_net, psi, patch, batc
 @click.option("--models-dir", type=click.Path(path_type=Path), default=None,
               help="Where to write (default: the package's model folder).")
 @click.option("--last", is_flag=True, help="Export the last weights, not the best validated ones.")
-def export(run_dir, name, models_dir, last):
+@click.option("--data-desc", default="", help="How the model card describes the training data (default: the paths).")
+@click.option("--notes", default="", help="Free-text notes for the model card.")
+@click.option("--val", "val", multiple=True, help="Validation folder for the card's figures (default: the run's).")
+def export(run_dir, name, models_dir, last, data_desc, notes, val):
     """Write RUN_DIR's model as NAME (.pt with frozen CDF tables, .json model card with sha256)."""
     from wsicodec.models import model_dir
     from wsicodec.train.loop import Trainer
 
-    card = Trainer.from_checkpoint(run_dir).export(name, models_dir or model_dir(), use_best=not last)
+    overrides = {"val": list(val)} if val else {}
+    card = Trainer.from_checkpoint(run_dir, **overrides).export(name, models_dir or model_dir(), use_best=not last,
+                                                                data_desc=data_desc, notes=notes)
     click.echo(f"{name}: sha256 {card.sha256}, validation {card.validation}")

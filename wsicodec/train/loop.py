@@ -1,6 +1,9 @@
 """The training loop of Fischer et al. 2023 (sections 2.3, 3.2):
 
-    L = λ·255²·MSE + bpp + ψ·‖C(x) − C(x̂)‖²
+    L = bpp + λ·255²·(MSE + ψ·‖C(x) − C(x̂)‖²)
+
+(the paper's ``λ·r + d + ψ·ℓ2(C(x), C(x̂))`` with λ moved onto the image-similarity term, as in
+CompressAI: ψ weighs the feature distance against the MSE of images in [0, 1])
 
 with additive-noise quantization (compressai's training mode), the entropy bottleneck's auxiliary
 loss on its own optimizer, Adam, learning rate reduced on plateau, gradient clipping, checkpoints
@@ -50,16 +53,19 @@ class TrainConfig:
     val_every: int = 2000
     val_crop: int = 256
     checkpoint_minutes: float = 5.0
+    max_minutes: float = 0.0         # stop after this much CPU time in training steps (0: no limit)
     seed: int = 0
     threads: int = 0
     init_from: str = ""              # fine-tune from another checkpoint's weights
     stain_jitter: float = 0.05
     colour_jitter: float = 0.05
 
-    def psi_at(self, step: int) -> float:
+    def psi_at(self, step: int, start: int = 0) -> float:
+        """ψ at ``step`` of a run that began at ``start`` (a fine-tune switches halfway through its own steps)."""
         if self.feature_net == "none" or not self.psi:
             return 0.0
-        return self.psi[0] if step < self.psi_switch * self.steps or len(self.psi) == 1 else self.psi[1]
+        switch = start + self.psi_switch * (self.steps - start)
+        return self.psi[0] if step < switch or len(self.psi) == 1 else self.psi[1]
 
 
 def _rd_loss(model: nn.Module, x: torch.Tensor, lmbda: float, psi: float,
@@ -69,11 +75,10 @@ def _rd_loss(model: nn.Module, x: torch.Tensor, lmbda: float, psi: float,
     bpp = sum(torch.log(lk).sum() for lk in out["likelihoods"].values()) / (-math.log(2) * n_pix)
     x_hat = out["x_hat"]
     mse = torch.mean((x_hat - x) ** 2)
-    loss = lmbda * 255**2 * mse + bpp
     feat = torch.zeros((), device=x.device)
     if feature is not None and psi > 0:
         feat = feature(x, x_hat.clamp(0, 1))
-        loss = loss + psi * feat
+    loss = lmbda * 255**2 * (mse + psi * feat) + bpp
     return {"loss": loss, "bpp": bpp, "mse": mse, "feat": feat}
 
 
@@ -133,6 +138,8 @@ class Trainer:
         )
         self.step = 0
         self.best = float("inf")
+        self.train_seconds = 0.0         # CPU time (all threads) spent in training steps, validation excluded
+        self.start_step = 0              # where this run's own steps began (> 0 when fine-tuning)
         images = [im for p in find_inputs(cfg.data) for im in load_rgb(p)]
         self.sampler = CropSampler(images, cfg.patch, cfg.seed, cfg.stain_jitter, cfg.colour_jitter)
         self.val = _val_images(cfg.val, cfg.val_crop) if cfg.val else []
@@ -151,6 +158,8 @@ class Trainer:
             "config": asdict(self.cfg),
             "step": self.step,
             "best": self.best,
+            "train_seconds": self.train_seconds,
+            "start_step": self.start_step,
             "model": self.model.state_dict(),
             "opt": self.opt.state_dict(),
             "aux_opt": self.aux_opt.state_dict(),
@@ -174,13 +183,25 @@ class Trainer:
         torch.set_rng_state(st["torch_rng"])
         self.step = st["step"]
         self.best = st["best"]
+        self.train_seconds = st.get("train_seconds", 0.0)
+        self.start_step = st.get("start_step", 0)
 
     @classmethod
     def from_checkpoint(cls, run_dir: Path, **overrides) -> "Trainer":
-        """The trainer of a run folder, restored from its checkpoint."""
-        st = torch.load(Path(run_dir) / "checkpoint.pt", map_location="cpu", weights_only=False)
-        t = cls(TrainConfig(**{**st["config"], **overrides}))
-        t.resume(Path(run_dir) / "checkpoint.pt")
+        """The trainer of a run folder, restored from its checkpoint, or from its ``weights.pt``
+        alone (a run carried across machines: weights, step and config, no optimiser state)."""
+        run_dir = Path(run_dir)
+        ckpt = run_dir / "checkpoint.pt"
+        src = ckpt if ckpt.exists() else run_dir / "weights.pt"
+        if not src.exists():
+            raise FileNotFoundError(f"{run_dir}: no checkpoint.pt or weights.pt")
+        st = torch.load(src, map_location="cpu", weights_only=False)
+        t = cls(TrainConfig(**{**st["config"], "out": str(run_dir), **overrides}))  # the folder may have moved
+        if src == ckpt:
+            t.resume(ckpt)
+        else:
+            t.init_weights_from(src)
+            t.best = st.get("best", t.best)
         return t
 
     def init_weights_from(self, path: Path, continue_steps: bool = True) -> None:
@@ -189,7 +210,7 @@ class Trainer:
         st = torch.load(path, map_location="cpu", weights_only=False)
         self.model.load_state_dict(st["model"] if "model" in st else st)
         if continue_steps and "step" in st:
-            self.step = int(st["step"])
+            self.step = self.start_step = int(st["step"])
 
     def save_weights(self, path: Path | None = None) -> Path:
         """A small file to carry a run across machines: weights, step and config, no optimiser
@@ -203,8 +224,9 @@ class Trainer:
     def _log_row(self, name: str, row: dict) -> None:
         path = self.out / name
         new = not path.exists()
+        fields = list(row) if new else path.open().readline().strip().split(",")
         with open(path, "a", newline="") as f:
-            w = csv.DictWriter(f, fieldnames=list(row))
+            w = csv.DictWriter(f, fieldnames=fields, extrasaction="ignore")
             if new:
                 w.writeheader()
             w.writerow(row)
@@ -215,7 +237,7 @@ class Trainer:
         x = self.sampler.batch(cfg.batch)
         self.opt.zero_grad(set_to_none=True)
         self.aux_opt.zero_grad(set_to_none=True)
-        terms = _rd_loss(self.model, x, cfg.lmbda, cfg.psi_at(self.step), self.feature)
+        terms = _rd_loss(self.model, x, cfg.lmbda, cfg.psi_at(self.step, self.start_step), self.feature)
         terms["loss"].backward()
         if cfg.clip > 0:
             torch.nn.utils.clip_grad_norm_(
@@ -241,9 +263,12 @@ class Trainer:
         last_ckpt = t_log = time.time()
         acc: dict[str, float] = {}
         n = 0
+        budget = cfg.max_minutes * 60 if cfg.max_minutes > 0 else float("inf")
         try:
-            while self.step < target and not self._stop:
+            while self.step < target and not self._stop and self.train_seconds < budget:
+                t0 = time.process_time()  # CPU time: fair between runs on a shared machine
                 terms = self.train_step()
+                self.train_seconds += time.process_time() - t0
                 for k, v in terms.items():
                     acc[k] = acc.get(k, 0.0) + v
                 n += 1
@@ -260,6 +285,8 @@ class Trainer:
                 if time.time() - last_ckpt > cfg.checkpoint_minutes * 60:
                     self.save()
                     last_ckpt = time.time()
+            if self.train_seconds >= budget and self.val and self.step % cfg.val_every:
+                self.validate_and_schedule()     # the pilot's figure: validation at the time budget
         finally:
             self.save()
             signal.signal(signal.SIGINT, old)
@@ -273,12 +300,14 @@ class Trainer:
             self.best = obj
             torch.save({"model": self.model.state_dict(), "step": self.step}, self.out / "best_model.pt")
         row = {"step": self.step, **{k: round(x, 5) for k, x in v.items()}, "objective": round(obj, 5),
-               "lr": self.opt.param_groups[0]["lr"], "time": round(time.time())}
+               "lr": self.opt.param_groups[0]["lr"], "train_minutes": round(self.train_seconds / 60, 2),
+               "time": round(time.time())}
         self._log_row("val_log.csv", row)
         self.log("val " + json.dumps(row))
         return v
 
-    def export(self, name: str, directory: Path, data_desc: str = "", use_best: bool = True) -> ModelCard:
+    def export(self, name: str, directory: Path, data_desc: str = "", use_best: bool = True,
+               notes: str = "") -> ModelCard:
         cfg = self.cfg
         model = build_model(cfg.architecture, N=cfg.N, M=cfg.M)
         best = self.out / "best_model.pt"
@@ -292,9 +321,10 @@ class Trainer:
         v = validate(model, self.val) if self.val else {}
         card = ModelCard(
             name=name, architecture=cfg.architecture, params={"N": cfg.N, "M": cfg.M},
-            lmbda=cfg.lmbda, psi=cfg.psi_at(step), feature_net=cfg.feature_net, steps=step,
+            lmbda=cfg.lmbda, psi=cfg.psi_at(step, self.start_step), feature_net=cfg.feature_net, steps=step,
             data=data_desc or ", ".join(cfg.data),
             validation={**{k: round(x, 4) for k, x in v.items()}, "set": ", ".join(cfg.val),
                         "crop": cfg.val_crop},
+            notes=notes,
         )
         return save_model(model, card, directory)

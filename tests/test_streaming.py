@@ -1,0 +1,95 @@
+"""The streaming compressor: store bytes independent of thread counts, bounded in-flight work,
+errors from the writer threads surface, decoding with latents prefetched on a thread."""
+from __future__ import annotations
+
+import threading
+import time
+
+import numpy as np
+import pytest
+import torch
+
+from conftest import EXAMPLE
+from wsicodec.engine import BackgroundSink, prefetch
+from wsicodec.pipeline import compress
+from wsicodec.store import WsiStore
+
+
+def _files(root):
+    return {p.relative_to(root).as_posix(): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+def test_store_is_byte_identical_for_1_and_n_threads(tiny_models, tmp_path, monkeypatch):
+    monkeypatch.setenv("SOURCE_DATE_EPOCH", "1764115200")  # reproducible `created`
+    before = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        a = compress(EXAMPLE, tmp_path / "a.zarr", model_dir=tiny_models, tile=256, io_threads=1).output
+        torch.set_num_threads(2)
+        b = compress(EXAMPLE, tmp_path / "b.zarr", model_dir=tiny_models, tile=256, io_threads=4).output
+    finally:
+        torch.set_num_threads(before)
+    fa, fb = _files(a), _files(b)
+    assert len(fa) > 50 and fa.keys() == fb.keys()
+    assert [k for k in fa if fa[k] != fb[k]] == []
+    assert b'"created": "2025-11-26T00:00:00+00:00"' in fa["zarr.json"]
+
+
+def test_sink_bounds_work_in_flight_and_runs_in_parallel():
+    lock, live, peak, seen = threading.Lock(), [0], [0], []
+
+    def work(i):
+        with lock:
+            live[0] += 1
+            peak[0] = max(peak[0], live[0])
+        time.sleep(0.01)
+        with lock:
+            live[0] -= 1
+            seen.append(i)
+
+    with BackgroundSink(work, workers=3, depth=4) as sink:
+        for i in range(40):
+            sink.put(i)
+    assert sorted(seen) == list(range(40))
+    assert 2 <= peak[0] <= 3
+
+
+def test_sink_raises_the_first_error_and_skips_the_rest():
+    done = []
+
+    def work(i):
+        if i == 3:
+            raise OSError("disk full")
+        done.append(i)
+
+    with pytest.raises(OSError, match="disk full"):
+        with BackgroundSink(work, workers=1, depth=1) as sink:
+            for i in range(100):
+                sink.put(i)
+    assert max(done) < 10
+
+
+def test_prefetch_stops_its_thread_when_the_consumer_stops():
+    made = []
+
+    def slow(i):
+        made.append(i)
+        return i * 2
+
+    gen = prefetch(range(1000), slow, depth=2)
+    assert [next(gen) for _ in range(3)] == [(0, 0), (1, 2), (2, 4)]
+    gen.close()
+    n = len(made)
+    time.sleep(0.2)
+    assert len(made) == n <= 6
+    assert not [t for t in threading.enumerate() if t.daemon and t.is_alive() and "prefetch" in t.name]
+
+
+def test_decoding_with_prefetch_matches_tile_by_tile(tiny_models, tmp_path):
+    out = compress(EXAMPLE, tmp_path / "c.zarr", model_dir=tiny_models, tile=256).output
+    with WsiStore(out, model_dir=tiny_models) as s:
+        tiles = list(s.grid)[:40]
+        grouped = {(tx, ty): px for tx, ty, px in s.decode_tiles(tiles, group=7)}
+        for t in tiles[::9]:
+            (_, _, one), = s.decode_tiles([t], group=1)
+            assert np.abs(one.astype(int) - grouped[t].astype(int)).max() <= 1
