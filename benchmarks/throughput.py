@@ -1,7 +1,7 @@
 """Encode / decode throughput of wsicodec and JPEG-XL on the same tiles, in the same run (issue 5).
 
     python benchmarks/throughput.py [--model NAME] [--models-dir DIR] [--device cpu|cuda]
-        [--batch-size 4] [--threads N] [--tiles 16] [--repeats 3] [--jxl-distance 1.0] [--json OUT]
+        [--batch-size 8] [--threads N] [--tiles 16] [--repeats 3] [--jxl-distance 1.0] [--json OUT]
 
 What is timed, per 512 x 512 tile of real H&E (from ../shared/data/histology/val):
 
@@ -113,7 +113,7 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--model", default=None, help="model name (default: the shipped default)")
     ap.add_argument("--models-dir", type=Path, default=None)
     ap.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
-    ap.add_argument("--batch-size", type=int, default=4)
+    ap.add_argument("--batch-size", type=int, default=8)
     ap.add_argument("--threads", type=int, default=os.cpu_count() or 1,
                     help="torch threads and JPEG-XL numthreads (default: all cores)")
     ap.add_argument("--tiles", type=int, default=16)
