@@ -275,6 +275,15 @@ def test_cli_bench_adds_chosen_models_to_reused_classical_rows(tmp_path, bench_m
     summary = json.loads((second / "summary.json").read_text())
     assert "jpeg" in summary["bd_rate"]["psnr"]["wsicodec"]
     assert any("reused from" in n for n in summary["notes"])
+    third = tmp_path / "third"  # add the other model; the first one's row is kept as measured
+    res = runner.invoke(main, ["bench", str(img), "--out", str(third), "--codecs", "wsicodec", "--models", "tiny-lo",
+                               "--models-dir", str(bench_models), "--metrics", "psnr",
+                               "--reuse", str(second / "results.csv"), "-q"])
+    assert res.exit_code == 0, res.output
+    with open(third / "results.csv") as f:
+        rows3 = list(csv.DictReader(f))
+    assert sorted(r["setting"] for r in rows3 if r["codec"] == "wsicodec") == ["tiny-hi", "tiny-lo"]
+    assert [r for r in rows3 if r["setting"] == "tiny-hi"] == [r for r in rows if r["setting"] == "tiny-hi"]
 
 
 def test_cli_bench_and_distortions(tmp_path):

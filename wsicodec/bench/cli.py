@@ -55,8 +55,8 @@ def _threads(n: int) -> None:
 @click.option("--models-dir", type=click.Path(exists=True, file_okay=False, path_type=Path), default=None,
               help="Model folder (default: the installed one).")
 @click.option("--reuse", type=click.Path(exists=True, dir_okay=False, path_type=Path), default=None,
-              help="An earlier results.csv: its rows for the same images and for codecs not run now are "
-                   "kept (e.g. add models without re-measuring the classical codecs).")
+              help="An earlier results.csv: its rows for the same images are kept, except for the codec "
+                   "settings (models) measured now (e.g. add a model without re-measuring the others).")
 @click.option("--quiet", "-q", is_flag=True, help="No progress bar or tables.")
 def run(inputs, out, codecs, metrics, tiles, tile_size, seed, device, threads, models, models_dir, reuse, quiet):
     """Rate–distortion benchmark of INPUT images, folders and slides; results in --out."""

@@ -132,7 +132,8 @@ def run_benchmark(inputs: Sequence[str | Path], out: str | Path, codecs: str | S
     """Benchmark ``codecs`` (default: all; ``wsicodec`` only if a model is shipped) on ``inputs``
     and write the result files into ``out``. ``settings`` overrides a codec's sweep (e.g.
     ``{"jpeg": [50, 80]}``; for ``wsicodec`` a list of model names). ``reuse``: an earlier
-    ``results.csv`` whose rows for these images and for codecs not run now are kept."""
+    ``results.csv`` whose rows for these images are kept, except for the codec settings (models)
+    measured now."""
     from rich.console import Console
 
     console = console or Console(quiet=not progress)
@@ -169,7 +170,7 @@ def run_benchmark(inputs: Sequence[str | Path], out: str | Path, codecs: str | S
 
         rows = _measure(images, built, mset, progress, console)
         if reuse:
-            kept = reused_rows(reuse, {im.name for im in images}, {c.name for c in built})
+            kept = reused_rows(reuse, {im.name for im in images}, {(c.name, str(x)) for c in built for x in c.settings})
             notes.append(f"{len(kept)} measurements of {', '.join(sorted({r['codec'] for r in kept})) or 'no codec'} "
                          f"reused from {reuse}")
             rows += kept
@@ -211,12 +212,13 @@ def run_benchmark(inputs: Sequence[str | Path], out: str | Path, codecs: str | S
     return BenchResult(out, rows, summary, files, notes)
 
 
-def reused_rows(path: str | Path, images: set[str], skip_codecs: set[str]) -> list[dict]:
-    """Rows of an earlier ``results.csv`` for ``images``, leaving out ``skip_codecs``."""
+def reused_rows(path: str | Path, images: set[str], measured: set[tuple[str, str]]) -> list[dict]:
+    """Rows of an earlier ``results.csv`` for ``images``, leaving out the (codec, setting) pairs
+    ``measured`` now."""
     out = []
     with open(path, newline="") as f:
         for row in csv.DictReader(f):
-            if row.get("image") not in images or row.get("codec") in skip_codecs:
+            if row.get("image") not in images or (row.get("codec"), row.get("setting")) in measured:
                 continue
             for k, v in row.items():
                 if k not in ("image", "codec", "setting"):
