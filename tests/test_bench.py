@@ -257,31 +257,25 @@ def test_cli_bench_adds_chosen_models_to_reused_classical_rows(tmp_path, bench_m
     img = tmp_path / "crop.png"
     Image.fromarray(_he()[:96, :112]).save(img)
     runner = CliRunner()
-    first = tmp_path / "first"
-    res = runner.invoke(main, ["bench", str(img), "--out", str(first), "--codecs", "jpeg",
-                               "--metrics", "psnr", "-q"])
-    assert res.exit_code == 0, res.output
-    second = tmp_path / "second"
-    res = runner.invoke(main, ["bench", str(img), "--out", str(second), "--codecs", "wsicodec", "--models", "tiny-hi",
-                               "--models-dir", str(bench_models), "--metrics", "psnr",
-                               "--reuse", str(first / "results.csv"), "-q"])
-    assert res.exit_code == 0, res.output
-    with open(first / "results.csv") as f:
-        jpeg_rows = list(csv.DictReader(f))
-    with open(second / "results.csv") as f:
-        rows = list(csv.DictReader(f))
+
+    def bench(out: str, *args: str) -> list[dict]:
+        res = runner.invoke(main, ["bench", str(img), "--out", str(tmp_path / out), "--metrics", "psnr", "-q", *args])
+        assert res.exit_code == 0, res.output
+        with open(tmp_path / out / "results.csv") as f:
+            return list(csv.DictReader(f))
+
+    def add_model(out: str, model: str, reuse: str) -> list[dict]:
+        return bench(out, "--codecs", "wsicodec", "--models", model, "--models-dir", str(bench_models),
+                     "--reuse", str(tmp_path / reuse / "results.csv"))
+
+    jpeg_rows = bench("first", "--codecs", "jpeg")
+    rows = add_model("second", "tiny-hi", "first")
     assert [r for r in rows if r["codec"] == "jpeg"] == jpeg_rows   # kept as measured
     assert [r["setting"] for r in rows if r["codec"] == "wsicodec"] == ["tiny-hi"]
-    summary = json.loads((second / "summary.json").read_text())
+    summary = json.loads((tmp_path / "second" / "summary.json").read_text())
     assert "jpeg" in summary["bd_rate"]["psnr"]["wsicodec"]
     assert any("reused from" in n for n in summary["notes"])
-    third = tmp_path / "third"  # add the other model; the first one's row is kept as measured
-    res = runner.invoke(main, ["bench", str(img), "--out", str(third), "--codecs", "wsicodec", "--models", "tiny-lo",
-                               "--models-dir", str(bench_models), "--metrics", "psnr",
-                               "--reuse", str(second / "results.csv"), "-q"])
-    assert res.exit_code == 0, res.output
-    with open(third / "results.csv") as f:
-        rows3 = list(csv.DictReader(f))
+    rows3 = add_model("third", "tiny-lo", "second")  # the first model's row is kept as measured
     assert sorted(r["setting"] for r in rows3 if r["codec"] == "wsicodec") == ["tiny-hi", "tiny-lo"]
     assert [r for r in rows3 if r["setting"] == "tiny-hi"] == [r for r in rows if r["setting"] == "tiny-hi"]
 
