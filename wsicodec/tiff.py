@@ -132,8 +132,6 @@ def write_pyramid(store, output: Path, region: tuple[int, int, int, int], tile: 
                 tif.write(_tiles_of(level_rows(level, below), level.width, tile), shape=(level.rows, level.width, 3),
                           dtype=np.uint8, tile=(tile, tile), photometric="rgb", subfiletype=1, metadata=None,
                           **cargs, **lres)
-        for rf in files:
-            rf.close()
         os.replace(tmp_tif, output)
     finally:
         for rf in files:

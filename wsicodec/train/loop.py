@@ -224,7 +224,11 @@ class Trainer:
     def _log_row(self, name: str, row: dict) -> None:
         path = self.out / name
         new = not path.exists()
-        fields = list(row) if new else path.open().readline().strip().split(",")
+        if new:
+            fields = list(row)
+        else:
+            with open(path) as f:
+                fields = f.readline().strip().split(",")
         with open(path, "a", newline="") as f:
             w = csv.DictWriter(f, fieldnames=fields, extrasaction="ignore")
             if new:
