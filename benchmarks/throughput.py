@@ -7,8 +7,9 @@ What is timed, per 512 x 512 tile of real H&E (from ../shared/data/histology/val
 
 * wsicodec encode = what ``compress`` does per tile: ``LatentCoder.analysis`` of the tile's
   576 x 576 encode window (tile + 32 px halo each side), in batches of ``--batch-size``, then
-  ``wsicodec.codec.encode_chunk`` of the tile's 32 x 32 latents;
-* wsicodec decode = what ``decompress`` does per tile: ``decode_chunk`` of the tile's chunk, then
+  the store's chunk codec (``wsicodec.codec.store_codec``) on the tile's 32 x 32 latents (for a
+  hyperprior model this includes its hyper-encoder and integer hyper-decoder);
+* wsicodec decode = what ``decompress`` does per tile: the chunk codec's decode, then
   ``LatentCoder.synthesis`` of its 40 x 40 latent window (chunk + 4 latents of halo, here the
   chunk's edge values repeated) in batches, cropped to the tile;
 * JPEG-XL = imagecodecs ``jpegxl_encode(tile, effort=7, distance=D)`` / ``jpegxl_decode`` of the
@@ -134,7 +135,7 @@ def main(argv: list[str] | None = None) -> dict:
     import imagecodecs
     import torch
 
-    from wsicodec.codec import EntropyTables, _Models, decode_chunk, encode_chunk
+    from wsicodec.codec import LATENT_DTYPE, store_codec
 
     torch.set_num_threads(max(1, args.threads))
     engine = load_engine(args.engine_file)
@@ -147,8 +148,9 @@ def main(argv: list[str] | None = None) -> dict:
     if args.keep_heap is not None:
         kwargs["keep_heap"] = args.keep_heap == "on"
     coder = engine.LatentCoder(model, card, args.device, args.batch_size, **kwargs)
-    tables = _Models(EntropyTables.from_entropy_bottleneck(model.entropy_bottleneck))
     spec = card.spec
+    chunk_codec = store_codec(model, card)._numcodec(
+        (card.latent_channels, TILE // spec.stride, TILE // spec.stride), np.dtype(LATENT_DTYPE[spec.entropy_model]))
     s, ehalo, dhalo = spec.stride, spec.encode_halo, spec.decode_halo
     windows = load_tiles(args.data, args.tiles, TILE + 2 * ehalo)
     tiles = [np.ascontiguousarray(w[ehalo : ehalo + TILE, ehalo : ehalo + TILE]) for w in windows]
@@ -164,12 +166,11 @@ def main(argv: list[str] | None = None) -> dict:
         sync()
 
     def entropy_encode():
-        state["chunks"] = [encode_chunk(np.ascontiguousarray(q[:, lh : lh + TILE // s, lh : lh + TILE // s]), tables)
+        state["chunks"] = [chunk_codec.encode(np.ascontiguousarray(q[:, lh : lh + TILE // s, lh : lh + TILE // s]))
                            for q in state["lat"]]
 
     def entropy_decode():
-        c = TILE // s
-        state["dec"] = [np.pad(decode_chunk(b, tables, (card.latent_channels, c, c)),
+        state["dec"] = [np.pad(chunk_codec.decode(b).astype(np.int32),
                                ((0, 0), (dhalo, dhalo), (dhalo, dhalo)), mode="edge") for b in state["chunks"]]
 
     def synthesis():

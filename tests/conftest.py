@@ -27,7 +27,8 @@ def shared_file(*parts: str) -> Path:
 
 @pytest.fixture(scope="session")
 def tiny_models(tmp_path_factory) -> Path:
-    """A folder with two tiny untrained models ('tiny', 'tiny-other') and DEFAULT = tiny. The
+    """A folder with tiny untrained models ('tiny', 'tiny-other': factorized; 'tiny-hyper': a
+    mean-scale hyperprior) and DEFAULT = tiny. The
     analysis output is scaled up so that latents spread over about ±10 (an untrained model's are
     all 0, which would make latent checks trivial) and some fall outside the tables (escapes)."""
     from wsicodec.models import ModelCard, build_model, save_model
@@ -39,8 +40,24 @@ def tiny_models(tmp_path_factory) -> Path:
         with torch.no_grad():
             m.g_a[-1].weight.mul_(30)
         save_model(m, ModelCard(name=name, architecture="bmshj2018-factorized", params={"N": 8, "M": 8}), d)
+    torch.manual_seed(2)
+    m = build_model("mbt2018-mean", N=8, M=8)
+    with torch.no_grad():
+        m.g_a[-1].weight.mul_(30)
+        m.h_a[0].weight.mul_(0.2)
+    save_model(m, ModelCard(name="tiny-hyper", architecture="mbt2018-mean", params={"N": 8, "M": 8}), d)
     (d / "DEFAULT").write_text("tiny\n")
     return d
+
+
+@pytest.fixture()
+def one_thread():
+    """torch on one thread for the test: results that must be equal to the bit although computed
+    in differently sized batches (two threads may round a pixel differently)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
 
 
 @pytest.fixture()

@@ -44,7 +44,7 @@ def test_compress_info_decompress(run, tmp_path):
     r = run("info", EXAMPLE, "--json")
     assert json.loads(r.output)["vendor"] == "aperio"
     r = run("models", "--json")
-    assert {m["name"] for m in json.loads(r.output)} == {"tiny", "tiny-other"}
+    assert {m["name"] for m in json.loads(r.output)} == {"tiny", "tiny-other", "tiny-hyper"}
     assert "tiny *" in run("models").output
 
 

@@ -56,7 +56,7 @@ def test_reader_decodes_regions_like_a_full_decode(cmu_store, tiny_models):
         assert max(s.get_thumbnail((200, 200)).size) == 200
 
 
-def test_decompress_writes_pyramid_openslide_reads(cmu_store, tiny_models, tmp_path):
+def test_decompress_writes_pyramid_openslide_reads(cmu_store, tiny_models, tmp_path, one_thread):
     out = tmp_path / "cmu.tif"
     decompress(cmu_store.output, out, compression="deflate", model_dir=tiny_models)
     s = openslide.OpenSlide(str(out))

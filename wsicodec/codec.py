@@ -62,6 +62,12 @@ class EntropyTables:
         freqs = tuple(tuple(int(v) for v in np.diff(cdf[c, : lengths[c]])) for c in range(len(lengths)))
         return cls(tuple(int(o) for o in offsets), freqs)
 
+    @classmethod
+    def from_gaussian_conditional(cls, gc: Any) -> "EntropyTables":
+        """From a compressai ``GaussianConditional`` whose ``update()`` has been done: one table per
+        entry of its scale table (symbols relative to the predicted mean)."""
+        return cls.from_entropy_bottleneck(gc)
+
     def to_config(self) -> dict[str, Any]:
         return {"precision": PRECISION, "offsets": list(self.offsets), "freqs": [list(f) for f in self.freqs]}
 
@@ -92,27 +98,49 @@ class _Models:
             self.escape.append(len(f) - 1)
 
 
+def _encode_symbols(enc: Any, values: np.ndarray, models: _Models, k: int, escapes: list[np.ndarray]) -> None:
+    """Code ``values`` (int, 1-D) with table ``k``; values outside it become escapes."""
+    sym = values.astype(np.int64) - models.tables.offsets[k]
+    esc = (sym < 0) | (sym >= models.escape[k])
+    if esc.any():
+        escapes.append(values[esc].astype("<i4"))
+        sym[esc] = models.escape[k]
+    enc.encode(sym.astype(np.int32), models.models[k])
+
+
+def _decode_symbols(dec: Any, n: int, models: _Models, k: int, esc: np.ndarray, used: int) -> tuple[np.ndarray, int]:
+    """Decode ``n`` values of table ``k``; returns them and the escapes used so far."""
+    sym = np.asarray(dec.decode(models.models[k], n), dtype=np.int64)
+    is_esc = sym == models.escape[k]
+    vals = sym + models.tables.offsets[k]
+    m = int(is_esc.sum())
+    if m:
+        if used + m > esc.size:
+            raise CodecError("latent chunk has fewer escaped values than escape symbols")
+        vals[is_esc] = esc[used : used + m]
+        used += m
+    return vals, used
+
+
+def _pack_stream(enc: Any, escapes: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+    words = enc.get_compressed().astype("<u4")
+    esc_arr = np.concatenate(escapes) if escapes else np.zeros(0, "<i4")
+    return esc_arr, words
+
+
 def encode_chunk(q: np.ndarray, models: _Models) -> bytes:
     """Entropy-code one ``(C, h, w)`` integer chunk."""
     import constriction
-
-    RangeEncoder = constriction.stream.queue.RangeEncoder
 
     q = np.asarray(q)
     if q.ndim != 3 or q.shape[0] != models.tables.channels:
         raise CodecError(f"chunk shape {q.shape} does not match {models.tables.channels} channels")
     C, h, w = q.shape
-    enc = RangeEncoder()
+    enc = constriction.stream.queue.RangeEncoder()
     escapes: list[np.ndarray] = []
     for c in range(C):
-        sym = q[c].astype(np.int64).ravel() - models.tables.offsets[c]
-        esc = (sym < 0) | (sym >= models.escape[c])
-        if esc.any():
-            escapes.append(q[c].ravel()[esc].astype("<i4"))
-            sym[esc] = models.escape[c]
-        enc.encode(sym.astype(np.int32), models.models[c])
-    words = enc.get_compressed().astype("<u4")
-    esc_arr = np.concatenate(escapes) if escapes else np.zeros(0, "<i4")
+        _encode_symbols(enc, q[c].ravel(), models, c, escapes)
+    esc_arr, words = _pack_stream(enc, escapes)
     head = _HEADER.pack(MAGIC, CHUNK_VERSION, 0, C, h, w, esc_arr.size, words.size)
     return head + esc_arr.tobytes() + words.tobytes()
 
@@ -121,8 +149,6 @@ def decode_chunk(data: bytes | memoryview, models: _Models,
                  expect_shape: Sequence[int] | None = None) -> np.ndarray:
     """Decode one chunk to ``int32 (C, h, w)``; raises :class:`CodecError` on any inconsistency."""
     import constriction
-
-    RangeDecoder = constriction.stream.queue.RangeDecoder
 
     buf = bytes(data)
     if len(buf) < _HEADER.size:
@@ -149,18 +175,9 @@ def decode_chunk(data: bytes | memoryview, models: _Models,
     out = np.empty((C, h * w), np.int32)
     used = 0
     try:
-        dec = RangeDecoder(words)
+        dec = constriction.stream.queue.RangeDecoder(words)
         for c in range(C):
-            sym = np.asarray(dec.decode(models.models[c], h * w), dtype=np.int64)
-            is_esc = sym == models.escape[c]
-            k = int(is_esc.sum())
-            vals = sym + models.tables.offsets[c]
-            if k:
-                if used + k > n_esc:
-                    raise CodecError("latent chunk has fewer escaped values than escape symbols")
-                vals[is_esc] = esc[used : used + k]
-                used += k
-            out[c] = vals
+            out[c], used = _decode_symbols(dec, h * w, models, c, esc, used)
     except CodecError:
         raise
     except Exception as e:  # constriction raises on malformed streams
@@ -170,25 +187,25 @@ def decode_chunk(data: bytes | memoryview, models: _Models,
     return out.reshape(C, h, w)
 
 
-class LatentCodec(Codec):
-    """numcodecs codec for ``(C, h, w)`` integer latent chunks (see module docstring)."""
+class _ChunkCodec(Codec):
+    """A numcodecs codec of ``(C, h, w)`` latent chunks: ``shape`` / ``dtype`` handling shared by
+    the two entropy models; subclasses code one array (``_encode``) and one chunk (``_decode``)."""
 
-    codec_id = CODEC_ID
-
-    def __init__(self, tables: dict[str, Any], shape: Sequence[int] | None = None, dtype: str = "int16"):
-        self.tables = EntropyTables.from_config(tables)
+    def __init__(self, shape: Sequence[int] | None, dtype: str):
         self.shape = tuple(int(s) for s in shape) if shape is not None else None
         self.dtype = np.dtype(dtype)
-        self._models: _Models | None = None
 
-    @property
-    def models(self) -> _Models:
-        if self._models is None:
-            self._models = _Models(self.tables)
-        return self._models
+    def _config(self) -> dict[str, Any]:
+        raise NotImplementedError
+
+    def _encode(self, arr: np.ndarray) -> bytes:
+        raise NotImplementedError
+
+    def _decode(self, buf: bytes | memoryview) -> np.ndarray:
+        raise NotImplementedError
 
     def get_config(self) -> dict[str, Any]:
-        cfg: dict[str, Any] = {"id": self.codec_id, "tables": self.tables.to_config(), "dtype": self.dtype.str}
+        cfg: dict[str, Any] = {"id": self.codec_id, **self._config(), "dtype": self.dtype.str}
         if self.shape is not None:
             cfg["shape"] = list(self.shape)
         return cfg
@@ -197,12 +214,12 @@ class LatentCodec(Codec):
         arr = np.asarray(buf)
         if self.shape is not None:
             arr = arr.reshape(self.shape)
-        return encode_chunk(arr, self.models)
+        return self._encode(arr)
 
     def decode(self, buf: Any, out: Any = None) -> np.ndarray:
-        arr = decode_chunk(memoryview(buf).cast("B") if not isinstance(buf, bytes) else buf,
-                           self.models, self.shape)
-        if np.any(arr < np.iinfo(self.dtype).min) or np.any(arr > np.iinfo(self.dtype).max):
+        arr = self._decode(buf if isinstance(buf, bytes) else memoryview(buf).cast("B"))
+        info = np.iinfo(self.dtype)
+        if arr.size and (arr.min() < info.min or arr.max() > info.max):
             raise CodecError(f"decoded latents overflow {self.dtype}")
         arr = arr.astype(self.dtype)
         if out is not None:
@@ -210,62 +227,326 @@ class LatentCodec(Codec):
             return out
         return arr
 
+
+class LatentCodec(_ChunkCodec):
+    """numcodecs codec for ``(C, h, w)`` integer latent chunks (see module docstring)."""
+
+    codec_id = CODEC_ID
+
+    def __init__(self, tables: dict[str, Any], shape: Sequence[int] | None = None, dtype: str = "int16"):
+        super().__init__(shape, dtype)
+        self.tables = EntropyTables.from_config(tables)
+        self._models: _Models | None = None
+
+    @property
+    def models(self) -> _Models:
+        if self._models is None:
+            self._models = _Models(self.tables)
+        return self._models
+
+    def _config(self) -> dict[str, Any]:
+        return {"tables": self.tables.to_config()}
+
+    def _encode(self, arr: np.ndarray) -> bytes:
+        return encode_chunk(arr, self.models)
+
+    def _decode(self, buf: bytes | memoryview) -> np.ndarray:
+        return decode_chunk(buf, self.models, self.shape)
+
     def __repr__(self) -> str:
         return f"LatentCodec(channels={self.tables.channels}, shape={self.shape})"
+
+
+# -- hyperprior latents (entropy model "gaussian-mean-scale") ---------------------------------
+HYPER_CODEC_ID = "wsicodec.hyperlatents"
+HYPER_MAGIC = b"WSLH"
+_HYPER_HEADER = struct.Struct("<4sBBHHHHII")  # magic, version, flags, M, h, w, N, z length, n_escapes
+_HYPER_TAIL = struct.Struct("<I")             # n_words of the latent part
+
+
+class HyperEntropyModel:
+    """What coding a hyperprior model's latents needs, derived from its weights alone: the side
+    information's factorized tables (``z``), the Gaussian tables (one per scale, ``y``), the scale
+    thresholds and ``ẑ`` medians in fixed point, the integer hyper-decoder, and (to encode) the
+    float hyper-encoder ``h_a``. Latents travel in fixed point: ``ŷ · 2^ACT_BITS`` (int32)."""
+
+    def __init__(self, model: Any):
+        import torch
+
+        from wsicodec.models.integer import ACT_BITS, IntegerHyperDecoder
+
+        self.act_bits = ACT_BITS
+        self.z = _Models(EntropyTables.from_entropy_bottleneck(model.entropy_bottleneck))
+        gc = model.gaussian_conditional
+        self.y = _Models(EntropyTables.from_gaussian_conditional(gc))
+        table = gc.scale_table.detach().cpu().numpy().astype(np.float64)
+        # scale <= table[i]  <=>  scale_fp <= floor(table[i] · 2^A): index = #thresholds below scale_fp
+        self.thresholds = np.floor(table[:-1] * float(1 << ACT_BITS)).astype(np.int64)
+        med = model.entropy_bottleneck._get_medians().detach().cpu().numpy().reshape(-1).astype(np.float64)
+        self.z_medians = np.rint(med * float(1 << ACT_BITS)).astype(np.int64)
+        self.z_medians_float = torch.from_numpy(med.astype(np.float32)).reshape(1, -1, 1, 1)
+        self.h_s = IntegerHyperDecoder(model.h_s)
+        self.h_a = model.h_a.to("cpu").eval()
+        self.M = int(model.g_a[-1].out_channels)
+        self.N = self.z.tables.channels
+
+    def side_information(self, y_fp: np.ndarray) -> np.ndarray:
+        """Integer ``ẑ`` symbols (relative to the medians) of one ``(M, h, w)`` fixed-point chunk."""
+        import torch
+
+        y = torch.from_numpy(np.asarray(y_fp, np.float32) / float(1 << self.act_bits))[None]
+        with torch.inference_mode():
+            z = self.h_a(y)
+        return torch.round(z - self.z_medians_float)[0].to(torch.int32).numpy()
+
+    def parameters(self, z_sym: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Table index and fixed-point mean of every latent, from the ``ẑ`` symbols (exact)."""
+        z_fp = (z_sym.astype(np.int64) << self.act_bits) + self.z_medians[:, None, None]
+        out = self.h_s(z_fp[None])[0]
+        M = out.shape[0] // 2
+        index = np.searchsorted(self.thresholds, out[:M], side="left")
+        return index, out[M:]
+
+
+def encode_hyper_chunk(y_fp: np.ndarray, hm: HyperEntropyModel) -> bytes:
+    """Entropy-code one ``(M, h, w)`` chunk of fixed-point latents ``round(y · 2^A)``: side
+    information first, then every latent as ``round((y − μ) / 2^A)`` with its scale's table."""
+    import constriction
+
+    y_fp = np.asarray(y_fp).astype(np.int64)
+    if y_fp.ndim != 3 or y_fp.shape[1] % 4 or y_fp.shape[2] % 4:
+        raise CodecError(f"hyperprior chunk shape {y_fp.shape}: sides must be multiples of 4")
+    M, h, w = y_fp.shape
+    z_sym = hm.side_information(y_fp)
+    z_part = encode_chunk(z_sym, hm.z)
+    index, mean = hm.parameters(z_sym)
+    if index.shape != (M, h, w):
+        raise CodecError(f"chunk has {M} channels, the model predicts {index.shape[0]}")
+    half = 1 << (hm.act_bits - 1)
+    sym = (y_fp - mean + half) >> hm.act_bits
+    order = np.argsort(index.ravel(), kind="stable")
+    counts = np.bincount(index.ravel(), minlength=hm.y.tables.channels)
+    flat = sym.ravel()[order]
+    enc = constriction.stream.queue.RangeEncoder()
+    escapes: list[np.ndarray] = []
+    start = 0
+    for k, n in enumerate(counts):
+        if n:
+            _encode_symbols(enc, flat[start : start + n], hm.y, k, escapes)
+            start += n
+    esc_arr, words = _pack_stream(enc, escapes)
+    head = _HYPER_HEADER.pack(HYPER_MAGIC, CHUNK_VERSION, 0, M, h, w, hm.N, len(z_part), esc_arr.size)
+    return head + z_part + _HYPER_TAIL.pack(words.size) + esc_arr.tobytes() + words.tobytes()
+
+
+def decode_hyper_chunk(data: bytes | memoryview, hm: HyperEntropyModel,
+                       expect_shape: Sequence[int] | None = None) -> np.ndarray:
+    """Decode one hyperprior chunk to ``int32 (M, h, w)`` = ``ŷ · 2^A``; raises :class:`CodecError`."""
+    import constriction
+
+    buf = bytes(data)
+    if len(buf) < _HYPER_HEADER.size + _HYPER_TAIL.size:
+        raise CodecError(f"latent chunk truncated ({len(buf)} bytes)")
+    magic, version, flags, M, h, w, N, z_len, n_esc = _HYPER_HEADER.unpack_from(buf)
+    if magic != HYPER_MAGIC:
+        raise CodecError("not a wsicodec hyperprior latent chunk (bad magic)")
+    if version != CHUNK_VERSION or flags != 0:
+        raise CodecError(f"unsupported latent chunk version {version} / flags {flags}")
+    if N != hm.N or M != hm.M:
+        raise CodecError(f"chunk has {M}+{N} channels, the model {hm.M}+{hm.N}")
+    if expect_shape is not None and tuple(expect_shape) != (M, h, w):
+        raise CodecError(f"chunk shape {(M, h, w)} differs from the array's {tuple(expect_shape)}")
+    n = M * h * w
+    if n > MAX_CHUNK_ELEMENTS or n_esc > n or h % 4 or w % 4:
+        raise CodecError(f"chunk size fields out of range ({M}x{h}x{w}, {n_esc} escapes)")
+    z_end = _HYPER_HEADER.size + z_len
+    if z_end + _HYPER_TAIL.size > len(buf):
+        raise CodecError("latent chunk truncated (side information)")
+    z_sym = decode_chunk(buf[_HYPER_HEADER.size : z_end], hm.z, (N, h // 4, w // 4))
+    (n_words,) = _HYPER_TAIL.unpack_from(buf, z_end)
+    body = z_end + _HYPER_TAIL.size
+    if len(buf) != body + 4 * n_esc + 4 * n_words:
+        raise CodecError(f"latent chunk length {len(buf)} does not match its header")
+    esc = np.frombuffer(buf, "<i4", n_esc, body)
+    words = np.frombuffer(buf, "<u4", n_words, body + 4 * n_esc).astype(np.uint32)
+    index, mean = hm.parameters(z_sym)
+    order = np.argsort(index.ravel(), kind="stable")
+    counts = np.bincount(index.ravel(), minlength=hm.y.tables.channels)
+    flat = np.empty(n, np.int64)
+    used = start = 0
+    try:
+        dec = constriction.stream.queue.RangeDecoder(words)
+        for k, m in enumerate(counts):
+            if m:
+                flat[start : start + m], used = _decode_symbols(dec, int(m), hm.y, k, esc, used)
+                start += m
+    except CodecError:
+        raise
+    except Exception as e:
+        raise CodecError(f"corrupt latent chunk ({e})") from None
+    if used != n_esc:
+        raise CodecError("latent chunk has unused escaped values")
+    sym = np.empty(n, np.int64)
+    sym[order] = flat
+    out = (sym.reshape(M, h, w) << hm.act_bits) + mean
+    if np.abs(out).max(initial=0) >= 1 << 31:
+        raise CodecError("decoded latents overflow int32")
+    return out.astype(np.int32)
+
+
+_HYPER_MODELS: dict[str, HyperEntropyModel] = {}
+
+
+def hyper_entropy_model(model_ref: dict[str, Any], model: Any = None) -> HyperEntropyModel:
+    """The entropy model of the shipped model ``{"name", "sha256"}`` (cached per sha256); built
+    from ``model`` when given (the caller verified it), else loaded and verified by name + sha256."""
+    sha = str(model_ref.get("sha256", ""))
+    hm = _HYPER_MODELS.get(sha)
+    if hm is None:
+        if model is None:
+            from wsicodec.models import ModelError, load_model
+
+            try:
+                model, _ = load_model(str(model_ref.get("name")), expect_sha256=sha)
+            except ModelError as e:
+                raise CodecError(f"cannot decode hyperprior latents: {e}") from None
+        hm = _HYPER_MODELS.setdefault(sha, HyperEntropyModel(model))
+    return hm
+
+
+class HyperLatentCodec(_ChunkCodec):
+    """numcodecs codec for ``(M, h, w)`` fixed-point latent chunks of a hyperprior model. Lossy by
+    design: encoding ``round(y · 2^A)`` stores the quantized ``ŷ`` that decoding returns."""
+
+    codec_id = HYPER_CODEC_ID
+
+    def __init__(self, model: dict[str, Any], act_bits: int = 10, shape: Sequence[int] | None = None,
+                 dtype: str = "int32"):
+        from wsicodec.models.integer import ACT_BITS
+
+        if int(act_bits) != ACT_BITS:
+            raise CodecError(f"hyperprior latents in units of 2^-{act_bits}; this wsicodec reads 2^-{ACT_BITS}")
+        super().__init__(shape, dtype)
+        self.model = {"name": str(model["name"]), "sha256": str(model["sha256"])}
+        self.act_bits = int(act_bits)
+
+    @property
+    def entropy_model(self) -> HyperEntropyModel:
+        return hyper_entropy_model(self.model)
+
+    def _config(self) -> dict[str, Any]:
+        return {"model": self.model, "act_bits": self.act_bits}
+
+    def _encode(self, arr: np.ndarray) -> bytes:
+        return encode_hyper_chunk(arr, self.entropy_model)
+
+    def _decode(self, buf: bytes | memoryview) -> np.ndarray:
+        return decode_hyper_chunk(buf, self.entropy_model, self.shape)
 
 
 # -- zarr v3 adapter ---------------------------------------------------------------------------
 from zarr.abc.codec import ArrayBytesCodec  # noqa: E402
 
 
-@dataclass(frozen=True)
-class ZarrLatentCodec(ArrayBytesCodec):
-    """zarr v3 array->bytes codec named ``wsicodec.latents``, delegating to :class:`LatentCodec`."""
+class _ZarrChunkCodec(ArrayBytesCodec):
+    """zarr v3 array->bytes codec delegating each chunk to a numcodecs codec (one per chunk shape)."""
 
     is_fixed_size = False
-    tables: dict = None  # type: ignore[assignment]
-
-    def __init__(self, *, tables: dict[str, Any]) -> None:
-        object.__setattr__(self, "tables", tables)
-        EntropyTables.from_config(tables)  # validate early
+    codec_name = ""
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> "ZarrLatentCodec":
-        if data.get("name") != CODEC_ID:
-            raise CodecError(f"expected codec {CODEC_ID!r}, got {data.get('name')!r}")
+    def from_dict(cls, data: dict[str, Any]):
+        if data.get("name") != cls.codec_name:
+            raise CodecError(f"expected codec {cls.codec_name!r}, got {data.get('name')!r}")
         return cls(**data.get("configuration", {}))
 
     def to_dict(self) -> dict[str, Any]:
-        return {"name": CODEC_ID, "configuration": {"tables": self.tables}}
+        return {"name": self.codec_name, "configuration": self.configuration()}
 
-    def _numcodec(self, shape: Sequence[int], dtype: np.dtype) -> LatentCodec:
+    def configuration(self) -> dict[str, Any]:
+        raise NotImplementedError
+
+    def _make(self, shape: tuple[int, ...], dtype: np.dtype) -> Codec:
+        raise NotImplementedError
+
+    def _numcodec(self, shape: Sequence[int], dtype: np.dtype) -> Codec:
         cache = self.__dict__.setdefault("_cache", {})
         key = (tuple(shape), np.dtype(dtype).str)
         if key not in cache:
-            codec = LatentCodec(self.tables, shape, np.dtype(dtype).str)
-            if cache:  # share the constriction models between shapes
-                codec._models = next(iter(cache.values())).models
-            cache[key] = codec
+            cache[key] = self._make(tuple(shape), np.dtype(dtype))
         return cache[key]
 
     async def _decode_single(self, chunk_bytes, chunk_spec):
         import asyncio
 
-        dtype = chunk_spec.dtype.to_native_dtype()
-        codec = self._numcodec(chunk_spec.shape, dtype)
+        codec = self._numcodec(chunk_spec.shape, chunk_spec.dtype.to_native_dtype())
         arr = await asyncio.to_thread(codec.decode, chunk_bytes.to_bytes())
         return chunk_spec.prototype.nd_buffer.from_ndarray_like(arr)
 
     async def _encode_single(self, chunk_array, chunk_spec):
         import asyncio
 
-        dtype = chunk_spec.dtype.to_native_dtype()
-        codec = self._numcodec(chunk_spec.shape, dtype)
+        codec = self._numcodec(chunk_spec.shape, chunk_spec.dtype.to_native_dtype())
         data = await asyncio.to_thread(codec.encode, chunk_array.as_ndarray_like())
         return chunk_spec.prototype.buffer.from_bytes(data)
 
     def compute_encoded_size(self, input_byte_length: int, chunk_spec) -> int:
         raise NotImplementedError
+
+
+@dataclass(frozen=True)
+class ZarrLatentCodec(_ZarrChunkCodec):
+    """zarr v3 codec ``wsicodec.latents`` (factorized entropy model), see :class:`LatentCodec`."""
+
+    codec_name = CODEC_ID
+    tables: dict = None  # type: ignore[assignment]
+
+    def __init__(self, *, tables: dict[str, Any]) -> None:
+        object.__setattr__(self, "tables", tables)
+        EntropyTables.from_config(tables)  # validate early
+
+    def configuration(self) -> dict[str, Any]:
+        return {"tables": self.tables}
+
+    def _make(self, shape, dtype) -> Codec:
+        codec = LatentCodec(self.tables, shape, dtype.str)
+        cache = self.__dict__.get("_cache")
+        if cache:  # share the constriction models between shapes
+            codec._models = next(iter(cache.values())).models
+        return codec
+
+
+@dataclass(frozen=True)
+class ZarrHyperLatentCodec(_ZarrChunkCodec):
+    """zarr v3 codec ``wsicodec.hyperlatents`` (mean-scale hyperprior), see :class:`HyperLatentCodec`."""
+
+    codec_name = HYPER_CODEC_ID
+    model: dict = None  # type: ignore[assignment]
+    act_bits: int = 10
+
+    def __init__(self, *, model: dict[str, Any], act_bits: int = 10) -> None:
+        object.__setattr__(self, "model", {"name": str(model["name"]), "sha256": str(model["sha256"])})
+        object.__setattr__(self, "act_bits", int(act_bits))
+
+    def configuration(self) -> dict[str, Any]:
+        return {"model": self.model, "act_bits": self.act_bits}
+
+    def _make(self, shape, dtype) -> Codec:
+        return HyperLatentCodec(self.model, self.act_bits, shape, dtype.str)
+
+
+#: the stored latent dtype of each entropy model kind (docs/format.md)
+LATENT_DTYPE = {"factorized": "int16", "gaussian-mean-scale": "int32"}
+
+
+def store_codec(model: Any, card: Any) -> _ZarrChunkCodec:
+    """The zarr codec that entropy-codes ``model``'s latents in a store (``card``: its model card,
+    sha256 verified): the factorized tables themselves, or a reference to the hyperprior model."""
+    if card.spec.entropy_model == "factorized":
+        return ZarrLatentCodec(tables=EntropyTables.from_entropy_bottleneck(model.entropy_bottleneck).to_config())
+    ref = {"name": card.name, "sha256": card.sha256}
+    hyper_entropy_model(ref, model)  # this process's verified model serves the codec
+    return ZarrHyperLatentCodec(model=ref)
 
 
 def register() -> None:
@@ -274,7 +555,9 @@ def register() -> None:
     from zarr.registry import register_codec
 
     numcodecs.register_codec(LatentCodec)
+    numcodecs.register_codec(HyperLatentCodec)
     register_codec(CODEC_ID, ZarrLatentCodec)
+    register_codec(HYPER_CODEC_ID, ZarrHyperLatentCodec)
 
 
 register()

@@ -139,8 +139,9 @@ def inference_transform(transform: nn.Module) -> nn.Module:
 
 
 class LatentCoder:
-    """A model's transforms on one device: ``analysis`` gives integer latents relative to the
-    entropy model's medians (what the store keeps); ``synthesis`` turns them back into pixels.
+    """A model's transforms on one device: ``analysis`` gives the integer latents the store keeps
+    (factorized: symbols relative to the entropy model's medians; hyperprior: ``round(y·2^A)``,
+    which the hyperprior codec quantizes); ``synthesis`` turns stored latents back into pixels.
 
     The analysis transform always runs in fp32 (TF32 off on CUDA), so stored latents are the same
     on every device up to rare ±1 flips of values that sit on a rounding boundary.
@@ -177,8 +178,15 @@ class LatentCoder:
         self.spec = card.spec
         self.batch_size = max(1, int(batch_size))
         self.half_synthesis = self.cuda if half_synthesis is None else bool(half_synthesis)
-        eb = model.entropy_bottleneck
-        self.medians = eb._get_medians().detach().reshape(1, -1, 1, 1).to(self.device)
+        if self.spec.entropy_model == "factorized":  # stored: integer symbols relative to the medians
+            offset = model.entropy_bottleneck._get_medians().detach().reshape(1, -1, 1, 1)
+            self.unit = 1.0
+        else:  # a hyperprior's latents: fixed point, ŷ·2^ACT_BITS (the codec quantizes them)
+            from wsicodec.models.integer import ACT_BITS
+
+            offset = torch.zeros(1, int(card.latent_channels), 1, 1)
+            self.unit = float(1 << ACT_BITS)
+        self.offset = offset.to(self.device)
 
     def _upload(self, array: np.ndarray) -> torch.Tensor:
         t = torch.from_numpy(np.ascontiguousarray(array))
@@ -197,14 +205,18 @@ class LatentCoder:
         x = self._format(x.permute(0, 3, 1, 2).float().div_(255.0))
         with _no_tf32(self.device):
             y = self.g_a(x)
-        return torch.round(y - self.medians).to(torch.int32).contiguous().cpu().numpy()
+        if self.unit != 1.0:
+            y = y.mul_(self.unit)
+        return torch.round(y - self.offset).to(torch.int32).contiguous().cpu().numpy()
 
     @torch.inference_mode()
     def synthesis(self, latents: np.ndarray) -> np.ndarray:
         """int (N, M, h, w) -> uint8 (N, h*stride, w*stride, 3)."""
         bound_heap()
         q = self._upload(np.asarray(latents, dtype=np.float32))
-        q = self._format(q + self.medians)
+        if self.unit != 1.0:
+            q = q.div_(self.unit)
+        q = self._format(q + self.offset)
         x = None
         if self.half_synthesis:
             with torch.autocast(self.device.type, dtype=torch.float16 if self.cuda else torch.bfloat16):

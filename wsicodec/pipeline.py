@@ -12,13 +12,13 @@ from typing import Any, Callable, Iterator
 import numpy as np
 
 from wsicodec import __version__
-from wsicodec.codec import EntropyTables
+from wsicodec.codec import store_codec
 from wsicodec.engine import BackgroundSink, LatentCoder, encode_tiles
 from wsicodec.models import load_model
 from wsicodec.models.registry import default_model_name
 from wsicodec.remote import compress_urls, decompress_urls
 from wsicodec.slide import SlideSource, open_input
-from wsicodec.store import FORMAT_NAME, FORMAT_VERSION, StoreError, StoreWriter, WsiStore, now_iso, store_size
+from wsicodec.store import FORMAT_NAME, StoreError, StoreWriter, WsiStore, format_version, now_iso, store_size
 from wsicodec.tiling import TileGrid, measure_glass
 
 
@@ -107,7 +107,7 @@ def store_metadata(src: SlideSource, input_path: Path, card, coder: LatentCoder,
         source["file_name"] = None
         deid = {"removed_properties": removed, "removed_associated": dropped, "removed_source": ["file_name"]}
     meta: dict[str, Any] = {
-        "format": FORMAT_NAME, "format_version": FORMAT_VERSION, "wsicodec_version": __version__,
+        "format": FORMAT_NAME, "format_version": format_version(card.spec.entropy_model), "wsicodec_version": __version__,
         "created": now_iso(),
         "model": {"name": card.name, "sha256": card.sha256, "architecture": card.architecture,
                   "params": card.params, "entropy_model": card.spec.entropy_model},
@@ -144,13 +144,16 @@ def compress(input_path: str | Path, output: str | Path, model: str | None = Non
     net, card = load_model(name, model_dir)
     coder = LatentCoder(net, card, device, batch_size)
     t0 = time.time()  # the slide's own time, after the one-off model load
-    tables = EntropyTables.from_entropy_bottleneck(net.entropy_bottleneck)
+    codec = store_codec(net, card)
+    if tile % (card.stride * card.spec.chunk_multiple):
+        raise StoreError(f"{output}: tile size {tile} must be a multiple of {card.stride * card.spec.chunk_multiple} "
+                         f"for model {card.name}")
     with open_input(input_path) as src:
         W, H = src.dimensions
         grid = TileGrid(W, H, tile, card.stride)
         glass = measure_glass(src.thumbnail(1024))
         meta, assoc = store_metadata(src, input_path, card, coder, glass, tile, skip_glass, deidentify)
-        writer = StoreWriter(output, meta, grid, tables, overwrite, resume=resume)
+        writer = StoreWriter(output, meta, grid, codec, card.latent_channels, overwrite, resume=resume)
         try:
             writer.write_associated(assoc)
             writer.meta["associated"] = sorted(assoc)

@@ -25,12 +25,18 @@ from typing import Any, Iterator
 import numpy as np
 
 from wsicodec import __version__
-from wsicodec.codec import CodecError, EntropyTables, ZarrLatentCodec
+from wsicodec.codec import LATENT_DTYPE, CodecError
 from wsicodec.errors import first_line as _first_line
 from wsicodec.tiling import TileGrid
 
 FORMAT_NAME = "wsicodec"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2          #: the newest version this wsicodec reads and writes
+#: a store takes the lowest version that describes it: 1 = factorized entropy model only
+READ_VERSIONS = (1, 2)
+
+
+def format_version(entropy_model: str) -> int:
+    return 1 if entropy_model == "factorized" else FORMAT_VERSION
 TILE_MISSING, TILE_CODED, TILE_GLASS = 0, 1, 2
 
 
@@ -128,13 +134,15 @@ class StoreWriter:
     whose chunk passes its checksum and glass tiles are kept, everything else is coded again;
     :attr:`resumed` counts the tiles kept. The group's ``created`` time is the first run's."""
 
-    def __init__(self, final: Path, meta: dict[str, Any], grid: TileGrid, tables: EntropyTables,
+    def __init__(self, final: Path, meta: dict[str, Any], grid: TileGrid, codec: Any, channels: int,
                  overwrite: bool = False, resume: bool = False, checkpoint_seconds: float = 1.0):
         self.final = Path(final)
         self.path = partial_path(self.final)
         check_output_path(self.final, overwrite)
         self.grid = grid
-        self.tables = tables
+        self.codec = codec          # the latent array's zarr codec (wsicodec.codec.store_codec)
+        self.channels = int(channels)
+        self.dtype = np.dtype(LATENT_DTYPE[meta["model"]["entropy_model"]])
         self.meta = dict(meta)
         self.meta["complete"] = False
         self.resumed = 0
@@ -152,13 +160,13 @@ class StoreWriter:
         zarr = _zarr()
         from zarr.codecs import BytesCodec, Crc32cCodec, ZstdCodec
 
-        grid, tables = self.grid, self.tables
+        grid, C = self.grid, self.channels
         rows, cols = grid.latent_shape
         c = grid.chunk
         self.group = zarr.open_group(str(self.path), mode="w", zarr_format=3)
         self.latents = self.group.create_array(
-            "latents", shape=(tables.channels, rows, cols), chunks=(tables.channels, c, c), dtype="int16",
-            fill_value=0, serializer=ZarrLatentCodec(tables=tables.to_config()),
+            "latents", shape=(C, rows, cols), chunks=(C, c, c), dtype=self.dtype,
+            fill_value=0, serializer=self.codec,
             compressors=[Crc32cCodec()], dimension_names=["channel", "y", "x"],
             config={"write_empty_chunks": True},  # every coded tile has its chunk, even all-zero
         )
@@ -184,10 +192,10 @@ class StoreWriter:
         try:
             self.group = zarr.open_group(str(self.path), mode="r+")
             lat = self.group["latents"]
-            expect = (self.tables.channels, *grid.latent_shape)
-            if (tuple(lat.shape) != expect or tuple(lat.chunks) != (self.tables.channels, grid.chunk, grid.chunk)
-                    or lat.metadata.to_dict()["codecs"][0].get("configuration", {}).get("tables")
-                    != json_roundtrip(self.tables.to_config())):
+            expect = (self.channels, *grid.latent_shape)
+            if (tuple(lat.shape) != expect or tuple(lat.chunks) != (self.channels, grid.chunk, grid.chunk)
+                    or np.dtype(lat.dtype) != self.dtype
+                    or lat.metadata.to_dict()["codecs"][0] != json_roundtrip(self.codec.to_dict())):
                 return False
             from zarr.core.array import Array, AsyncArray
 
@@ -240,9 +248,10 @@ class StoreWriter:
         from several threads for different tiles (each tile is one chunk)."""
         if latents is not None:
             lx0, ly0, lx1, ly1 = self.grid.tile_latents(tx, ty)
-            if np.abs(latents).max(initial=0) > 32767:
-                raise StoreError(f"{self.final}: latent values overflow int16 at tile ({tx}, {ty})")
-            self.latents[:, ly0:ly1, lx0:lx1] = latents.astype(np.int16)  # atomic: temp file + rename
+            info = np.iinfo(self.dtype)
+            if latents.size and (latents.max() > info.max or latents.min() < info.min):
+                raise StoreError(f"{self.final}: latent values overflow {self.dtype} at tile ({tx}, {ty})")
+            self.latents[:, ly0:ly1, lx0:lx1] = latents.astype(self.dtype)  # atomic: temp file + rename
             if not chunk_file(self.path, tx, ty).is_file():
                 raise StoreError(f"{self.path}: the chunk of tile ({tx}, {ty}) was not written")
         with self._lock:
@@ -330,15 +339,17 @@ def check_meta(meta: Any) -> str | None:
     if meta.get("format") != FORMAT_NAME:
         return "not a wsicodec store (no 'format': 'wsicodec' marker)"
     version = meta.get("format_version")
-    if version != FORMAT_VERSION or not _is_int(version):
+    if not _is_int(version) or version not in READ_VERSIONS:
         return (f"store format version {version!r} is not supported "
-                f"(this wsicodec reads version {FORMAT_VERSION})")
+                f"(this wsicodec reads versions {', '.join(map(str, READ_VERSIONS))})")
     if meta.get("complete") is not True:
         return "incomplete store (compression did not finish; `wsicodec compress ... --resume` continues it)"
     bad = []
     m = meta.get("model")
     if not (isinstance(m, dict) and isinstance(m.get("name"), str) and _NAME.match(m["name"])
-            and isinstance(m.get("sha256"), str) and re.fullmatch(r"[0-9a-f]{64}", m["sha256"])):
+            and isinstance(m.get("sha256"), str) and re.fullmatch(r"[0-9a-f]{64}", m["sha256"])
+            and m.get("entropy_model", "factorized") in LATENT_DTYPE
+            and version >= format_version(m.get("entropy_model", "factorized"))):
         bad.append("model")
     lv = meta.get("level0")
     if not (isinstance(lv, dict) and all(_is_int(lv.get(k)) and 0 < lv[k] <= MAX_SIDE for k in ("width", "height"))):
@@ -360,7 +371,7 @@ def check_meta(meta: Any) -> str | None:
     bg = meta.get("background")
     if not (isinstance(bg, dict) and isinstance(bg.get("colour"), list) and len(bg["colour"]) == 3
             and all(_is_int(v) and 0 <= v <= 255 for v in bg["colour"]) and isinstance(bg.get("latents"), list)
-            and 0 < len(bg["latents"]) <= 4096 and all(_is_int(v) and abs(v) <= 32767 for v in bg["latents"])):
+            and 0 < len(bg["latents"]) <= 4096 and all(_is_int(v) and abs(v) < 2**31 for v in bg["latents"])):
         bad.append("background")
     assoc = meta.get("associated", [])
     if not (isinstance(assoc, list) and all(isinstance(a, str) and _NAME.match(a) for a in assoc)):
@@ -375,7 +386,7 @@ def check_meta(meta: Any) -> str | None:
     return None
 
 
-def check_arrays(latents: Any, tiles: Any, grid: TileGrid, channels: int) -> str | None:
+def check_arrays(latents: Any, tiles: Any, grid: TileGrid, channels: int, dtype: str = "int16") -> str | None:
     """What is wrong with the shapes / types of the latent and tile arrays (``None``: nothing)."""
     try:
         expect = (channels, *grid.latent_shape)
@@ -383,8 +394,8 @@ def check_arrays(latents: Any, tiles: Any, grid: TileGrid, channels: int) -> str
             return f"latents shape {tuple(latents.shape)}, expected {expect}"
         if tuple(latents.chunks) != (channels, grid.chunk, grid.chunk):
             return f"latent chunks {tuple(latents.chunks)}, expected {(channels, grid.chunk, grid.chunk)}"
-        if np.dtype(latents.dtype) != np.int16:
-            return f"latents dtype {latents.dtype}, expected int16"
+        if np.dtype(latents.dtype) != np.dtype(dtype):
+            return f"latents dtype {latents.dtype}, expected {dtype}"
         if tuple(tiles.shape) != (grid.tiles_y, grid.tiles_x):
             return "tile map shape does not match the level-0 size"
         if np.dtype(tiles.dtype) != np.uint8:
@@ -392,6 +403,11 @@ def check_arrays(latents: Any, tiles: Any, grid: TileGrid, channels: int) -> str
     except Exception as e:
         return _first_line(e)
     return None
+
+
+def latent_dtype(meta: dict[str, Any]) -> str:
+    """The latent array's dtype for a store's (checked) metadata."""
+    return LATENT_DTYPE[meta["model"].get("entropy_model", "factorized")]
 
 
 class WsiStore:
@@ -433,7 +449,8 @@ class WsiStore:
             tiles = self.group["tiles"]
         except Exception as e:
             raise StoreError(f"{self.path}: damaged store layout ({_first_line(e)})") from None
-        problem = check_arrays(self.latents, tiles, self.grid, len(meta["background"]["latents"]))
+        problem = check_arrays(self.latents, tiles, self.grid, len(meta["background"]["latents"]),
+                               latent_dtype(meta))
         if problem:
             raise StoreError(f"{self.path}: damaged store layout ({problem})")
         try:
@@ -472,7 +489,7 @@ class WsiStore:
             props["openslide.objective-power"] = str(self.meta["objective_power"])
         props["wsicodec.model"] = self.meta["model"]["name"]
         props["wsicodec.model-sha256"] = self.meta["model"]["sha256"]
-        props["wsicodec.format-version"] = str(FORMAT_VERSION)
+        props["wsicodec.format-version"] = str(self.meta["format_version"])
         return props
 
     @property
@@ -508,11 +525,17 @@ class WsiStore:
 
             m = self.meta["model"]
             model, card = load_model(m["name"], self._model_dir, expect_sha256=m["sha256"])
+            if card.spec.entropy_model != "factorized":  # the latents' codec needs this (verified) model
+                from wsicodec.codec import hyper_entropy_model
+
+                hyper_entropy_model(m, model)
             self._coder = LatentCoder(model, card, self._device, self._batch_size)
         return self._coder
 
     def fetch_latents(self, lx0: int, ly0: int, lx1: int, ly1: int) -> np.ndarray:
         """Latents of a box with glass tiles filled in; missing tiles are an error."""
+        if self.meta["model"].get("entropy_model", "factorized") != "factorized":
+            self.coder  # a hyperprior's latents decode with the store's model (loaded and verified here)
         try:
             q = np.asarray(self.latents[:, ly0:ly1, lx0:lx1]).astype(np.int32)
         except CodecError as e:

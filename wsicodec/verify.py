@@ -24,7 +24,7 @@ from typing import Any
 import numpy as np
 
 from wsicodec.store import (FORMAT_NAME, TILE_CODED, TILE_GLASS, StoreError, TileGrid, WsiStore, _first_line,
-                            check_arrays, check_meta, chunk_crc_ok, is_partial_name, partial_path)
+                            check_arrays, check_meta, chunk_crc_ok, is_partial_name, latent_dtype, partial_path)
 
 
 @dataclass
@@ -96,7 +96,7 @@ def verify_store(path: str | os.PathLike, against: str | os.PathLike | None = No
     except Exception as e:
         rep.add("metadata", f"cannot open the latent / tile arrays ({_first_line(e)})")
         return rep
-    problem = check_arrays(latents, tiles, grid, channels)
+    problem = check_arrays(latents, tiles, grid, channels, latent_dtype(meta))
     if problem:
         rep.add("metadata", problem)
         return rep
@@ -181,7 +181,7 @@ def _chunk_path(root: Path, latents: Any, tx: int, ty: int) -> Path:
 
 
 def _check_model(rep: VerifyReport, latents: Any, m: dict[str, Any], model_dir: Path | None) -> None:
-    from wsicodec.codec import EntropyTables
+    from wsicodec.codec import store_codec
     from wsicodec.models import ModelError, load_model
     from wsicodec.store import json_roundtrip
 
@@ -191,13 +191,17 @@ def _check_model(rep: VerifyReport, latents: Any, m: dict[str, Any], model_dir: 
         rep.add("model", str(e))
         return
     rep.model.update(checked=True, architecture=card.architecture)
-    try:
-        stored = latents.metadata.to_dict()["codecs"][0]["configuration"]["tables"]
-    except Exception as e:
-        rep.add("model", f"the store's entropy tables cannot be read ({_first_line(e)})")
+    if card.spec.entropy_model != m.get("entropy_model", "factorized"):
+        rep.add("model", f"the store says entropy model {m.get('entropy_model')!r}, model {m['name']!r} has "
+                         f"{card.spec.entropy_model!r}")
         return
-    if stored != json_roundtrip(EntropyTables.from_entropy_bottleneck(net.entropy_bottleneck).to_config()):
-        rep.add("model", f"the store's entropy tables differ from model {m['name']!r}'s")
+    try:
+        stored = latents.metadata.to_dict()["codecs"][0]
+    except Exception as e:
+        rep.add("model", f"the store's latent codec cannot be read ({_first_line(e)})")
+        return
+    if stored != json_roundtrip(store_codec(net, card).to_dict()):
+        rep.add("model", f"the store's entropy model differs from model {m['name']!r}'s")
 
 
 def _check_files(rep: VerifyReport, path: Path, grid: TileGrid, meta: dict[str, Any]) -> None:

@@ -46,6 +46,10 @@ class Codec:
     def run(self, rgb: np.ndarray, setting: Any) -> Coded:
         raise NotImplementedError
 
+    def curve(self, setting: Any) -> str:
+        """The rate-distortion curve a setting belongs to (the ``codec`` column of results)."""
+        return self.name
+
     def close(self) -> None:
         pass
 
@@ -145,6 +149,15 @@ class WsicodecCodec(Codec):
         # lowest rate first: larger lambda means higher rate; unknown lambdas keep name order
         cards.sort(key=lambda c: (c.lmbda is None, c.lmbda if c.lmbda is not None else 0.0, c.name))
         return [c.name for c in cards]
+
+    def curve(self, setting: str) -> str:
+        """``wsicodec`` for factorized models, ``wsicodec-hyperprior`` for mean-scale hyperprior
+        ones: one curve per entropy-model family, each compared with the classical codecs."""
+        from wsicodec.models import list_models
+
+        if not hasattr(self, "_kinds"):
+            self._kinds = {c.name: c.spec.entropy_model for c in list_models(self.model_dir)}
+        return self.name if self._kinds.get(setting, "factorized") == "factorized" else f"{self.name}-hyperprior"
 
     def run(self, rgb: np.ndarray, setting: str) -> Coded:
         from PIL import Image

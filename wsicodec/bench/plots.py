@@ -11,7 +11,8 @@ from wsicodec.bench.codecs import REFERENCE_POINT
 from wsicodec.bench.metrics import HIGHER_IS_BETTER, LABELS
 
 _STYLE = {"jpeg": ("tab:blue", "o"), "webp": ("tab:orange", "s"), "jxl": ("tab:green", "^"),
-          "avif": ("tab:purple", "D"), "j2k": ("tab:brown", "v"), "wsicodec": ("tab:red", "*")}
+          "avif": ("tab:purple", "D"), "j2k": ("tab:brown", "v"), "wsicodec": ("tab:red", "*"),
+          "wsicodec-hyperprior": ("darkred", "P")}
 
 
 def _plt():
@@ -40,7 +41,7 @@ def rd_plot(summary: dict, metric: str, path: Path, title: str | None = None) ->
         colour, marker = _STYLE.get(codec, ("black", "x"))
         ax.plot([p["bpp"] for p in pts], [p[metric] for p in pts], marker=marker, color=colour,
                 label=codec, linewidth=1.5, markersize=5 if marker != "*" else 9)
-        if codec == "wsicodec" and len(pts) > 1:
+        if codec.startswith("wsicodec") and len(pts) > 1:
             for p in pts:
                 ax.annotate(str(p["setting"]), (p["bpp"], p[metric]), textcoords="offset points",
                             xytext=(4, -10), fontsize=7, color=colour)

@@ -170,7 +170,7 @@ def run_benchmark(inputs: Sequence[str | Path], out: str | Path, codecs: str | S
 
         rows = _measure(images, built, mset, progress, console)
         if reuse:
-            kept = reused_rows(reuse, {im.name for im in images}, {(c.name, str(x)) for c in built for x in c.settings})
+            kept = reused_rows(reuse, {im.name for im in images}, {(c.curve(x), str(x)) for c in built for x in c.settings})
             notes.append(f"{len(kept)} measurements of {', '.join(sorted({r['codec'] for r in kept})) or 'no codec'} "
                          f"reused from {reuse}")
             rows += kept
@@ -242,7 +242,7 @@ def _measure(images: list[TestImage], codecs: list[Codec], mset: MetricSet, prog
                     m = mset(im.rgb, coded.decoded)
                     pixels = w * h
                     rows.append({
-                        "image": im.name, "codec": codec.name, "setting": str(s), "bytes": coded.bytes,
+                        "image": im.name, "codec": codec.curve(s), "setting": str(s), "bytes": coded.bytes,
                         "pixels": pixels, "bpp": 8 * coded.bytes / pixels,
                         **{k: m.get(k) for k in ALL_METRICS},
                         "encode_mpix_s": pixels / 1e6 / max(coded.encode_s, 1e-9),

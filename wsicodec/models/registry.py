@@ -33,6 +33,12 @@ def _factorized(N: int = 128, M: int = 192) -> nn.Module:
     return FactorizedPrior(N=N, M=M)
 
 
+def _mean_scale(N: int = 64, M: int = 96) -> nn.Module:
+    from compressai.models import MeanScaleHyperprior
+
+    return MeanScaleHyperprior(N=N, M=M)
+
+
 @dataclass(frozen=True)
 class Architecture:
     """How to build a model and how far its transforms see, for seam-free tiling."""
@@ -41,7 +47,8 @@ class Architecture:
     stride: int          # pixels per latent
     encode_halo: int     # pixels of context each side so tiled latents equal whole-image latents
     decode_halo: int     # latents of context each side so tiled pixels equal whole-image pixels
-    entropy_model: str   # "factorized" (a hyperprior kind would add its own side information)
+    entropy_model: str   # "factorized" | "gaussian-mean-scale" (a hyperprior: side information z per tile)
+    chunk_multiple: int = 1  # latent chunk sides must be multiples of this (a hyperprior: its z stride, 4)
 
 
 #: Architecture name -> its spec. g_a of bmshj2018 is 4 conv(5x5, stride 2): a latent sees
@@ -49,6 +56,9 @@ class Architecture:
 #: 4 transposed conv(5x5, stride 2): a pixel sees ±2 latents; 4 latents of halo are kept.
 ARCHITECTURES: dict[str, Architecture] = {
     "bmshj2018-factorized": Architecture(_factorized, 16, 32, 4, "factorized"),
+    # Minnen 2018 mean-scale hyperprior: the same g_a / g_s (so a factorized model's transforms
+    # warm-start it), plus h_a / h_s predicting a Gaussian mean and scale for every latent.
+    "mbt2018-mean": Architecture(_mean_scale, 16, 32, 4, "gaussian-mean-scale", 4),
 }
 
 

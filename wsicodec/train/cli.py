@@ -29,6 +29,8 @@ def command() -> None:
 @click.option("--batch", default=8, show_default=True)
 @click.option("--steps", default=100_000, show_default=True)
 @click.option("--lr", default=1e-3, show_default=True)
+@click.option("--transform-lr", default=0.0, show_default=True,
+              help="Learning rate of the transforms g_a / g_s (0: --lr); e.g. lower for a warm-started hyperprior.")
 @click.option("--clip", default=1.0, show_default=True)
 @click.option("--val-every", default=2000, show_default=True)
 @click.option("--checkpoint-minutes", default=5.0, show_default=True)
@@ -36,25 +38,29 @@ def command() -> None:
               help="Stop after this many CPU minutes of training steps, validation excluded (0: no limit).")
 @click.option("--seed", default=0, show_default=True)
 @click.option("--threads", default=0, show_default=True, help="torch threads (0: torch's default).")
-@click.option("--init-from", default="", help="Start from another run's checkpoint weights (fine-tuning).")
+@click.option("--init-from", multiple=True,
+              help="Start from another run's or model's weights (fine-tuning); repeatable, later files "
+                   "override earlier ones; from another architecture, the tensors of the same name and shape.")
 @click.option("--resume", is_flag=True, help="Continue the run in --out exactly where it stopped.")
-def run(data, out, val, architecture, N, M, lmbda, feature_net, psi, patch, batch, steps, lr, clip,
+def run(data, out, val, architecture, N, M, lmbda, feature_net, psi, patch, batch, steps, lr, transform_lr, clip,
         val_every, checkpoint_minutes, max_minutes, seed, threads, init_from, resume):
     """Train on DATA (image files, folders, slides)."""
     from wsicodec.train import TrainConfig, Trainer
 
     cfg = TrainConfig(data=list(data), out=str(out), architecture=architecture, N=N, M=M, lmbda=lmbda,
                       feature_net=feature_net, psi=[float(v) for v in psi.split(",")], patch=patch, batch=batch,
-                      steps=steps, lr=lr, clip=clip, val=list(val), val_every=val_every,
-                      checkpoint_minutes=checkpoint_minutes, max_minutes=max_minutes, seed=seed, threads=threads, init_from=init_from)
+                      steps=steps, lr=lr, transform_lr=transform_lr, clip=clip, val=list(val), val_every=val_every,
+                      checkpoint_minutes=checkpoint_minutes, max_minutes=max_minutes, seed=seed, threads=threads,
+                      init_from=",".join(init_from))
     t = Trainer(cfg)
     if resume:
         if not t.ckpt_path.exists():
             raise click.ClickException(f"{t.ckpt_path}: no checkpoint to resume from")
         t.resume()
         click.echo(f"resumed at step {t.step}")
-    elif init_from:
-        t.init_weights_from(Path(init_from))
+    else:
+        for path in init_from:
+            t.init_weights_from(Path(path))
     t.run()
     click.echo(f"stopped at step {t.step}; checkpoint {t.ckpt_path}")
 

@@ -45,6 +45,7 @@ class TrainConfig:
     batch: int = 8
     steps: int = 100_000
     lr: float = 1e-3
+    transform_lr: float = 0.0        # learning rate of g_a / g_s when warm-started (0: lr)
     aux_lr: float = 1e-3
     clip: float = 1.0
     plateau_patience: int = 5        # validations without improvement before lr /= 2
@@ -131,7 +132,13 @@ class Trainer:
         self.model = build_model(cfg.architecture, N=cfg.N, M=cfg.M)
         params = {n for n, p in self.model.named_parameters() if not n.endswith(".quantiles")}
         named = dict(self.model.named_parameters())
-        self.opt = torch.optim.Adam([named[n] for n in sorted(params)], lr=cfg.lr)
+        transforms = sorted(n for n in params if n.startswith(("g_a.", "g_s.")))
+        rest = sorted(params - set(transforms))
+        if cfg.transform_lr > 0 and transforms and rest:  # slower transforms, faster entropy model
+            self.opt = torch.optim.Adam([{"params": [named[n] for n in transforms], "lr": cfg.transform_lr},
+                                         {"params": [named[n] for n in rest]}], lr=cfg.lr)
+        else:
+            self.opt = torch.optim.Adam([named[n] for n in sorted(params)], lr=cfg.lr)
         self.aux_opt = torch.optim.Adam([named[n] for n in named if n.endswith(".quantiles")], lr=cfg.aux_lr)
         self.sched = torch.optim.lr_scheduler.ReduceLROnPlateau(
             self.opt, mode="min", factor=0.5, patience=cfg.plateau_patience, min_lr=cfg.min_lr
@@ -204,13 +211,28 @@ class Trainer:
             t.best = st.get("best", t.best)
         return t
 
-    def init_weights_from(self, path: Path, continue_steps: bool = True) -> None:
-        """Start from another run's weights (a checkpoint, a ``weights.pt`` or a bare state dict);
-        with ``continue_steps`` the step count continues from a file that records it."""
+    def init_weights_from(self, path: Path, continue_steps: bool = True) -> list[str]:
+        """Start from another run's weights (a checkpoint, a ``weights.pt``, a shipped ``.pt`` or a
+        bare state dict). From the same architecture every tensor is loaded and, with
+        ``continue_steps``, the step count continues from a file that records it. From another
+        architecture (a factorized model warm-starting a hyperprior's ``g_a`` / ``g_s``) only the
+        tensors of the same name and shape are taken and the step count starts at 0. Returns the
+        names of the tensors loaded."""
         st = torch.load(path, map_location="cpu", weights_only=False)
-        self.model.load_state_dict(st["model"] if "model" in st else st)
-        if continue_steps and "step" in st:
-            self.step = self.start_step = int(st["step"])
+        weights = st["model"] if "model" in st else st
+        own = self.model.state_dict()
+        if set(weights) == set(own):
+            self.model.load_state_dict(weights)
+            if continue_steps and "step" in st:
+                self.step = self.start_step = int(st["step"])
+            return list(own)
+        taken = {k: v for k, v in weights.items()
+                 if k.startswith(("g_a.", "g_s.")) and k in own and own[k].shape == v.shape}
+        if not taken:
+            raise ValueError(f"{path}: no tensor matches the {self.cfg.architecture} model")
+        nn.Module.load_state_dict(self.model, taken, strict=False)  # not compressai's buffer-resizing override
+        self.log(f"init from {path}: {len(taken)} of {len(own)} tensors (same name and shape)")
+        return list(taken)
 
     def save_weights(self, path: Path | None = None) -> Path:
         """A small file to carry a run across machines: weights, step and config, no optimiser
@@ -279,7 +301,7 @@ class Trainer:
                 if self.step % 100 == 0:
                     now = time.time()
                     row = {"step": self.step, **{k: round(v / n, 6) for k, v in acc.items()},
-                           "lr": self.opt.param_groups[0]["lr"], "s_per_step": round((now - t_log) / n, 4),
+                           "lr": self.opt.param_groups[-1]["lr"], "s_per_step": round((now - t_log) / n, 4),
                            "time": round(now)}
                     self._log_row("train_log.csv", row)
                     self.log(json.dumps(row))
@@ -304,7 +326,7 @@ class Trainer:
             self.best = obj
             torch.save({"model": self.model.state_dict(), "step": self.step}, self.out / "best_model.pt")
         row = {"step": self.step, **{k: round(x, 5) for k, x in v.items()}, "objective": round(obj, 5),
-               "lr": self.opt.param_groups[0]["lr"], "train_minutes": round(self.train_seconds / 60, 2),
+               "lr": self.opt.param_groups[-1]["lr"], "train_minutes": round(self.train_seconds / 60, 2),
                "time": round(time.time())}
         self._log_row("val_log.csv", row)
         self.log("val " + json.dumps(row))

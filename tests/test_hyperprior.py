@@ -1,0 +1,158 @@
+"""The mean-scale hyperprior: an integer-exact hyper-decoder, its chunk codec, stores written and
+read with it (same bytes for any thread count, decodable by zarr in a fresh process)."""
+from __future__ import annotations
+
+import hashlib
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+
+from conftest import EXAMPLE
+from wsicodec.codec import CodecError, HyperEntropyModel, decode_hyper_chunk, encode_hyper_chunk
+from wsicodec.models import build_model, load_model
+from wsicodec.models.integer import ACT_BITS, WEIGHT_BITS, IntegerHyperDecoder
+from wsicodec.pipeline import compress
+from wsicodec.store import WsiStore
+from wsicodec.verify import verify_store
+
+
+def _reference_h_s(h_s, z: np.ndarray) -> np.ndarray:
+    """The integer hyper-decoder of docs/format.md written out with int64 loops (no floats)."""
+    a = z.astype(np.int64)
+    for m in h_s:
+        if isinstance(m, torch.nn.LeakyReLU):
+            a = np.where(a < 0, a // 100, a)
+            continue
+        w = np.rint(m.weight.detach().double().numpy() * 2**WEIGHT_BITS).astype(np.int64)
+        b = np.rint(m.bias.detach().double().numpy() * 2 ** (WEIGHT_BITS + ACT_BITS)).astype(np.int64)
+        k, s, p = m.kernel_size[0], m.stride[0], m.padding[0]
+        C, H, W = a.shape
+        if isinstance(m, torch.nn.ConvTranspose2d):  # out[o, y*s+i-p, x*s+j-p] += a[c, y, x] w[c, o, i, j]
+            Ho, Wo = (H - 1) * s - 2 * p + k + m.output_padding[0], (W - 1) * s - 2 * p + k + m.output_padding[0]
+            acc = np.zeros((w.shape[1], Ho + 2 * k, Wo + 2 * k), np.int64)
+            for i in range(k):
+                for j in range(k):
+                    contrib = np.einsum("chw,co->ohw", a, w[:, :, i, j])
+                    acc[:, i : i + (H - 1) * s + 1 : s, j : j + (W - 1) * s + 1 : s] += contrib
+            acc = acc[:, p : p + Ho, p : p + Wo]
+        else:
+            pad = np.pad(a, ((0, 0), (p, p), (p, p)))
+            acc = np.zeros((w.shape[0], H, W), np.int64)
+            for i in range(k):
+                for j in range(k):
+                    acc += np.einsum("chw,oc->ohw", pad[:, i : i + H, j : j + W], w[:, :, i, j])
+        a = (acc + b[:, None, None]) >> WEIGHT_BITS
+    return a
+
+
+def test_integer_hyper_decoder_is_exact_and_close_to_float():
+    torch.manual_seed(0)
+    m = build_model("mbt2018-mean", N=8, M=12).eval()
+    rng = np.random.default_rng(0)
+    z = rng.integers(-6000, 6000, (3, 8, 4, 5))
+    got = IntegerHyperDecoder(m.h_s)(z)
+    for i in range(3):
+        assert np.array_equal(got[i], _reference_h_s(m.h_s, z[i]))
+    with torch.no_grad():
+        ref = m.h_s(torch.from_numpy(z / 2**ACT_BITS).float()).numpy()
+    assert got.shape == ref.shape == (3, 24, 16, 20)
+    assert np.abs(got / 2**ACT_BITS - ref).max() < 0.02
+
+
+def _tiny_hyper(tiny_models):
+    return load_model("tiny-hyper", tiny_models)
+
+
+def test_hyper_chunk_round_trip_and_damage(tiny_models):
+    model, _ = _tiny_hyper(tiny_models)
+    hm = HyperEntropyModel(model)
+    rng = np.random.default_rng(1)
+    y = rng.normal(0, 6, (8, 8, 12)).astype(np.float32)
+    y_fp = np.rint(y * 2**ACT_BITS).astype(np.int32)
+    data = encode_hyper_chunk(y_fp, hm)
+    out = decode_hyper_chunk(data, hm, y_fp.shape)
+    assert out.dtype == np.int32 and out.shape == y_fp.shape
+    assert np.abs(out - y_fp).max() <= 2 ** (ACT_BITS - 1)         # ŷ within half a step of y
+    assert np.array_equal(decode_hyper_chunk(data, hm), out)
+    with pytest.raises(CodecError):
+        decode_hyper_chunk(data[:-3], hm)
+    with pytest.raises(CodecError):
+        decode_hyper_chunk(b"WSLC" + data[4:], hm)
+    with pytest.raises(CodecError):
+        decode_hyper_chunk(data, hm, (8, 8, 8))
+    with pytest.raises(CodecError):
+        encode_hyper_chunk(y_fp[:, :6], hm)  # sides must be multiples of 4
+
+
+@pytest.fixture(scope="module")
+def hyper_store(tiny_models, tmp_path_factory):
+    return compress(EXAMPLE, tmp_path_factory.mktemp("hyper") / "h.zarr", model="tiny-hyper",
+                    model_dir=tiny_models, tile=256)
+
+
+def test_hyper_store_reads_like_a_slide_and_verifies(hyper_store, tiny_models, one_thread):
+    with WsiStore(hyper_store.output, model_dir=tiny_models) as s:
+        assert s.meta["format_version"] == 2
+        assert s.meta["model"]["entropy_model"] == "gaussian-mean-scale"
+        assert s.properties["wsicodec.format-version"] == "2"
+        lat = np.asarray(s.latents[...])
+        assert lat.dtype == np.int32 and np.abs(lat).max() > 2**ACT_BITS
+        full = s.read_level0(0, 0, 2220, 2967)
+        part = s.read_level0(700, 900, 300, 200)  # a region decodes to the same pixels as the whole
+        assert np.array_equal(part, full[900:1100, 700:1000])
+    rep = verify_store(hyper_store.output, model_dir=tiny_models)
+    assert rep.ok, rep.problems
+
+
+def test_hyper_store_fresh_process_zarr_decodes(hyper_store, tiny_models):
+    code = (
+        "import sys, zarr, hashlib\n"
+        "a = zarr.open_group(sys.argv[1], mode='r')['latents'][...]\n"
+        "print(a.dtype, hashlib.sha256(a.tobytes()).hexdigest())\n"
+    )
+    env = {**os.environ, "WSICODEC_MODELS": str(tiny_models)}
+    out = subprocess.run([sys.executable, "-c", code, str(hyper_store.output)], capture_output=True, text=True,
+                         timeout=120, env=env)
+    assert out.returncode == 0, out.stderr
+    with WsiStore(hyper_store.output, model_dir=tiny_models) as s:
+        here = np.asarray(s.latents[...])
+    assert out.stdout.split()[-2:] == ["int32", hashlib.sha256(here.tobytes()).hexdigest()]
+
+
+def test_hyper_store_is_byte_identical_for_1_and_2_threads(tiny_models, tmp_path, monkeypatch):
+    monkeypatch.setenv("SOURCE_DATE_EPOCH", "1764115200")
+    before = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        a = compress(EXAMPLE, tmp_path / "a.zarr", model="tiny-hyper", model_dir=tiny_models, tile=256,
+                     io_threads=1).output
+        torch.set_num_threads(2)
+        b = compress(EXAMPLE, tmp_path / "b.zarr", model="tiny-hyper", model_dir=tiny_models, tile=256,
+                     io_threads=3, batch_size=3).output
+    finally:
+        torch.set_num_threads(before)
+    files = sorted(p.relative_to(a) for p in a.rglob("*") if p.is_file())
+    assert len(files) > 50
+    assert [f for f in files if (a / f).read_bytes() != (b / f).read_bytes()] == []
+
+
+def test_hyper_tile_size_must_fit_the_side_information(tiny_models, tmp_path):
+    from wsicodec.store import StoreError
+
+    with pytest.raises(StoreError, match="multiple of 64"):
+        compress(EXAMPLE, tmp_path / "x.zarr", model="tiny-hyper", model_dir=tiny_models, tile=208)
+
+
+def test_bench_draws_one_curve_per_entropy_model_family(tiny_models):
+    from wsicodec.bench.codecs import WsicodecCodec
+
+    codec = WsicodecCodec(model_dir=tiny_models)
+    try:
+        assert codec.curve("tiny") == codec.curve("tiny-other") == "wsicodec"
+        assert codec.curve("tiny-hyper") == "wsicodec-hyperprior"
+    finally:
+        codec.close()

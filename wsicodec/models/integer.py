@@ -1,0 +1,122 @@
+"""An integer-exact hyper-decoder: the same numbers on every machine.
+
+A hyperprior's decoder predicts, from the side information ``ẑ``, the mean and scale of every
+latent; the entropy coder's tables are chosen from them. Encoder and decoder must agree on them
+bit for bit, which float convolutions do not promise across devices, BLAS libraries or batch
+sizes. :class:`IntegerHyperDecoder` is a fixed-point version of a float ``h_s`` that is a pure
+function of the weights file (docs/format.md, "Integer hyper-decoder"):
+
+* weights ``W = round(w · 2^WEIGHT_BITS)``, biases ``B = round(b · 2^(WEIGHT_BITS+ACT_BITS))``
+  (scaling by a power of two is exact in IEEE floats, and round-half-to-even is defined);
+* activations are integers in units of ``2^-ACT_BITS``, clamped to ``±ACT_LIMIT``;
+* a convolution is ``floor((Σ W·a + B) / 2^WEIGHT_BITS)``; LeakyReLU(0.01) is ``floor(a / 100)``
+  for negative ``a``.
+
+The sums are computed as float64 matrix products of integers whose partial sums stay below 2^53
+(checked when the decoder is built), so every BLAS and every summation order gives the exact
+integer result.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+from torch import nn
+
+WEIGHT_BITS = 16
+ACT_BITS = 10
+ACT_LIMIT = 1 << 26
+_EXACT = float(1 << 53)
+
+
+@dataclass(frozen=True)
+class _Layer:
+    kind: str                    # "conv" | "convT" | "leaky" | "relu"
+    weight: np.ndarray | None = None   # float64 integer-valued (out, in*k*k) for conv, (in, out*k*k) for convT
+    bias: np.ndarray | None = None     # int64 (out,)
+    k: int = 0
+    stride: int = 1
+    pad: int = 0
+    out_pad: int = 0
+    c_out: int = 0
+
+
+def _quantize(w: np.ndarray, bits: int) -> np.ndarray:
+    return np.rint(np.asarray(w, np.float64) * float(1 << bits))
+
+
+class IntegerHyperDecoder:
+    """Fixed-point ``h_s``: integer ``ẑ`` (units of ``2^-ACT_BITS``) -> integer outputs (same units)."""
+
+    def __init__(self, h_s: nn.Sequential):
+        layers: list[_Layer] = []
+        for m in h_s:
+            if isinstance(m, (nn.Conv2d, nn.ConvTranspose2d)):
+                if m.groups != 1 or m.dilation != (1, 1) or m.kernel_size[0] != m.kernel_size[1]:
+                    raise ValueError(f"integer hyper-decoder: unsupported layer {m}")
+                k, s, p = m.kernel_size[0], m.stride[0], m.padding[0]
+                w = _quantize(m.weight.detach().cpu().numpy(), WEIGHT_BITS)
+                b = _quantize(m.bias.detach().cpu().numpy(), WEIGHT_BITS + ACT_BITS).astype(np.int64)
+                if isinstance(m, nn.Conv2d):  # weight (out, in, k, k)
+                    bound = np.abs(w).reshape(w.shape[0], -1).sum(1)
+                    layers.append(_Layer("conv", w.reshape(w.shape[0], -1), b, k, s, p, 0, w.shape[0]))
+                else:                          # weight (in, out, k, k)
+                    # an output sums at most ceil(k/s)^2 taps of each input channel
+                    taps = -(-k // s)
+                    bound = np.abs(w).max(axis=(2, 3)).sum(0) * taps * taps
+                    layers.append(_Layer("convT", w.reshape(w.shape[0], -1).T.copy(), b, k, s, p,
+                                         m.output_padding[0], w.shape[1]))
+                if float((bound * ACT_LIMIT + np.abs(b)).max()) >= _EXACT:
+                    raise ValueError("integer hyper-decoder: weights too large for exact float64 sums")
+            elif isinstance(m, nn.LeakyReLU):
+                if m.negative_slope != 0.01:
+                    raise ValueError(f"integer hyper-decoder: LeakyReLU slope {m.negative_slope} (0.01 only)")
+                layers.append(_Layer("leaky"))
+            elif isinstance(m, nn.ReLU):
+                layers.append(_Layer("relu"))
+            else:
+                raise ValueError(f"integer hyper-decoder: unsupported layer {type(m).__name__}")
+        self.layers = layers
+
+    def __call__(self, z: np.ndarray) -> np.ndarray:
+        """int64 (B, C, h, w) in units of 2^-ACT_BITS -> int64 (B, C_out, H, W) in the same units."""
+        a = np.clip(np.asarray(z, np.int64), -ACT_LIMIT, ACT_LIMIT)
+        for layer in self.layers:
+            if layer.kind == "leaky":
+                a = np.where(a < 0, np.floor_divide(a, 100), a)
+            elif layer.kind == "relu":
+                a = np.maximum(a, 0)
+            else:
+                acc = _conv(a, layer) if layer.kind == "conv" else _conv_transpose(a, layer)
+                acc += layer.bias[None, :, None, None]
+                a = np.clip(acc >> WEIGHT_BITS, -ACT_LIMIT, ACT_LIMIT)  # arithmetic shift: floor
+        return a
+
+
+def _conv(a: np.ndarray, layer: _Layer) -> np.ndarray:
+    B, C, H, W = a.shape
+    k, s, p = layer.k, layer.stride, layer.pad
+    padded = np.pad(a, ((0, 0), (0, 0), (p, p), (p, p))).astype(np.float64)
+    win = np.lib.stride_tricks.sliding_window_view(padded, (k, k), axis=(2, 3))[:, :, ::s, ::s]
+    Ho, Wo = win.shape[2], win.shape[3]
+    cols = win.transpose(0, 1, 4, 5, 2, 3).reshape(B, C * k * k, Ho * Wo)
+    return np.matmul(layer.weight, cols).astype(np.int64).reshape(B, layer.c_out, Ho, Wo)
+
+
+def _conv_transpose(a: np.ndarray, layer: _Layer) -> np.ndarray:
+    B, C, H, W = a.shape
+    k, s, p = layer.k, layer.stride, layer.pad
+    # every input pixel spreads a k x k patch of each output channel, s pixels apart
+    patches = np.matmul(layer.weight, a.reshape(B, C, H * W).astype(np.float64)).astype(np.int64)
+    patches = patches.reshape(B, layer.c_out, k, k, H, W)
+    full = np.zeros((B, layer.c_out, (H - 1) * s + k, (W - 1) * s + k), np.int64)
+    for ky in range(k):
+        for kx in range(k):
+            full[:, :, ky : ky + (H - 1) * s + 1 : s, kx : kx + (W - 1) * s + 1 : s] += patches[:, :, ky, kx]
+    Ho = (H - 1) * s - 2 * p + k + layer.out_pad
+    Wo = (W - 1) * s - 2 * p + k + layer.out_pad
+    out = np.zeros((B, layer.c_out, Ho, Wo), np.int64)
+    h = min(Ho, full.shape[2] - p)
+    w = min(Wo, full.shape[3] - p)
+    out[:, :, :h, :w] = full[:, :, p : p + h, p : p + w]
+    return out
