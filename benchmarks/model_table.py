@@ -19,7 +19,7 @@ def table(path: Path, models: list[str] | None = None) -> str:
     acc: dict[str, dict[str, list[float]]] = defaultdict(lambda: defaultdict(list))
     with open(path, newline="") as f:
         for row in csv.DictReader(f):
-            if row["codec"] != "wsicodec" or (models and row["setting"] not in models):
+            if not row["codec"].startswith("wsicodec") or (models and row["setting"] not in models):
                 continue
             for key, *_ in COLUMNS:
                 if row.get(key) not in (None, ""):

@@ -101,6 +101,16 @@ def test_hyper_store_reads_like_a_slide_and_verifies(hyper_store, tiny_models, o
         assert s.properties["wsicodec.format-version"] == "2"
         lat = np.asarray(s.latents[...])
         assert lat.dtype == np.int32 and np.abs(lat).max() > 2**ACT_BITS
+        # chunks are coded whole: beyond the canvas (139 x 186 latents) lies the background (coded,
+        # so within half a quantization step of it)
+        assert lat.shape == (8, 12 * 16, 9 * 16) and s.grid.latent_shape == (186, 139)
+        bg = np.asarray(s.meta["background"]["latents"]).reshape(-1, 1, 1)
+        coded = [(tx, ty) for ty in range(12) for tx in range(9) if s.tile_state[ty, tx] == 1]
+        edge = [(tx, ty) for tx, ty in coded if tx == 8 or ty == 11]
+        half = 2 ** (ACT_BITS - 1)
+        assert edge and all((abs(lat[:, 186 : (ty + 1) * 16, tx * 16 : (tx + 1) * 16] - bg) <= half).all()
+                            and (abs(lat[:, ty * 16 : (ty + 1) * 16, 139 : (tx + 1) * 16] - bg) <= half).all()
+                            for tx, ty in edge)
         full = s.read_level0(0, 0, 2220, 2967)
         part = s.read_level0(700, 900, 300, 200)  # a region decodes to the same pixels as the whole
         assert np.array_equal(part, full[900:1100, 700:1000])

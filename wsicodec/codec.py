@@ -13,6 +13,7 @@ that has wsicodec installed, without the model file and without recomputing anyt
 """
 from __future__ import annotations
 
+import copy
 import struct
 from dataclasses import dataclass
 from typing import Any, Sequence
@@ -286,7 +287,7 @@ class HyperEntropyModel:
         self.z_medians = np.rint(med * float(1 << ACT_BITS)).astype(np.int64)
         self.z_medians_float = torch.from_numpy(med.astype(np.float32)).reshape(1, -1, 1, 1)
         self.h_s = IntegerHyperDecoder(model.h_s)
-        self.h_a = model.h_a.to("cpu").eval()
+        self.h_a = copy.deepcopy(model.h_a).to("cpu").eval()  # the caller may move the model to a GPU
         self.M = int(model.g_a[-1].out_channels)
         self.N = self.z.tables.channels
 

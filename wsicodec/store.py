@@ -143,6 +143,10 @@ class StoreWriter:
         self.codec = codec          # the latent array's zarr codec (wsicodec.codec.store_codec)
         self.channels = int(channels)
         self.dtype = np.dtype(LATENT_DTYPE[meta["model"]["entropy_model"]])
+        self.array_shape = latent_array_shape(grid, self.channels, meta["model"]["entropy_model"])
+        # version 2 codes whole chunks: what lies beyond the canvas is background
+        self.whole_chunks = meta["model"]["entropy_model"] != "factorized"
+        self.fill = np.asarray(meta["background"]["latents"], np.int64).reshape(-1, 1, 1)
         self.meta = dict(meta)
         self.meta["complete"] = False
         self.resumed = 0
@@ -161,11 +165,10 @@ class StoreWriter:
         from zarr.codecs import BytesCodec, Crc32cCodec, ZstdCodec
 
         grid, C = self.grid, self.channels
-        rows, cols = grid.latent_shape
         c = grid.chunk
         self.group = zarr.open_group(str(self.path), mode="w", zarr_format=3)
         self.latents = self.group.create_array(
-            "latents", shape=(C, rows, cols), chunks=(C, c, c), dtype=self.dtype,
+            "latents", shape=self.array_shape, chunks=(C, c, c), dtype=self.dtype,
             fill_value=0, serializer=self.codec,
             compressors=[Crc32cCodec()], dimension_names=["channel", "y", "x"],
             config={"write_empty_chunks": True},  # every coded tile has its chunk, even all-zero
@@ -192,8 +195,7 @@ class StoreWriter:
         try:
             self.group = zarr.open_group(str(self.path), mode="r+")
             lat = self.group["latents"]
-            expect = (self.channels, *grid.latent_shape)
-            if (tuple(lat.shape) != expect or tuple(lat.chunks) != (self.channels, grid.chunk, grid.chunk)
+            if (tuple(lat.shape) != self.array_shape or tuple(lat.chunks) != (self.channels, grid.chunk, grid.chunk)
                     or np.dtype(lat.dtype) != self.dtype
                     or lat.metadata.to_dict()["codecs"][0] != json_roundtrip(self.codec.to_dict())):
                 return False
@@ -251,6 +253,11 @@ class StoreWriter:
             info = np.iinfo(self.dtype)
             if latents.size and (latents.max() > info.max or latents.min() < info.min):
                 raise StoreError(f"{self.final}: latent values overflow {self.dtype} at tile ({tx}, {ty})")
+            if self.whole_chunks and (ly1 - ly0, lx1 - lx0) != (self.grid.chunk,) * 2:
+                c = self.grid.chunk
+                full = np.broadcast_to(self.fill, (self.channels, c, c)).copy()
+                full[:, : ly1 - ly0, : lx1 - lx0] = latents
+                latents, ly1, lx1 = full, ly0 + c, lx0 + c
             self.latents[:, ly0:ly1, lx0:lx1] = latents.astype(self.dtype)  # atomic: temp file + rename
             if not chunk_file(self.path, tx, ty).is_file():
                 raise StoreError(f"{self.path}: the chunk of tile ({tx}, {ty}) was not written")
@@ -386,10 +393,12 @@ def check_meta(meta: Any) -> str | None:
     return None
 
 
-def check_arrays(latents: Any, tiles: Any, grid: TileGrid, channels: int, dtype: str = "int16") -> str | None:
+def check_arrays(latents: Any, tiles: Any, grid: TileGrid, channels: int,
+                 entropy_model: str = "factorized") -> str | None:
     """What is wrong with the shapes / types of the latent and tile arrays (``None``: nothing)."""
+    dtype = LATENT_DTYPE[entropy_model]
     try:
-        expect = (channels, *grid.latent_shape)
+        expect = latent_array_shape(grid, channels, entropy_model)
         if tuple(latents.shape) != expect:
             return f"latents shape {tuple(latents.shape)}, expected {expect}"
         if tuple(latents.chunks) != (channels, grid.chunk, grid.chunk):
@@ -405,9 +414,18 @@ def check_arrays(latents: Any, tiles: Any, grid: TileGrid, channels: int, dtype:
     return None
 
 
-def latent_dtype(meta: dict[str, Any]) -> str:
-    """The latent array's dtype for a store's (checked) metadata."""
-    return LATENT_DTYPE[meta["model"].get("entropy_model", "factorized")]
+def latent_array_shape(grid: TileGrid, channels: int, entropy_model: str) -> tuple[int, int, int]:
+    """Shape of the ``latents`` array: the latent grid (version 1), or whole chunks (version 2,
+    whose chunks are coded whole: positions beyond the canvas hold the background latents)."""
+    rows, cols = grid.latent_shape
+    if entropy_model != "factorized":
+        rows, cols = grid.tiles_y * grid.chunk, grid.tiles_x * grid.chunk
+    return channels, rows, cols
+
+
+def entropy_model(meta: dict[str, Any]) -> str:
+    """The entropy model kind of a store's (checked) metadata."""
+    return meta["model"].get("entropy_model", "factorized")
 
 
 class WsiStore:
@@ -450,7 +468,7 @@ class WsiStore:
         except Exception as e:
             raise StoreError(f"{self.path}: damaged store layout ({_first_line(e)})") from None
         problem = check_arrays(self.latents, tiles, self.grid, len(meta["background"]["latents"]),
-                               latent_dtype(meta))
+                               entropy_model(meta))
         if problem:
             raise StoreError(f"{self.path}: damaged store layout ({problem})")
         try:

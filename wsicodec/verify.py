@@ -24,7 +24,7 @@ from typing import Any
 import numpy as np
 
 from wsicodec.store import (FORMAT_NAME, TILE_CODED, TILE_GLASS, StoreError, TileGrid, WsiStore, _first_line,
-                            check_arrays, check_meta, chunk_crc_ok, is_partial_name, latent_dtype, partial_path)
+                            check_arrays, check_meta, chunk_crc_ok, is_partial_name, entropy_model, partial_path)
 
 
 @dataclass
@@ -96,7 +96,7 @@ def verify_store(path: str | os.PathLike, against: str | os.PathLike | None = No
     except Exception as e:
         rep.add("metadata", f"cannot open the latent / tile arrays ({_first_line(e)})")
         return rep
-    problem = check_arrays(latents, tiles, grid, channels, latent_dtype(meta))
+    problem = check_arrays(latents, tiles, grid, channels, entropy_model(meta))
     if problem:
         rep.add("metadata", problem)
         return rep
