@@ -309,6 +309,13 @@ class HyperEntropyModel:
         return index, out[M:]
 
 
+def _by_table(index: np.ndarray, tables: int) -> tuple[np.ndarray, np.ndarray]:
+    """The coding order of a chunk's latents (grouped by table, raster order within a table) and
+    how many use each table."""
+    flat = index.ravel()
+    return np.argsort(flat, kind="stable"), np.bincount(flat, minlength=tables)
+
+
 def encode_hyper_chunk(y_fp: np.ndarray, hm: HyperEntropyModel) -> bytes:
     """Entropy-code one ``(M, h, w)`` chunk of fixed-point latents ``round(y · 2^A)``: side
     information first, then every latent as ``round((y − μ) / 2^A)`` with its scale's table."""
@@ -325,8 +332,7 @@ def encode_hyper_chunk(y_fp: np.ndarray, hm: HyperEntropyModel) -> bytes:
         raise CodecError(f"chunk has {M} channels, the model predicts {index.shape[0]}")
     half = 1 << (hm.act_bits - 1)
     sym = (y_fp - mean + half) >> hm.act_bits
-    order = np.argsort(index.ravel(), kind="stable")
-    counts = np.bincount(index.ravel(), minlength=hm.y.tables.channels)
+    order, counts = _by_table(index, hm.y.tables.channels)
     flat = sym.ravel()[order]
     enc = constriction.stream.queue.RangeEncoder()
     escapes: list[np.ndarray] = []
@@ -371,8 +377,7 @@ def decode_hyper_chunk(data: bytes | memoryview, hm: HyperEntropyModel,
     esc = np.frombuffer(buf, "<i4", n_esc, body)
     words = np.frombuffer(buf, "<u4", n_words, body + 4 * n_esc).astype(np.uint32)
     index, mean = hm.parameters(z_sym)
-    order = np.argsort(index.ravel(), kind="stable")
-    counts = np.bincount(index.ravel(), minlength=hm.y.tables.channels)
+    order, counts = _by_table(index, hm.y.tables.channels)
     flat = np.empty(n, np.int64)
     used = start = 0
     try:

@@ -179,14 +179,13 @@ class LatentCoder:
         self.batch_size = max(1, int(batch_size))
         self.half_synthesis = self.cuda if half_synthesis is None else bool(half_synthesis)
         if self.spec.entropy_model == "factorized":  # stored: integer symbols relative to the medians
-            offset = model.entropy_bottleneck._get_medians().detach().reshape(1, -1, 1, 1)
+            self.offset = model.entropy_bottleneck._get_medians().detach().reshape(1, -1, 1, 1).to(self.device)
             self.unit = 1.0
         else:  # a hyperprior's latents: fixed point, ŷ·2^ACT_BITS (the codec quantizes them)
             from wsicodec.models.integer import ACT_BITS
 
-            offset = torch.zeros(1, int(card.latent_channels), 1, 1)
+            self.offset = None
             self.unit = float(1 << ACT_BITS)
-        self.offset = offset.to(self.device)
 
     def _upload(self, array: np.ndarray) -> torch.Tensor:
         t = torch.from_numpy(np.ascontiguousarray(array))
@@ -205,18 +204,15 @@ class LatentCoder:
         x = self._format(x.permute(0, 3, 1, 2).float().div_(255.0))
         with _no_tf32(self.device):
             y = self.g_a(x)
-        if self.unit != 1.0:
-            y = y.mul_(self.unit)
-        return torch.round(y - self.offset).to(torch.int32).contiguous().cpu().numpy()
+        y = y.mul_(self.unit) if self.offset is None else y - self.offset
+        return torch.round(y).to(torch.int32).contiguous().cpu().numpy()
 
     @torch.inference_mode()
     def synthesis(self, latents: np.ndarray) -> np.ndarray:
         """int (N, M, h, w) -> uint8 (N, h*stride, w*stride, 3)."""
         bound_heap()
         q = self._upload(np.asarray(latents, dtype=np.float32))
-        if self.unit != 1.0:
-            q = q.div_(self.unit)
-        q = self._format(q + self.offset)
+        q = self._format(q.div_(self.unit) if self.offset is None else q + self.offset)
         x = None
         if self.half_synthesis:
             with torch.autocast(self.device.type, dtype=torch.float16 if self.cuda else torch.bfloat16):

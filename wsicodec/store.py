@@ -36,7 +36,10 @@ READ_VERSIONS = (1, 2)
 
 
 def format_version(entropy_model: str) -> int:
+    """The format version of a store of a model with this entropy model kind."""
     return 1 if entropy_model == "factorized" else FORMAT_VERSION
+
+
 TILE_MISSING, TILE_CODED, TILE_GLASS = 0, 1, 2
 
 
