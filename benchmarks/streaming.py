@@ -36,6 +36,7 @@ def main() -> None:
     ap.add_argument("--model", default=None)
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--json", type=Path, default=None, help="also write the rows here")
+    ap.add_argument("--precision", default=None, help="compress --precision (CUDA)")
     ap.add_argument("--compress-only", action="store_true", help="skip the decompression runs")
     args = ap.parse_args()
     exe = [sys.executable, "-m", "wsicodec.cli"]
@@ -47,6 +48,7 @@ def main() -> None:
             W, H = openslide.OpenSlide(str(slide)).dimensions
             store, tif = Path(d) / "s.zarr", Path(d) / "s.tif"
             model = ["--model", args.model] if args.model else []
+            model += ["--precision", args.precision] if args.precision else []
             c = run(exe + ["compress", str(slide), str(store), "-q", "--device", args.device] + model)
             info = json.loads(subprocess.run(exe + ["info", str(store), "--json"], capture_output=True,
                                              text=True).stdout or "{}")

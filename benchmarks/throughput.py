@@ -103,6 +103,78 @@ def get_model(name: str | None, models_dir: Path | None):
                                 "(speed does not depend on training)")
 
 
+def pipeline_throughput(coder, card, model, windows: list[np.ndarray], side_tiles: int, processes: int,
+                        read_threads: int, io_threads: int, out_dir: Path, write: bool = True) -> dict:
+    """What ``compress`` does after decoding the slide, timed end to end on an in-memory canvas of
+    ``side_tiles`` x ``side_tiles`` tiles (each a window cut from the H&E tiles, rotated by a
+    multiple of 90 degrees): ``encode_tiles`` (reading threads, batches, the analysis with the next
+    batch queued on the GPU) -> ``StoreWriter.write_tile`` on ``max(io_threads, processes)``
+    threads -> the chunk codec and the chunk files, in ``processes`` worker processes (0: in the
+    writer threads) -> ``finish``. The workers are started before the clock starts (a one-off
+    cost per slide, reported as ``worker_start_s``). ``write=False``: the same loop without the
+    writer (reading and the network alone)."""
+    import shutil
+
+    from wsicodec.codec import store_codec
+    from wsicodec.engine import BackgroundSink, encode_tiles
+    from wsicodec.store import StoreWriter
+    from wsicodec.tiling import TileGrid
+
+    rng = np.random.default_rng(0)
+    side = side_tiles * TILE
+    canvas = np.empty((side, side, 3), np.uint8)
+    for ty in range(side_tiles):
+        for tx in range(side_tiles):
+            w = windows[int(rng.integers(len(windows)))]
+            canvas[ty * TILE : (ty + 1) * TILE, tx * TILE : (tx + 1) * TILE] = np.rot90(w[:TILE, :TILE], int(rng.integers(4)))
+    glass = (240, 240, 240)
+
+    def read(x, y, w, h):  # as pipeline.canvas_reader: a copy inside the canvas, glass beyond
+        if x >= 0 and y >= 0 and x + w <= side and y + h <= side:
+            return canvas[y : y + h, x : x + w].copy()
+        out = np.empty((h, w, 3), np.uint8)
+        out[:] = glass
+        x0, y0, x1, y1 = max(x, 0), max(y, 0), min(x + w, side), min(y + h, side)
+        out[y0 - y : y1 - y, x0 - x : x1 - x] = canvas[y0:y1, x0:x1]
+        return out
+
+    grid = TileGrid(side, side, TILE, card.stride)
+    mpx = side * side / 1e6
+    if not write:
+        t0 = time.perf_counter()
+        n = sum(1 for _ in encode_tiles(read, grid, coder, None, read_threads=read_threads))
+        seconds = time.perf_counter() - t0
+        return {"tiles": n, "megapixels": round(mpx, 1), "seconds": round(seconds, 3),
+                "mpx_per_s": round(mpx / seconds, 1), "read_threads": read_threads, "writer": None}
+    meta = {"model": {"name": card.name, "entropy_model": card.spec.entropy_model},
+            "background": {"latents": coder.background_latents(glass).tolist()}}
+    out_dir.mkdir(parents=True, exist_ok=True)
+    final = out_dir / "pipeline.zarr"
+    t0 = time.perf_counter()
+    writer = StoreWriter(final, meta, grid, store_codec(model, card), card.latent_channels, overwrite=True,
+                         processes=processes)
+    if writer._workers is not None:  # wait until every worker has its array open
+        first = next(iter(grid))
+        lat0 = np.zeros((card.latent_channels, grid.chunk, grid.chunk), np.int32)
+        with BackgroundSink(lambda: writer.write_tile(*first, lat0), processes, depth=2 * processes) as warm:
+            for _ in range(processes):
+                warm.put()
+    start_s = time.perf_counter() - t0
+    writers = max(io_threads, processes)
+    t0 = time.perf_counter()
+    with BackgroundSink(writer.write_tile, writers, depth=2 * coder.batch_size + writers) as sink:
+        for tx, ty, lat in encode_tiles(read, grid, coder, None, read_threads=read_threads):
+            sink.put(tx, ty, lat)
+    final = writer.finish(overwrite=True)
+    seconds = time.perf_counter() - t0
+    latent_bytes = sum(f.stat().st_size for f in (final / "latents").rglob("*") if f.is_file())
+    shutil.rmtree(final, ignore_errors=True)
+    return {"canvas_px": side, "tiles": len(grid), "megapixels": round(mpx, 1), "seconds": round(seconds, 3),
+            "mpx_per_s": round(mpx / seconds, 1), "coder_processes": processes, "read_threads": read_threads,
+            "writer_threads": writers, "worker_start_s": round(start_s, 2),
+            "latent_bpp": round(8 * latent_bytes / (mpx * 1e6), 4)}
+
+
 def timed(fn) -> float:
     t0 = time.perf_counter()
     fn()
@@ -127,6 +199,15 @@ def main(argv: list[str] | None = None) -> dict:
                     help="LatentCoder half_synthesis (default: the engine's default)")
     ap.add_argument("--keep-heap", choices=["on", "off"], default=None,
                     help="LatentCoder keep_heap (glibc mallopt; default: the engine's default)")
+    ap.add_argument("--precision", choices=["fp32", "fp16"], default="fp32", help="the analysis's arithmetic (CUDA)")
+    ap.add_argument("--pipeline", type=int, default=0, metavar="SIDE",
+                    help="also time the whole compress loop on a SIDE x SIDE-tile in-memory canvas")
+    ap.add_argument("--coder-processes", type=int, default=None,
+                    help="--pipeline: chunk-writer processes (default: as compress: a quarter of the cores on CUDA, else 0)")
+    ap.add_argument("--read-threads", type=int, default=None, help="--pipeline: reading threads (default: as compress: 3/4 of the cores on CUDA, else 1)")
+    ap.add_argument("--out-dir", type=Path, default=None, help="--pipeline: where the store is written (then removed)")
+    ap.add_argument("--profile-coder", action="store_true",
+                    help="print where the chunk codec's encode spends its time (cProfile, 8 tiles)")
     ap.add_argument("--engine-file", default=None, help=argparse.SUPPRESS)  # compare another engine.py
     ap.add_argument("--skip-jxl", action="store_true", help=argparse.SUPPRESS)
     ap.add_argument("--json", type=Path, default=None, help="write the results here")
@@ -147,7 +228,7 @@ def main(argv: list[str] | None = None) -> dict:
         kwargs["half_synthesis"] = args.half_synthesis == "on"
     if args.keep_heap is not None:
         kwargs["keep_heap"] = args.keep_heap == "on"
-    coder = engine.LatentCoder(model, card, args.device, args.batch_size, **kwargs)
+    coder = engine.LatentCoder(model, card, args.device, args.batch_size, precision=args.precision, **kwargs)
     spec = card.spec
     chunk_codec = store_codec(model, card)._numcodec(
         (card.latent_channels, TILE // spec.stride, TILE // spec.stride), np.dtype(LATENT_DTYPE[spec.entropy_model]))
@@ -211,6 +292,40 @@ def main(argv: list[str] | None = None) -> dict:
     rate = lambda t: round(mpx / t, 3) if t == t and t > 0 else None  # noqa: E731
     w_enc, w_dec = rate(enc), rate(dec)
     j_enc, j_dec = rate(med("jxl_encode")), rate(med("jxl_decode"))
+    if args.profile_coder:
+        import cProfile
+        import io
+        import pstats
+
+        prof, buf = cProfile.Profile(), io.StringIO()
+        prof.runcall(lambda: [chunk_codec.encode(np.ascontiguousarray(q[:, lh : lh + TILE // s, lh : lh + TILE // s]))
+                              for q in state["lat"][:8]])
+        pstats.Stats(prof, stream=buf).sort_stats("tottime").print_stats(12)
+        print(buf.getvalue(), file=sys.stderr)
+    agreement = None
+    if coder.precision != "fp32":  # how many latents the faster arithmetic changes, on these tiles
+        ref = engine.LatentCoder(model, card, args.device, args.batch_size, precision="fp32", **kwargs)
+        qa = np.concatenate([ref.analysis(np.stack(windows[b : b + bs])) for b in range(0, n, bs)]).astype(np.int64)
+        qb = np.stack(state["lat"]).astype(np.int64)
+        agreement = {"latents_differing_from_fp32": float(np.mean(qa != qb)), "max_abs_difference": int(np.abs(qa - qb).max())}
+        print(f"{coder.precision} vs fp32 latents: {agreement}", file=sys.stderr)
+    if args.pipeline:
+        cuda = args.device == "cuda"
+        procs = args.coder_processes if args.coder_processes is not None else (
+            max(1, (os.cpu_count() or 1) // 4) if cuda else 0)
+        reads = args.read_threads if args.read_threads is not None else (
+            max(2, 3 * (os.cpu_count() or 1) // 4) if cuda else 1)
+        import tempfile
+
+        with tempfile.TemporaryDirectory(dir=args.out_dir) as tmp:
+            pipe = pipeline_throughput(coder, card, model, windows, args.pipeline, max(0, procs), reads, 2, Path(tmp))
+            pipe["without_writer"] = pipeline_throughput(coder, card, model, windows, args.pipeline, 0, reads, 2,
+                                                         Path(tmp), write=False)
+        print(f"pipeline: {pipe['mpx_per_s']} Mpx/s ({pipe['megapixels']} Mpx in {pipe['seconds']} s, "
+              f"{pipe['coder_processes']} coder processes, {pipe['read_threads']} reading threads; "
+              f"without the writer {pipe['without_writer']['mpx_per_s']} Mpx/s)", file=sys.stderr)
+    else:
+        pipe = None
     try:
         cpu = next(l.split(":", 1)[1].strip() for l in open("/proc/cpuinfo") if l.startswith("model name"))
     except (OSError, StopIteration):
@@ -223,6 +338,7 @@ def main(argv: list[str] | None = None) -> dict:
                   "channels_last": getattr(coder, "channels_last", None),
                   "half_synthesis": getattr(coder, "half_synthesis", None),
                   "heap_kept": getattr(engine, "_HEAP_KEPT", None)},
+        "precision": coder.precision, "precision_agreement": agreement, "pipeline": pipe,
         "tiles": n, "tile_size": TILE, "megapixels": mpx, "repeats": args.repeats,
         "jxl": {"effort": 7, "distance": args.jxl_distance, "numthreads": args.threads,
                 "bpp": round(8 * sum(map(len, state.get("jxl", []))) / (mpx * 1e6), 3) if "jxl" in state else None},

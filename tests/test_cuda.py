@@ -49,3 +49,22 @@ def test_cuda_hyperprior_store_decodes_identically_on_cpu(tiny_models, he_crop, 
         pc = c.read_level0(0, 0, *c.dimensions)
     assert np.array_equal(qg, qc)
     assert np.abs(pg.astype(int) - pc).max() <= 2
+
+
+def test_cuda_fp16_analysis_store_decodes_on_cpu(tiny_models, he_crop, tmp_path):
+    """--precision fp16: other latents than fp32 for a few values, the same decodable store."""
+    from PIL import Image
+
+    from wsicodec.pipeline import compress
+    from wsicodec.store import WsiStore
+
+    Image.fromarray(he_crop).save(tmp_path / "he.png")
+    f32 = compress(tmp_path / "he.png", tmp_path / "f32.zarr", model_dir=tiny_models, tile=128, device="cuda")
+    f16 = compress(tmp_path / "he.png", tmp_path / "f16.zarr", model_dir=tiny_models, tile=128, device="cuda",
+                   precision="fp16", coder_processes=2)
+    with WsiStore(f32.output, model_dir=tiny_models, device="cpu") as a, \
+            WsiStore(f16.output, model_dir=tiny_models, device="cpu") as b:
+        qa, qb = np.asarray(a.latents[...]).astype(int), np.asarray(b.latents[...]).astype(int)
+        assert np.mean(qa != qb) < 0.05 and np.abs(qa - qb).max() <= 2
+        pa, pb = a.read_level0(0, 0, *a.dimensions), b.read_level0(0, 0, *b.dimensions)
+    assert np.abs(pa.astype(int) - pb).mean() < 1.0

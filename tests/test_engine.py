@@ -32,6 +32,31 @@ def test_batches_give_the_same_latents_as_single_tiles(tiny_models, he_crop):
     assert px.shape == (3, 128, 128, 3) and px.dtype == np.uint8
 
 
+def test_analysis_stream_gives_the_batches_latents_in_order(tiny_models, he_crop):
+    from wsicodec.engine import LatentCoder
+    from wsicodec.models import load_model
+
+    m, card = load_model("tiny", tiny_models)
+    coder = LatentCoder(m, card, "cpu", batch_size=2)
+    batches = [he_crop[None, :128, :128], np.stack([he_crop[128:256, :128], he_crop[:128, 128:256]])]
+    got = list(coder.analysis_stream(enumerate(batches)))
+    assert [k for k, _ in got] == [0, 1]
+    for (_, q), px in zip(got, batches):
+        assert np.array_equal(q, coder.analysis(px))
+
+
+def test_precision_fp16_needs_cuda(tiny_models):
+    from wsicodec.engine import LatentCoder
+    from wsicodec.models import load_model
+
+    m, card = load_model("tiny", tiny_models)
+    with pytest.raises(EngineError, match="needs a CUDA device"):
+        LatentCoder(m, card, "cpu", precision="fp16")
+    with pytest.raises(EngineError, match="unknown precision"):
+        LatentCoder(m, card, "cpu", precision="int8")
+    assert LatentCoder(m, card, "cpu").batch_size == 8
+
+
 def _coder(tiny_models, **kw):
     """A fresh model per coder: channels_last converts the model's parameters in place."""
     from wsicodec.engine import LatentCoder

@@ -143,11 +143,15 @@ def test_hyper_store_is_byte_identical_for_1_and_2_threads(tiny_models, tmp_path
         torch.set_num_threads(2)
         b = compress(EXAMPLE, tmp_path / "b.zarr", model="tiny-hyper", model_dir=tiny_models, tile=256,
                      io_threads=3, batch_size=3).output
+        # chunk coding in worker processes, which find the model through model_dir
+        c = compress(EXAMPLE, tmp_path / "c.zarr", model="tiny-hyper", model_dir=tiny_models, tile=256,
+                     coder_processes=2, read_threads=3).output
     finally:
         torch.set_num_threads(before)
     files = sorted(p.relative_to(a) for p in a.rglob("*") if p.is_file())
     assert len(files) > 50
     assert [f for f in files if (a / f).read_bytes() != (b / f).read_bytes()] == []
+    assert [f for f in files if (a / f).read_bytes() != (c / f).read_bytes()] == []
 
 
 def test_hyper_tile_size_must_fit_the_side_information(tiny_models, tmp_path):

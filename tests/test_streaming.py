@@ -27,11 +27,15 @@ def test_store_is_byte_identical_for_1_and_n_threads(tiny_models, tmp_path, monk
         a = compress(EXAMPLE, tmp_path / "a.zarr", model_dir=tiny_models, tile=256, io_threads=1).output
         torch.set_num_threads(2)
         b = compress(EXAMPLE, tmp_path / "b.zarr", model_dir=tiny_models, tile=256, io_threads=4).output
+        # entropy coding and chunk writes in 3 worker processes, the slide read on 3 threads
+        c = compress(EXAMPLE, tmp_path / "c.zarr", model_dir=tiny_models, tile=256, coder_processes=3,
+                     read_threads=3).output
     finally:
         torch.set_num_threads(before)
-    fa, fb = _files(a), _files(b)
-    assert len(fa) > 50 and fa.keys() == fb.keys()
+    fa, fb, fc = _files(a), _files(b), _files(c)
+    assert len(fa) > 50 and fa.keys() == fb.keys() == fc.keys()
     assert [k for k in fa if fa[k] != fb[k]] == []
+    assert [k for k in fa if fa[k] != fc[k]] == []
     assert b'"created": "2025-11-26T00:00:00+00:00"' in fa["zarr.json"]
 
 
@@ -83,6 +87,44 @@ def test_prefetch_stops_its_thread_when_the_consumer_stops():
     time.sleep(0.2)
     assert len(made) == n <= 6
     assert not [t for t in threading.enumerate() if t.daemon and t.is_alive() and "prefetch" in t.name]
+
+
+def test_prefetch_on_several_threads_keeps_the_order_and_stops():
+    def slow(i):
+        time.sleep(0.002 * (i % 3))
+        return i * i
+
+    assert list(prefetch(range(50), slow, depth=4, threads=4)) == [(i, i * i) for i in range(50)]
+    gen = prefetch(range(1000), slow, depth=2, threads=3)
+    next(gen)
+    gen.close()
+    time.sleep(0.05)
+    assert not [t for t in threading.enumerate() if "prefetch" in t.name and t.is_alive()]
+
+
+def test_prefetch_on_several_threads_raises_the_error():
+    def bad(i):
+        if i == 5:
+            raise ValueError("unreadable tile")
+        return i
+
+    with pytest.raises(ValueError, match="unreadable tile"):
+        list(prefetch(range(20), bad, depth=2, threads=3))
+
+
+def test_chunk_writer_process_failures_are_one_line_errors(tmp_path):
+    from wsicodec.writers import ChunkWriterProcesses, WriterError
+
+    with ChunkWriterProcesses(tmp_path / "not-a-store", 1) as w:  # the worker cannot open it
+        with pytest.raises(WriterError, match="not-a-store: cannot open the store's latents") as e:
+            w.write((slice(None),), np.zeros((2, 4, 4), np.int16))
+        assert "\n" not in str(e.value)
+    w = ChunkWriterProcesses(tmp_path / "not-a-store", 1)
+    w._procs[0].kill()  # a worker that dies
+    w._procs[0].wait()
+    with pytest.raises(WriterError, match="ended unexpectedly"):
+        w.write((slice(None),), np.zeros((2, 4, 4), np.int16))
+    w.close()
 
 
 def test_decoding_with_prefetch_matches_tile_by_tile(tiny_models, tmp_path):

@@ -29,7 +29,14 @@ def main() -> None:
 @click.option("--retries", type=click.IntRange(0, 10), default=2, show_default=True)
 @click.option("--model", "-m", default=None, help="Shipped model name (see `wsicodec models`).")
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True)
-@click.option("--batch-size", type=click.IntRange(1, 1024), default=8, show_default=True)
+@click.option("--batch-size", type=click.IntRange(1, 1024), default=None,
+              help="Tiles per network batch  [default: 32 on CUDA, 8 on the CPU]")
+@click.option("--precision", type=click.Choice(["fp32", "fp16"]), default="fp32", show_default=True,
+              help="The analysis's arithmetic on CUDA; fp16 is faster, the store decodes the same everywhere.")
+@click.option("--coder-processes", type=click.IntRange(0, 256), default=None,
+              help="Processes that entropy-code and write tiles  [default: on CUDA a quarter of the cores, else 0]")
+@click.option("--read-threads", type=click.IntRange(1, 256), default=None,
+              help="Threads reading the slide  [default: on CUDA 3/4 of the cores, else 1]")
 @click.option("--tile", type=click.IntRange(64, 4096), default=512, show_default=True,
               help="Tile (= chunk) size in level-0 pixels, a multiple of 16.")
 @click.option("--keep-glass", is_flag=True, help="Encode empty-glass tiles too (no background skipping).")
@@ -39,8 +46,8 @@ def main() -> None:
 @click.option("--deidentify", is_flag=True,
               help="Drop the label and macro images and identifying metadata (names, dates, IDs).")
 @click.option("--quiet", "-q", is_flag=True, help="No progress bar or summary.")
-def compress(paths, out_dir, manifest, workers, scheduler, retries, model, device, batch_size, tile, keep_glass,
-             overwrite, resume, deidentify, quiet):
+def compress(paths, out_dir, manifest, workers, scheduler, retries, model, device, batch_size, precision,
+             coder_processes, read_threads, tile, keep_glass, overwrite, resume, deidentify, quiet):
     """Compress level 0 of a slide or image into a Zarr store.
 
     \b
@@ -50,7 +57,8 @@ def compress(paths, out_dir, manifest, workers, scheduler, retries, model, devic
     from wsicodec.pipeline import compress as run
 
     opts = dict(model=model, device=device, batch_size=batch_size, tile=tile, overwrite=overwrite,
-                skip_glass=not keep_glass)
+                skip_glass=not keep_glass, precision=precision, coder_processes=coder_processes,
+                read_threads=read_threads)
     if resume:
         opts["resume"] = True
     if deidentify:

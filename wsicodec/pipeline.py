@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import errno
+import os
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -127,22 +128,35 @@ def store_metadata(src: SlideSource, input_path: Path, card, coder: LatentCoder,
 
 @compress_urls  # input / output may be fsspec URLs (wsicodec.remote)
 def compress(input_path: str | Path, output: str | Path, model: str | None = None, device: str = "auto",
-             batch_size: int = 8, tile: int = 512, overwrite: bool = False, skip_glass: bool = True,
+             batch_size: int | None = None, tile: int = 512, overwrite: bool = False, skip_glass: bool = True,
              progress: bool = False, model_dir: Path | None = None, resume: bool = False,
-             deidentify: bool = False, io_threads: int = 2) -> CompressResult:
+             deidentify: bool = False, io_threads: int = 2, coder_processes: int | None = None,
+             read_threads: int | None = None, precision: str = "fp32") -> CompressResult:
     """Compress level 0 of a slide or image into a store at ``output``.
 
     ``resume``: continue an interrupted run from the unfinished store (``.<name>.partial``) left
     beside ``output`` (without it, such a store is discarded and the run starts over); the result
     is the same store an uninterrupted run writes. ``deidentify``: drop the label and macro
     images and the identifying metadata (see :mod:`wsicodec.deidentify`). ``io_threads``: threads
-    that entropy-code and write tiles while the network runs (reading runs on one more); the
-    store's bytes do not depend on it."""
+    that entropy-code and write tiles while the network runs; ``coder_processes``: worker
+    processes that do the entropy coding and writing instead (None: on CUDA a quarter of the
+    cores, else none); ``read_threads``: threads reading the slide (None: on CUDA three quarters
+    of the cores, else 1).
+    The store's bytes depend on none of these. ``precision``: the analysis's arithmetic on CUDA
+    (``"fp16"`` is faster; see :class:`~wsicodec.engine.LatentCoder`)."""
     input_path, output = Path(input_path), Path(output)
     check_paths(input_path, output, overwrite)
     name = model or default_model_name(model_dir)
     net, card = load_model(name, model_dir)
-    coder = LatentCoder(net, card, device, batch_size)
+    coder = LatentCoder(net, card, device, batch_size, precision=precision)
+    cores = os.cpu_count() or 1
+    # On CUDA the host's cores read (decoding the slide's JPEG tiles is the largest host cost:
+    # docs/performance.md, "GPU") and code; on the CPU they run the network.
+    if coder_processes is None:
+        coder_processes = max(1, cores // 4) if coder.cuda else 0
+    coder_processes = max(0, int(coder_processes))
+    if read_threads is None:
+        read_threads = max(2, 3 * cores // 4) if coder.cuda else 1
     t0 = time.time()  # the slide's own time, after the one-off model load
     codec = store_codec(net, card)
     if tile % (card.stride * card.spec.chunk_multiple):
@@ -153,7 +167,8 @@ def compress(input_path: str | Path, output: str | Path, model: str | None = Non
         grid = TileGrid(W, H, tile, card.stride)
         glass = measure_glass(src.thumbnail(1024))
         meta, assoc = store_metadata(src, input_path, card, coder, glass, tile, skip_glass, deidentify)
-        writer = StoreWriter(output, meta, grid, codec, card.latent_channels, overwrite, resume=resume)
+        writer = StoreWriter(output, meta, grid, codec, card.latent_channels, overwrite, resume=resume,
+                             processes=coder_processes, model_dir=model_dir)
         try:
             writer.write_associated(assoc)
             writer.meta["associated"] = sorted(assoc)
@@ -166,8 +181,10 @@ def compress(input_path: str | Path, output: str | Path, model: str | None = Non
                     writer.write_tile(tx, ty, lat)
                     advance(1)
 
-                with BackgroundSink(write, io_threads, depth=2 * batch_size + io_threads) as sink:
-                    for tx, ty, lat in encode_tiles(read, grid, coder, glass if skip_glass else None, tiles=todo):
+                writers = max(io_threads, coder_processes)
+                with BackgroundSink(write, writers, depth=2 * coder.batch_size + writers) as sink:
+                    for tx, ty, lat in encode_tiles(read, grid, coder, glass if skip_glass else None, tiles=todo,
+                                                    read_threads=read_threads):
                         sink.put(tx, ty, lat)
             n_glass = int((writer.state == 2).sum())
             writer.meta["tiles"] = {"total": len(grid), "glass": n_glass}
@@ -182,6 +199,8 @@ def compress(input_path: str | Path, output: str | Path, model: str | None = Non
         except BaseException:
             writer.abort()
             raise
+        finally:
+            writer.close_workers()
     return CompressResult(final, len(grid), n_glass, time.time() - t0, store_size(final), W * H, writer.resumed,
                           store_size(final / "latents"))
 

@@ -138,7 +138,8 @@ class StoreWriter:
     :attr:`resumed` counts the tiles kept. The group's ``created`` time is the first run's."""
 
     def __init__(self, final: Path, meta: dict[str, Any], grid: TileGrid, codec: Any, channels: int,
-                 overwrite: bool = False, resume: bool = False, checkpoint_seconds: float = 1.0):
+                 overwrite: bool = False, resume: bool = False, checkpoint_seconds: float = 1.0,
+                 processes: int = 0, model_dir: Path | None = None):
         self.final = Path(final)
         self.path = partial_path(self.final)
         check_output_path(self.final, overwrite)
@@ -157,11 +158,15 @@ class StoreWriter:
         self._last_checkpoint = time.monotonic()
         self._dirty = False
         self._lock = threading.Lock()  # write_tile may run on several threads
-        if resume and self.path.is_dir() and self._reopen():
-            return
-        if self.path.exists():
-            shutil.rmtree(self.path)
-        self._create()
+        self._workers: Any = None  # wsicodec.writers.ChunkWriterProcesses
+        if not (resume and self.path.is_dir() and self._reopen()):
+            if self.path.exists():
+                shutil.rmtree(self.path)
+            self._create()
+        if processes > 0:  # entropy coding + chunk writes off this process's GIL
+            from wsicodec.writers import ChunkWriterProcesses
+
+            self._workers = ChunkWriterProcesses(self.path, processes, model_dir)
 
     def _create(self) -> None:
         zarr = _zarr()
@@ -202,12 +207,7 @@ class StoreWriter:
                     or np.dtype(lat.dtype) != self.dtype
                     or lat.metadata.to_dict()["codecs"][0] != json_roundtrip(self.codec.to_dict())):
                 return False
-            from zarr.core.array import Array, AsyncArray
-
-            # (zarr.open_array ignores ``config``): every coded tile has its chunk, even all-zero
-            a = lat._async_array
-            self.latents = Array(AsyncArray(metadata=a.metadata, store_path=a.store_path,
-                                            config={"write_empty_chunks": True}))
+            self.latents = writable_latents(self.path)
             self.tiles = self.group["tiles"]
             if tuple(self.tiles.shape) != (grid.tiles_y, grid.tiles_x):
                 return False
@@ -261,7 +261,11 @@ class StoreWriter:
                 full = np.broadcast_to(self.fill, (self.channels, c, c)).copy()
                 full[:, : ly1 - ly0, : lx1 - lx0] = latents
                 latents, ly1, lx1 = full, ly0 + c, lx0 + c
-            self.latents[:, ly0:ly1, lx0:lx1] = latents.astype(self.dtype)  # atomic: temp file + rename
+            block = (slice(None), slice(ly0, ly1), slice(lx0, lx1))
+            if self._workers is not None:
+                self._workers.write(block, latents.astype(self.dtype))
+            else:
+                self.latents[block] = latents.astype(self.dtype)  # atomic: temp file + rename
             if not chunk_file(self.path, tx, ty).is_file():
                 raise StoreError(f"{self.path}: the chunk of tile ({tx}, {ty}) was not written")
         with self._lock:
@@ -280,7 +284,13 @@ class StoreWriter:
         self._dirty = False
         self._last_checkpoint = time.monotonic()
 
+    def close_workers(self) -> None:
+        if self._workers is not None:
+            self._workers.close()
+            self._workers = None
+
     def finish(self, overwrite: bool = False) -> Path:
+        self.close_workers()
         if (self.state == TILE_MISSING).any():
             raise StoreError(f"{self.final}: {(self.state == TILE_MISSING).sum()} tiles were not written")
         self.checkpoint()
@@ -302,7 +312,18 @@ class StoreWriter:
         return self.final
 
     def abort(self) -> None:
+        self.close_workers()
         shutil.rmtree(self.path, ignore_errors=True)
+
+
+def writable_latents(path: Path) -> Any:
+    """The latent array of the (partial) store at ``path``, open for writing every coded tile's
+    chunk, even an all-zero one (``zarr.open_array`` ignores ``config``, hence the rebuild)."""
+    zarr = _zarr()
+    from zarr.core.array import Array, AsyncArray
+
+    a = zarr.open_array(str(Path(path) / "latents"), mode="r+")._async_array
+    return Array(AsyncArray(metadata=a.metadata, store_path=a.store_path, config={"write_empty_chunks": True}))
 
 
 def json_roundtrip(obj: Any) -> Any:

@@ -1,0 +1,61 @@
+#!/bin/sh
+# The GPU figures of docs/performance.md, in one run on a CUDA machine with wsicodec installed:
+#   sh benchmarks/gpu_figures.sh OUT_DIR [H&E_FOLDER]
+# 1. benchmarks/throughput.py per model and precision: the network alone in batches, the entropy
+#    coder alone, and the whole compress loop on an in-memory 16384 x 16384 canvas (with and
+#    without the writer); 2. `compress` of a synthetic 16384 x 16384 JPEG-tiled slide, timed in
+#    the process (model load excluded) for three splits of the host's cores between reading
+#    threads and coder processes (and the loop with more coder processes, store on disk or in
+#    memory); 3. the CUDA tests; 4. peak memory of compress / decompress
+#    (benchmarks/streaming.py). Each step has its own time limit.
+OUT=${1:?OUT_DIR}
+DATA=${2:-../shared/data/histology/val}
+PY=${PYTHON:-python3}
+mkdir -p "$OUT"
+export PYTHONUNBUFFERED=1
+summary() {  # one line per throughput run
+  $PY -c "import json,sys; r=json.load(open(sys.argv[1])); print(json.dumps({k: r.get(k) for k in
+  ('model','device','precision','precision_agreement','coder','mpx_per_s','pipeline')}))" "$1"
+}
+throughput() {  # MODEL PRECISION CANVAS_TILES
+  timeout 100 $PY benchmarks/throughput.py --device cuda --model "$1" --precision "$2" --batch-size 32 \
+    --tiles 64 --repeats 3 --skip-jxl --data "$DATA" --pipeline "$3" --out-dir /tmp \
+    --json "$OUT/throughput-$1-$2.json" >/dev/null 2>"$OUT/throughput-$1-$2.err"
+  summary "$OUT/throughput-$1-$2.json" || tail -5 "$OUT/throughput-$1-$2.err"
+}
+nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader | tee "$OUT/gpu.txt"
+echo "cores: $(nproc)" | tee -a "$OUT/gpu.txt"
+throughput hne-f64-q4-v1 fp32 32
+throughput hne-f64-q4-v1 fp16 32
+for procs in 12 16; do  # is the writer bound by the host's cores or by its file system?
+  for dir in /tmp /dev/shm; do
+    timeout 60 $PY benchmarks/throughput.py --device cuda --model hne-f64-q4-v1 --precision fp16 --batch-size 32 \
+      --tiles 32 --repeats 1 --skip-jxl --data "$DATA" --pipeline 32 --coder-processes $procs --out-dir $dir \
+      2>&1 | grep "^pipeline:" | sed "s|^|$procs processes, store in $dir: |"
+  done
+done
+timeout 60 $PY benchmarks/make_synthetic_slide.py /tmp/synthetic16k.tiff --size 16384 16384 --glass 0.3 \
+  --source "$DATA" 2>&1 | tail -1
+for split in "8 8" "4 12" "12 4"; do
+  set -- $split
+  timeout 60 $PY - "$1" "$2" <<'PYEOF'
+import json, sys, time
+t0 = time.time()
+from wsicodec.pipeline import compress
+P, R = int(sys.argv[1]), int(sys.argv[2])
+t1 = time.time()
+r = compress("/tmp/synthetic16k.tiff", "/tmp/s16k.zarr", device="cuda", overwrite=True, coder_processes=P, read_threads=R)
+t2 = time.time()
+print(json.dumps({"coder_processes": P, "read_threads": R, "import_s": round(t1 - t0, 2),
+                  "compress_call_s": round(t2 - t1, 2), "slide_s": round(r.seconds, 2), "tiles": r.tiles,
+                  "glass_tiles": r.glass_tiles, "mpx": round(r.pixels / 1e6, 1),
+                  "slide_mpx_per_s": round(r.pixels / 1e6 / r.seconds, 1),
+                  "tissue_mpx_per_s": round(r.pixels / 1e6 * (1 - r.glass_tiles / r.tiles) / r.seconds, 1),
+                  "latent_bpp": round(r.latent_bpp, 4)}))
+PYEOF
+done
+timeout 120 $PY -m pytest -q -rs tests/test_cuda.py tests/test_engine.py -k cuda 2>&1 | tail -4
+throughput hne-hp64-q4-v1 fp32 16
+timeout 60 $PY benchmarks/throughput.py --device cuda --model hne-hp64-q4-v1 --tiles 8 --repeats 1 --skip-jxl \
+  --data "$DATA" --profile-coder 2>&1 | grep -A16 Ordered
+timeout 100 $PY benchmarks/streaming.py /tmp/synthetic16k.tiff --device cuda --json "$OUT/streaming-fp32.json" 2>&1 | tail -2
