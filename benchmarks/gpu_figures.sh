@@ -54,6 +54,16 @@ print(json.dumps({"coder_processes": P, "read_threads": R, "import_s": round(t1 
                   "latent_bpp": round(r.latent_bpp, 4)}))
 PYEOF
 done
+# a 1-Gpx slide: the fixed costs of a slide (first-batch CUDA kernel loading, worker start,
+# thumbnail, the final sync) weigh less than on the 268-Mpx one
+timeout 90 $PY benchmarks/make_synthetic_slide.py /tmp/synthetic32k.tiff --size 32768 32768 --glass 0.3 \
+  --source "$DATA" --seed 1 2>&1 | tail -1
+timeout 90 $PY -c "
+import json, time
+from wsicodec.pipeline import compress
+t = time.time(); r = compress('/tmp/synthetic32k.tiff', '/tmp/s32k.zarr', device='cuda', overwrite=True)
+print(json.dumps({'slide': '32768^2', 'call_s': round(time.time() - t, 2), 'slide_s': round(r.seconds, 2),
+                  'slide_mpx_per_s': round(r.pixels / 1e6 / r.seconds, 1), 'glass_tiles': r.glass_tiles}))"
 timeout 120 $PY -m pytest -q -rs tests/test_cuda.py tests/test_engine.py -k cuda 2>&1 | tail -4
 throughput hne-hp64-q4-v1 fp32 16
 timeout 60 $PY benchmarks/throughput.py --device cuda --model hne-hp64-q4-v1 --tiles 8 --repeats 1 --skip-jxl \
