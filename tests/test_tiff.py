@@ -35,3 +35,18 @@ def test_every_level_is_the_area_average_of_level_0(tmp_path):
     assert np.array_equal(pages[1], level1)
     assert np.array_equal(pages[2], _downsample(level1, 4))
     assert [p.name for p in tmp_path.iterdir()] == ["p.tif"]  # no temporary level files left
+
+
+def test_downsample_is_the_rounded_box_mean_with_partial_edge_boxes():
+    rng = np.random.default_rng(0)
+    band = rng.integers(0, 256, (10, 23, 3), dtype=np.uint8)  # 10 x 23: partial boxes at both edges
+    got = _downsample(band, 4)
+    assert got.shape == (3, 6, 3) and got.dtype == np.uint8
+    ref = np.empty(got.shape, np.int64)
+    for i in range(3):
+        for j in range(6):
+            box = band[4 * i : 4 * i + 4, 4 * j : 4 * j + 4].astype(np.int64)
+            n = box.shape[0] * box.shape[1]
+            ref[i, j] = (box.sum(axis=(0, 1)) * 2 + n) // (2 * n)  # mean, halves rounded up
+    assert np.abs(got.astype(np.int64) - ref).max() <= 1
+    assert np.array_equal(got[:2, :5], ref[:2, :5])  # full boxes: exact
