@@ -127,6 +127,27 @@ def test_chunk_writer_process_failures_are_one_line_errors(tmp_path):
     w.close()
 
 
+def test_chunk_writer_processes_leave_ctrl_c_to_the_parent(tiny_models, tmp_path):
+    """A terminal's Ctrl-C reaches the workers too: they ignore it (no tracebacks, no lost
+    chunks); the parent keeps the work for --resume and ends them by closing their pipes."""
+    import os
+    import signal
+
+    from wsicodec.writers import ChunkWriterProcesses
+
+    part = compress(EXAMPLE, tmp_path / "a.zarr", model_dir=tiny_models, tile=256).output
+    with ChunkWriterProcesses(part, 1) as w:
+        block = (slice(None), slice(0, 16), slice(0, 16))
+        w.write(block, np.zeros((8, 16, 16), np.int16))  # the worker is up
+        os.kill(w._procs[0].pid, signal.SIGINT)
+        time.sleep(0.2)
+        w.write(block, np.ones((8, 16, 16), np.int16))  # and still writes
+        procs = list(w._procs)
+    assert [p.returncode for p in procs] == [0]  # ended by the closed pipe, not by the signal
+    with WsiStore(part, model_dir=tiny_models) as s:
+        assert (np.asarray(s.latents[:, :16, :16]) == 1).all()
+
+
 def test_decoding_with_prefetch_matches_tile_by_tile(tiny_models, tmp_path):
     out = compress(EXAMPLE, tmp_path / "c.zarr", model_dir=tiny_models, tile=256).output
     with WsiStore(out, model_dir=tiny_models) as s:

@@ -123,6 +123,11 @@ class ChunkWriterProcesses:
 
 def _serve(path: str, model_dir: str | None) -> int:
     """The worker: write each ``(block, latents)`` it is sent into the store's latent array."""
+    import signal
+
+    # Ctrl-C reaches the whole process group: the parent handles it (keeping the work done for
+    # --resume) and ends the workers by closing their pipes, so a worker ignores it
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     if model_dir:  # where a hyperprior codec finds its model (name + sha256 in the codec config)
         os.environ["WSICODEC_MODELS"] = model_dir
     # no torch here unless the codec needs it (a hyperprior's hyper-encoder, one thread: the
