@@ -103,41 +103,46 @@ def get_model(name: str | None, models_dir: Path | None):
                                 "(speed does not depend on training)")
 
 
-def pipeline_throughput(coder, card, model, windows: list[np.ndarray], side_tiles: int, processes: int,
-                        read_threads: int, io_threads: int, out_dir: Path, write: bool = True) -> dict:
-    """What ``compress`` does after decoding the slide, timed end to end on an in-memory canvas of
-    ``side_tiles`` x ``side_tiles`` tiles (each a window cut from the H&E tiles, rotated by a
-    multiple of 90 degrees): ``encode_tiles`` (reading threads, batches, the analysis with the next
-    batch queued on the GPU) -> ``StoreWriter.write_tile`` on ``max(io_threads, processes)``
-    threads -> the chunk codec and the chunk files, in ``processes`` worker processes (0: in the
-    writer threads) -> ``finish``. The workers are started before the clock starts (a one-off
-    cost per slide, reported as ``worker_start_s``). ``write=False``: the same loop without the
-    writer (reading and the network alone)."""
+class CanvasSource:
+    """An in-memory H&E canvas of ``side_tiles`` x ``side_tiles`` tiles (each a window cut from
+    the H&E tiles, rotated by a multiple of 90 degrees), with the two members
+    ``pipeline.canvas_reader`` reads a slide through."""
+
+    def __init__(self, windows: list[np.ndarray], side_tiles: int):
+        rng = np.random.default_rng(0)
+        side = side_tiles * TILE
+        self.rgb = np.empty((side, side, 3), np.uint8)
+        for ty in range(side_tiles):
+            for tx in range(side_tiles):
+                w = windows[int(rng.integers(len(windows)))]
+                self.rgb[ty * TILE : (ty + 1) * TILE, tx * TILE : (tx + 1) * TILE] = np.rot90(
+                    w[:TILE, :TILE], int(rng.integers(4)))
+        self.dimensions = (side, side)
+
+    def read_rgb(self, x: int, y: int, w: int, h: int) -> np.ndarray:
+        return self.rgb[y : y + h, x : x + w].copy()  # a fresh array, as a slide read gives
+
+
+def pipeline_throughput(coder, card, model, canvas: CanvasSource, processes: int, read_threads: int,
+                        io_threads: int, out_dir: Path, write: bool = True) -> dict:
+    """What ``compress`` does after decoding the slide, timed end to end on ``canvas``:
+    ``encode_tiles`` (reading threads, batches, the analysis with the next batch queued on the
+    GPU) -> ``StoreWriter.write_tile`` on ``max(io_threads, processes)`` threads -> the chunk codec
+    and the chunk files, in ``processes`` worker processes (0: in the writer threads) -> ``finish``.
+    The workers are started before the clock starts (a one-off cost per slide, reported as
+    ``worker_start_s``). ``write=False``: the same loop without the writer (reading and the
+    network alone)."""
     import shutil
 
     from wsicodec.codec import store_codec
     from wsicodec.engine import BackgroundSink, encode_tiles
-    from wsicodec.store import StoreWriter
+    from wsicodec.pipeline import canvas_reader
+    from wsicodec.store import StoreWriter, store_size
     from wsicodec.tiling import TileGrid
 
-    rng = np.random.default_rng(0)
-    side = side_tiles * TILE
-    canvas = np.empty((side, side, 3), np.uint8)
-    for ty in range(side_tiles):
-        for tx in range(side_tiles):
-            w = windows[int(rng.integers(len(windows)))]
-            canvas[ty * TILE : (ty + 1) * TILE, tx * TILE : (tx + 1) * TILE] = np.rot90(w[:TILE, :TILE], int(rng.integers(4)))
     glass = (240, 240, 240)
-
-    def read(x, y, w, h):  # as pipeline.canvas_reader: a copy inside the canvas, glass beyond
-        if x >= 0 and y >= 0 and x + w <= side and y + h <= side:
-            return canvas[y : y + h, x : x + w].copy()
-        out = np.empty((h, w, 3), np.uint8)
-        out[:] = glass
-        x0, y0, x1, y1 = max(x, 0), max(y, 0), min(x + w, side), min(y + h, side)
-        out[y0 - y : y1 - y, x0 - x : x1 - x] = canvas[y0:y1, x0:x1]
-        return out
-
+    read = canvas_reader(canvas, glass)
+    side = canvas.dimensions[0]
     grid = TileGrid(side, side, TILE, card.stride)
     mpx = side * side / 1e6
     if not write:
@@ -149,16 +154,12 @@ def pipeline_throughput(coder, card, model, windows: list[np.ndarray], side_tile
     meta = {"model": {"name": card.name, "entropy_model": card.spec.entropy_model},
             "background": {"latents": coder.background_latents(glass).tolist()}}
     out_dir.mkdir(parents=True, exist_ok=True)
-    final = out_dir / "pipeline.zarr"
     t0 = time.perf_counter()
-    writer = StoreWriter(final, meta, grid, store_codec(model, card), card.latent_channels, overwrite=True,
-                         processes=processes)
-    if writer._workers is not None:  # wait until every worker has its array open
-        first = next(iter(grid))
-        lat0 = np.zeros((card.latent_channels, grid.chunk, grid.chunk), np.int32)
-        with BackgroundSink(lambda: writer.write_tile(*first, lat0), processes, depth=2 * processes) as warm:
-            for _ in range(processes):
-                warm.put()
+    writer = StoreWriter(out_dir / "pipeline.zarr", meta, grid, store_codec(model, card), card.latent_channels,
+                         overwrite=True, processes=processes)
+    lat0 = np.zeros((card.latent_channels, grid.chunk, grid.chunk), np.int32)
+    for _ in range(processes):  # one write each (the pool hands workers out in turn): all started
+        writer.write_tile(0, 0, lat0)
     start_s = time.perf_counter() - t0
     writers = max(io_threads, processes)
     t0 = time.perf_counter()
@@ -167,7 +168,7 @@ def pipeline_throughput(coder, card, model, windows: list[np.ndarray], side_tile
             sink.put(tx, ty, lat)
     final = writer.finish(overwrite=True)
     seconds = time.perf_counter() - t0
-    latent_bytes = sum(f.stat().st_size for f in (final / "latents").rglob("*") if f.is_file())
+    latent_bytes = store_size(final / "latents")
     shutil.rmtree(final, ignore_errors=True)
     return {"canvas_px": side, "tiles": len(grid), "megapixels": round(mpx, 1), "seconds": round(seconds, 3),
             "mpx_per_s": round(mpx / seconds, 1), "coder_processes": processes, "read_threads": read_threads,
@@ -317,10 +318,11 @@ def main(argv: list[str] | None = None) -> dict:
             max(2, 3 * (os.cpu_count() or 1) // 4) if cuda else 1)
         import tempfile
 
+        canvas = CanvasSource(windows, args.pipeline)
         with tempfile.TemporaryDirectory(dir=args.out_dir) as tmp:
-            pipe = pipeline_throughput(coder, card, model, windows, args.pipeline, max(0, procs), reads, 2, Path(tmp))
-            pipe["without_writer"] = pipeline_throughput(coder, card, model, windows, args.pipeline, 0, reads, 2,
-                                                         Path(tmp), write=False)
+            pipe = pipeline_throughput(coder, card, model, canvas, max(0, procs), reads, 2, Path(tmp))
+            pipe["without_writer"] = pipeline_throughput(coder, card, model, canvas, 0, reads, 2, Path(tmp),
+                                                         write=False)
         print(f"pipeline: {pipe['mpx_per_s']} Mpx/s ({pipe['megapixels']} Mpx in {pipe['seconds']} s, "
               f"{pipe['coder_processes']} coder processes, {pipe['read_threads']} reading threads; "
               f"without the writer {pipe['without_writer']['mpx_per_s']} Mpx/s)", file=sys.stderr)

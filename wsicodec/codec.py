@@ -287,7 +287,9 @@ class HyperEntropyModel:
         self.z_medians = np.rint(med * float(1 << ACT_BITS)).astype(np.int64)
         self.z_medians_float = torch.from_numpy(med.astype(np.float32)).reshape(1, -1, 1, 1)
         self.h_s = IntegerHyperDecoder(model.h_s)
-        self.h_a = copy.deepcopy(model.h_a).to("cpu").eval()  # the caller may move the model to a GPU
+        # a copy on the CPU in plain NCHW whatever the caller did to the model (moved it to a GPU,
+        # made it channels_last): the same arithmetic in this process and in a fresh one
+        self.h_a = copy.deepcopy(model.h_a).to("cpu", memory_format=torch.contiguous_format).eval()
         self.M = int(model.g_a[-1].out_channels)
         self.N = self.z.tables.channels
 

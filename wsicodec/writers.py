@@ -91,9 +91,10 @@ class ChunkWriterProcesses:
             answer = _receive(p.stdout)
         except (BrokenPipeError, OSError, ValueError):
             answer = None
-        if answer is None:  # the worker died: keep it out of the pool
+        finally:  # back in the pool even when dead: its next write fails at once instead of
+            self._free.put(p)  # other threads waiting forever for a free worker
+        if answer is None:
             raise WriterError(f"{self.path}: a chunk-writer process ended unexpectedly (exit status {p.poll()})")
-        self._free.put(p)
         if answer:
             raise WriterError(f"{self.path}: {answer.decode('utf-8', 'replace')}")
 
