@@ -4,9 +4,10 @@
 # 1. benchmarks/throughput.py per model and precision: the network alone in batches, the entropy
 #    coder alone, and the whole compress loop on an in-memory 16384 x 16384 canvas (with and
 #    without the writer); 2. `compress` of a synthetic 16384 x 16384 JPEG-tiled slide, timed in
-#    the process (model load excluded) for three splits of the host's cores between reading
-#    threads and coder processes (and the loop with more coder processes, store on disk or in
-#    memory); 3. the CUDA tests; 4. peak memory of compress / decompress
+#    the process (model load excluded) for two splits of the host's cores between reading
+#    threads and coder processes, and the host's own ceiling on it (benchmarks/host_ceiling.py:
+#    the network's answer made instant); the loop with 2 and 8 coder processes; 3. the CUDA
+#    tests; 4. peak memory of compress / decompress
 #    (benchmarks/streaming.py). Each step has its own time limit.
 OUT=${1:?OUT_DIR}
 DATA=${2:-../shared/data/histology/val}
@@ -24,19 +25,22 @@ throughput() {  # MODEL PRECISION CANVAS_TILES
   summary "$OUT/throughput-$1-$2.json" || tail -5 "$OUT/throughput-$1-$2.err"
 }
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader | tee "$OUT/gpu.txt"
-echo "cores: $(nproc)" | tee -a "$OUT/gpu.txt"
+echo "cores: $(nproc); $(grep -m1 'model name' /proc/cpuinfo)" | tee -a "$OUT/gpu.txt"
+$PY -c "import numpy, torch; b = numpy.show_config(mode='dicts')['Build Dependencies']['blas']
+print('numpy', numpy.__version__, 'BLAS', b.get('name'), b.get('version'), '| torch', torch.__version__,
+      'threads', torch.get_num_threads())" 2>&1 | tail -1 | tee -a "$OUT/gpu.txt"
 throughput hne-f64-q4-v1 fp32 32
 throughput hne-f64-q4-v1 fp16 32
-for procs in 12 16; do  # is the writer bound by the host's cores or by its file system?
-  for dir in /tmp /dev/shm; do
-    timeout 60 $PY benchmarks/throughput.py --device cuda --model hne-f64-q4-v1 --precision fp16 --batch-size 32 \
-      --tiles 32 --repeats 1 --skip-jxl --data "$DATA" --pipeline 32 --coder-processes $procs --out-dir $dir \
-      2>&1 | grep "^pipeline:" | sed "s|^|$procs processes, store in $dir: |"
-  done
+for procs in 2 8; do  # around the default (a quarter of the cores)
+  timeout 60 $PY benchmarks/throughput.py --device cuda --model hne-f64-q4-v1 --batch-size 32 \
+    --tiles 32 --repeats 1 --skip-jxl --data "$DATA" --pipeline 32 --coder-processes $procs --out-dir /tmp \
+    2>&1 | grep "^pipeline:" | sed "s|^|$procs coder processes: |"
 done
 timeout 60 $PY benchmarks/make_synthetic_slide.py /tmp/synthetic16k.tiff --size 16384 16384 --glass 0.3 \
   --source "$DATA" 2>&1 | tail -1
-for split in "8 8" "4 12" "12 4"; do
+# what the host alone can feed the GPU on this slide (the network's answer made instant)
+timeout 60 $PY benchmarks/host_ceiling.py /tmp/synthetic16k.tiff --out-dir /tmp --json "$OUT/host-ceiling.json" 2>&1 | tail -1
+for split in "4 12" "8 8"; do
   set -- $split
   timeout 60 $PY - "$1" "$2" <<'PYEOF'
 import json, sys, time

@@ -127,7 +127,7 @@ def pipeline_throughput(coder, card, model, canvas: CanvasSource, processes: int
                         io_threads: int, out_dir: Path, write: bool = True) -> dict:
     """What ``compress`` does after decoding the slide, timed end to end on ``canvas``:
     ``encode_tiles`` (reading threads, batches, the analysis with the next batch queued on the
-    GPU) -> ``StoreWriter.write_tile`` on ``max(io_threads, processes)`` threads -> the chunk codec
+    GPU) -> ``pipeline.write_tiles`` on ``max(io_threads, processes)`` threads -> the chunk codec
     and the chunk files, in ``processes`` worker processes (0: in the writer threads) -> ``finish``.
     The workers are started before the clock starts (a one-off cost per slide, reported as
     ``worker_start_s``). ``write=False``: the same loop without the writer (reading and the
@@ -135,8 +135,8 @@ def pipeline_throughput(coder, card, model, canvas: CanvasSource, processes: int
     import shutil
 
     from wsicodec.codec import store_codec
-    from wsicodec.engine import BackgroundSink, encode_tiles
-    from wsicodec.pipeline import canvas_reader
+    from wsicodec.engine import encode_tiles
+    from wsicodec.pipeline import canvas_reader, write_tiles
     from wsicodec.store import StoreWriter, store_size
     from wsicodec.tiling import TileGrid
 
@@ -163,9 +163,8 @@ def pipeline_throughput(coder, card, model, canvas: CanvasSource, processes: int
     start_s = time.perf_counter() - t0
     writers = max(io_threads, processes)
     t0 = time.perf_counter()
-    with BackgroundSink(writer.write_tile, writers, depth=2 * coder.batch_size + writers) as sink:
-        for tx, ty, lat in encode_tiles(read, grid, coder, None, read_threads=read_threads):
-            sink.put(tx, ty, lat)
+    write_tiles(encode_tiles(read, grid, coder, None, read_threads=read_threads), writer, writers,
+                coder.batch_size, processes > 0)
     final = writer.finish(overwrite=True)
     seconds = time.perf_counter() - t0
     latent_bytes = store_size(final / "latents")

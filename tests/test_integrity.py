@@ -173,13 +173,13 @@ point, n = os.environ.get("KILL_POINT", ""), int(os.environ.get("KILL_AFTER", "0
 delay = float(os.environ.get("TILE_DELAY", "0"))
 st.StoreWriter.__init__.__defaults__ = (False, False, float(os.environ.get("CHECKPOINT_S", "1.0")))
 count = [0]
-orig_write, orig_ckpt, orig_sync = st.StoreWriter.write_tile, st.StoreWriter.checkpoint, st._sync
+orig_write, orig_ckpt, orig_sync = st.StoreWriter.write_tiles, st.StoreWriter.checkpoint, st._sync
 def die():
     os.kill(os.getpid(), signal.SIGKILL)
-def write_tile(self, *a):
-    time.sleep(delay)
-    orig_write(self, *a)
-    count[0] += 1
+def write_tiles(self, tiles):
+    time.sleep(delay * len(tiles))
+    orig_write(self, tiles)
+    count[0] += len(tiles)
     if point == "tile" and count[0] >= n:
         die()
 def checkpoint(self):
@@ -190,7 +190,7 @@ def sync():
     orig_sync()
     if point == "finish":
         die()  # complete: true written, not yet moved into place
-st.StoreWriter.write_tile, st.StoreWriter.checkpoint, st._sync = write_tile, checkpoint, sync
+st.StoreWriter.write_tiles, st.StoreWriter.checkpoint, st._sync = write_tiles, checkpoint, sync
 from wsicodec.cli import main
 main(sys.argv[1:], prog_name="wsicodec")
 '''

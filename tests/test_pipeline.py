@@ -151,3 +151,29 @@ def test_zarr_json_is_self_describing(cmu_store):
     assert len(meta["codecs"][0]["configuration"]["tables"]["freqs"]) == 8
     group = json.loads((cmu_store.output / "zarr.json").read_text())
     assert group["attributes"]["wsicodec"]["format_version"] == 1
+
+
+def test_glass_detection_matches_its_definition():
+    """is_background (Pillow) against the definition in numpy: at most max_fraction of the pixels
+    differ from the glass colour by more than the tolerance in some channel."""
+    from wsicodec.tiling import is_background
+
+    def reference(p, glass, tolerance=20, max_fraction=0.001):
+        diff = np.abs(p.astype(np.int16) - np.asarray(glass, np.int16)).max(axis=2)
+        return bool((diff > tolerance).mean() <= max_fraction)
+
+    rng = np.random.default_rng(5)
+    glass = (236, 238, 241)
+    for n_off in (0, 1, 262, 263, 264, 5000):  # 262 of 512² pixels is the 0.1 % limit
+        for channel in range(3):
+            for delta in (-21, -20, 20, 21):
+                tile = np.empty((512, 512, 3), np.uint8)
+                tile[:] = glass
+                tile += rng.integers(-3, 4, tile.shape).astype(np.uint8)  # wraps: noise around the colour
+                idx = rng.choice(512 * 512, n_off, replace=False)
+                flat = tile.reshape(-1, 3)
+                flat[idx, channel] = np.clip(glass[channel] + delta, 0, 255)
+                assert is_background(tile, glass) == reference(tile, glass), (n_off, channel, delta)
+    crop = rng.integers(0, 256, (37, 53, 3), dtype=np.uint8)[::2, 1:]  # a strided view, odd shape
+    for tol, frac in ((20, 0.001), (120, 0.3), (255, 0.0)):
+        assert is_background(crop, (128, 128, 128), tol, frac) == reference(crop, (128, 128, 128), tol, frac)

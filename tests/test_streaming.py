@@ -117,14 +117,41 @@ def test_chunk_writer_process_failures_are_one_line_errors(tmp_path):
 
     with ChunkWriterProcesses(tmp_path / "not-a-store", 1) as w:  # the worker cannot open it
         with pytest.raises(WriterError, match="not-a-store: cannot open the store's latents") as e:
-            w.write((slice(None),), np.zeros((2, 4, 4), np.int16))
+            w.write([(0, 0)], np.zeros((1, 2, 4, 4), np.int16))
         assert "\n" not in str(e.value)
     w = ChunkWriterProcesses(tmp_path / "not-a-store", 1)
     w._procs[0].kill()  # a worker that dies
     w._procs[0].wait()
     with pytest.raises(WriterError, match="ended unexpectedly"):
-        w.write((slice(None),), np.zeros((2, 4, 4), np.int16))
+        w.write([(0, 0)], np.zeros((1, 2, 4, 4), np.int16))
     w.close()
+
+
+def test_chunk_writer_frames_of_several_tiles(tiny_models, tmp_path):
+    """One frame carries several tiles (int32, cast in the worker): the files are those written
+    in this process; a value out of the store's int16 range is a one-line error naming the tile."""
+    from wsicodec.store import LatentChunkFiles, chunk_file
+    from wsicodec.writers import ChunkWriterProcesses, WriterError
+
+    part = compress(EXAMPLE, tmp_path / "a.zarr", model_dir=tiny_models, tile=256).output
+    rng = np.random.default_rng(3)
+    chunks = rng.integers(-300, 300, (3, 8, 16, 16)).astype(np.int32)
+    tiles = [(0, 0), (1, 0), (0, 1)]
+    with ChunkWriterProcesses(part, 2) as w:
+        w.write(tiles, chunks)
+        by_worker = [chunk_file(part, tx, ty).read_bytes() for tx, ty in tiles]
+        chunks[1, 0, 0, 0] = 40000
+        with pytest.raises(WriterError, match=r"a.zarr: latent values overflow int16 at tile \(1, 0\)") as e:
+            w.write(tiles, chunks)
+        assert "\n" not in str(e.value)
+    files = LatentChunkFiles(part)
+    chunks[1, 0, 0, 0] = 7
+    for (tx, ty), q in zip(tiles, chunks):
+        files.write(tx, ty, q)
+    here = [chunk_file(part, tx, ty).read_bytes() for tx, ty in tiles]
+    assert here[0] == by_worker[0] and here[2] == by_worker[2] and here[1] != by_worker[1]
+    with WsiStore(part, model_dir=tiny_models) as s:
+        np.testing.assert_array_equal(np.asarray(s.latents[:, 16:32, :16]), chunks[2])
 
 
 def test_chunk_writer_processes_leave_ctrl_c_to_the_parent(tiny_models, tmp_path):
@@ -137,11 +164,10 @@ def test_chunk_writer_processes_leave_ctrl_c_to_the_parent(tiny_models, tmp_path
 
     part = compress(EXAMPLE, tmp_path / "a.zarr", model_dir=tiny_models, tile=256).output
     with ChunkWriterProcesses(part, 1) as w:
-        block = (slice(None), slice(0, 16), slice(0, 16))
-        w.write(block, np.zeros((8, 16, 16), np.int16))  # the worker is up
+        w.write([(0, 0)], np.zeros((1, 8, 16, 16), np.int16))  # the worker is up
         os.kill(w._procs[0].pid, signal.SIGINT)
         time.sleep(0.2)
-        w.write(block, np.ones((8, 16, 16), np.int16))  # and still writes
+        w.write([(0, 0)], np.ones((1, 8, 16, 16), np.int16))  # and still writes
         procs = list(w._procs)
     assert [p.returncode for p in procs] == [0]  # ended by the closed pipe, not by the signal
     with WsiStore(part, model_dir=tiny_models) as s:
@@ -156,3 +182,28 @@ def test_decoding_with_prefetch_matches_tile_by_tile(tiny_models, tmp_path):
         for t in tiles[::9]:
             (_, _, one), = s.decode_tiles([t], group=1)
             assert np.abs(one.astype(int) - grouped[t].astype(int)).max() <= 1
+
+
+@pytest.mark.parametrize("model", ["tiny", "tiny-hyper"])
+def test_chunk_files_are_the_bytes_zarr_writes(tiny_models, tmp_path, model):
+    """StoreWriter writes latent chunks itself (LatentChunkFiles, no zarr in the loop): each file
+    must be what zarr's own write of the same chunk gives, edge chunks included."""
+    import shutil
+
+    import zarr
+    from zarr.core.array import Array, AsyncArray
+
+    out = compress(EXAMPLE, tmp_path / "a.zarr", model=model, model_dir=tiny_models, tile=256).output
+    ref = tmp_path / "ref.zarr"
+    shutil.copytree(out, ref)
+    a = zarr.open_array(str(ref / "latents"), mode="r+")._async_array
+    a = Array(AsyncArray(metadata=a.metadata, store_path=a.store_path, config={"write_empty_chunks": True}))
+    C, c, _ = a.chunks
+    ours = _files(out / "latents" / "c")
+    rows, cols = a.shape[1:]
+    assert rows % c and cols % c or model == "tiny-hyper"  # the factorized store has edge chunks
+    for key in ours:
+        _, ty, tx = (int(k) for k in key.split("/"))
+        block = (slice(None), slice(ty * c, min(ty * c + c, rows)), slice(tx * c, min(tx * c + c, cols)))
+        a[block] = np.asarray(a[block])  # zarr codes the same values again
+    assert _files(ref / "latents" / "c") == ours and len(ours) > 10

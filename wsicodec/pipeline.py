@@ -8,7 +8,7 @@ import time
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any, Callable, Iterable, Iterator
 
 import numpy as np
 
@@ -76,6 +76,29 @@ def canvas_reader(src: SlideSource, glass: tuple[int, int, int]) -> Callable[[in
         return out
 
     return read
+
+
+def write_tiles(tiles: Iterable[tuple[int, int, np.ndarray | None]], writer: StoreWriter, threads: int,
+                batch_size: int, grouped: bool, advance: Callable[[int], None] = lambda n=1: None) -> None:
+    """Hand each ``(tx, ty, latents)`` to ``writer`` on ``threads`` threads while ``tiles`` (the
+    network) goes on, at most about two network batches in flight. ``grouped`` (worker
+    processes): ``batch_size / threads`` tiles per call, one frame to one worker, so that each
+    worker gets its share of a batch at once and the parent wakes once per group, not per tile."""
+    group = max(1, batch_size // max(threads, 1)) if grouped else 1
+
+    def write(items: list) -> None:
+        writer.write_tiles(items)
+        advance(len(items))
+
+    with BackgroundSink(write, threads, depth=(2 * batch_size) // group + threads) as sink:
+        items: list = []
+        for item in tiles:
+            items.append(item)
+            if len(items) >= group:
+                sink.put(items)
+                items = []
+        if items:
+            sink.put(items)
 
 
 def check_paths(input_path: Path, output: Path, overwrite: bool) -> None:
@@ -173,19 +196,13 @@ def compress(input_path: str | Path, output: str | Path, model: str | None = Non
             writer.write_associated(assoc)
             writer.meta["associated"] = sorted(assoc)
             read = canvas_reader(src, glass)
-            todo = [(tx, ty) for tx, ty in grid if writer.state[ty, tx] == 0]
+            todo = [(tx, ty) for tx, ty in grid.reading_order() if writer.state[ty, tx] == 0]
             with _progress(progress, f"compress {input_path.name}", len(grid)) as advance:
                 advance(len(grid) - len(todo))
 
-                def write(tx, ty, lat):
-                    writer.write_tile(tx, ty, lat)
-                    advance(1)
-
-                writers = max(io_threads, coder_processes)
-                with BackgroundSink(write, writers, depth=2 * coder.batch_size + writers) as sink:
-                    for tx, ty, lat in encode_tiles(read, grid, coder, glass if skip_glass else None, tiles=todo,
-                                                    read_threads=read_threads):
-                        sink.put(tx, ty, lat)
+                write_tiles(encode_tiles(read, grid, coder, glass if skip_glass else None, tiles=todo,
+                                         read_threads=read_threads),
+                            writer, max(io_threads, coder_processes), coder.batch_size, coder_processes > 0, advance)
             n_glass = int((writer.state == 2).sum())
             writer.meta["tiles"] = {"total": len(grid), "glass": n_glass}
             final = writer.finish(overwrite)

@@ -19,6 +19,7 @@ import re
 import shutil
 import threading
 import time
+import uuid
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -175,12 +176,12 @@ class StoreWriter:
         grid, C = self.grid, self.channels
         c = grid.chunk
         self.group = zarr.open_group(str(self.path), mode="w", zarr_format=3)
-        self.latents = self.group.create_array(
+        self.group.create_array(
             "latents", shape=self.array_shape, chunks=(C, c, c), dtype=self.dtype,
             fill_value=0, serializer=self.codec,
             compressors=[Crc32cCodec()], dimension_names=["channel", "y", "x"],
-            config={"write_empty_chunks": True},  # every coded tile has its chunk, even all-zero
         )
+        self.chunks = LatentChunkFiles(self.path)  # every coded tile has its chunk, even all-zero
         self.tiles = self.group.create_array(
             "tiles", shape=(grid.tiles_y, grid.tiles_x), chunks=(grid.tiles_y, grid.tiles_x), dtype="uint8",
             fill_value=TILE_MISSING, serializer=BytesCodec(), compressors=[ZstdCodec(level=3), Crc32cCodec()],
@@ -207,7 +208,7 @@ class StoreWriter:
                     or np.dtype(lat.dtype) != self.dtype
                     or lat.metadata.to_dict()["codecs"][0] != json_roundtrip(self.codec.to_dict())):
                 return False
-            self.latents = writable_latents(self.path)
+            self.chunks = LatentChunkFiles(self.path)
             self.tiles = self.group["tiles"]
             if tuple(self.tiles.shape) != (grid.tiles_y, grid.tiles_x):
                 return False
@@ -249,30 +250,39 @@ class StoreWriter:
             arr[...] = im
 
     def write_tile(self, tx: int, ty: int, latents: np.ndarray | None) -> None:
-        """Store a tile's latents, or mark it as glass (``None``: nothing is stored). Safe to call
-        from several threads for different tiles (each tile is one chunk)."""
-        if latents is not None:
-            lx0, ly0, lx1, ly1 = self.grid.tile_latents(tx, ty)
-            info = np.iinfo(self.dtype)
-            if latents.size and (latents.max() > info.max or latents.min() < info.min):
-                raise StoreError(f"{self.final}: latent values overflow {self.dtype} at tile ({tx}, {ty})")
-            if self.whole_chunks and (ly1 - ly0, lx1 - lx0) != (self.grid.chunk,) * 2:
-                c = self.grid.chunk
-                full = np.broadcast_to(self.fill, (self.channels, c, c)).copy()
-                full[:, : ly1 - ly0, : lx1 - lx0] = latents
-                latents, ly1, lx1 = full, ly0 + c, lx0 + c
-            block = (slice(None), slice(ly0, ly1), slice(lx0, lx1))
-            if self._workers is not None:
-                self._workers.write(block, latents.astype(self.dtype))
-            else:
-                self.latents[block] = latents.astype(self.dtype)  # atomic: temp file + rename
-            if not chunk_file(self.path, tx, ty).is_file():
-                raise StoreError(f"{self.path}: the chunk of tile ({tx}, {ty}) was not written")
+        """Store a tile's latents, or mark it as glass (``None``: nothing is stored)."""
+        self.write_tiles([(tx, ty, latents)])
+
+    def write_tiles(self, tiles: list[tuple[int, int, np.ndarray | None]]) -> None:
+        """Store several tiles' ``(tx, ty, latents)`` (glass: ``latents`` None), in one frame to
+        one worker process when there are workers. Safe to call from several threads for
+        different tiles (each tile is one chunk)."""
+        coded = [(tx, ty, self._whole_chunk(tx, ty, lat)) for tx, ty, lat in tiles if lat is not None]
+        if coded and self._workers is not None:
+            self._workers.write([(tx, ty) for tx, ty, _ in coded], np.stack([lat for _, _, lat in coded]))
+        else:
+            for tx, ty, lat in coded:
+                self.chunks.write(tx, ty, lat)
         with self._lock:
-            self.state[ty, tx] = TILE_GLASS if latents is None else TILE_CODED
+            for tx, ty, lat in tiles:
+                self.state[ty, tx] = TILE_GLASS if lat is None else TILE_CODED
             self._dirty = True
             if time.monotonic() - self._last_checkpoint >= self.checkpoint_seconds:
                 self._checkpoint()
+
+    def _whole_chunk(self, tx: int, ty: int, latents: np.ndarray) -> np.ndarray:
+        """A tile's latents as its whole chunk: an edge tile's is filled beyond the canvas with
+        the background latents (version 2) or the array's fill value, 0 (version 1)."""
+        lx0, ly0, lx1, ly1 = self.grid.tile_latents(tx, ty)
+        c = self.grid.chunk
+        if latents.shape != (self.channels, ly1 - ly0, lx1 - lx0):
+            raise StoreError(f"{self.final}: tile ({tx}, {ty}) has latents of shape {latents.shape}, "
+                             f"expected {(self.channels, ly1 - ly0, lx1 - lx0)}")
+        if (ly1 - ly0, lx1 - lx0) == (c, c):
+            return latents
+        full = np.broadcast_to(self.fill if self.whole_chunks else 0, (self.channels, c, c)).astype(latents.dtype)
+        full[:, : ly1 - ly0, : lx1 - lx0] = latents
+        return full
 
     def checkpoint(self) -> None:
         """Persist the tile-state map (only ever after the chunks it marks as coded)."""
@@ -316,14 +326,60 @@ class StoreWriter:
         shutil.rmtree(self.path, ignore_errors=True)
 
 
-def writable_latents(path: Path) -> Any:
-    """The latent array of the (partial) store at ``path``, open for writing every coded tile's
-    chunk, even an all-zero one (``zarr.open_array`` ignores ``config``, hence the rebuild)."""
-    zarr = _zarr()
-    from zarr.core.array import Array, AsyncArray
+class LatentChunkFiles:
+    """Writes whole latent chunks of the (partial) store at ``path`` straight into their files:
+    the array's own codec, then the CRC-32C (little-endian), the bytes zarr writes for the same
+    chunk (docs/format.md), atomically (a temporary file named like zarr's, then a rename).
+    Written by hand because zarr's per-chunk write goes through its async machinery and an event
+    loop thread: 1.7 ms a chunk against 1.0 ms here (a factorized 96x32x32 chunk, one core)."""
 
-    a = zarr.open_array(str(Path(path) / "latents"), mode="r+")._async_array
-    return Array(AsyncArray(metadata=a.metadata, store_path=a.store_path, config={"write_empty_chunks": True}))
+    def __init__(self, path: Path):
+        zarr = _zarr()
+        from zarr.codecs import Crc32cCodec
+
+        self.root = Path(path)
+        try:
+            a = zarr.open_array(str(self.root / "latents"), mode="r")
+            codecs = a.metadata.codecs
+        except Exception as e:
+            raise StoreError(f"{self.root}: cannot open the store's latents ({_first_line(e)})") from None
+        if len(codecs) != 2 or not isinstance(codecs[1], Crc32cCodec) or not hasattr(codecs[0], "_numcodec"):
+            raise StoreError(f"{self.root}: the latent array's codecs are not a wsicodec codec + crc32c")
+        self.chunk_shape = tuple(int(c) for c in a.chunks)
+        self.dtype = np.dtype(a.dtype)
+        self.codec = codecs[0]._numcodec(self.chunk_shape, self.dtype)
+        self._dirs: set[Path] = set()
+
+    def encode(self, tx: int, ty: int, values: np.ndarray) -> bytes:
+        """Tile ``(tx, ty)``'s stored chunk bytes (``values``: any integer dtype, range-checked)."""
+        import google_crc32c
+
+        values = np.asarray(values)
+        if values.shape != self.chunk_shape:
+            raise StoreError(f"{self.root}: latent chunk of shape {values.shape}, the array's is {self.chunk_shape}")
+        if values.dtype != self.dtype:
+            info = np.iinfo(self.dtype)
+            if values.size and (values.max() > info.max or values.min() < info.min):
+                raise StoreError(f"{self.root}: latent values overflow {self.dtype} at tile ({tx}, {ty})")
+            values = values.astype(self.dtype)
+        data = self.codec.encode(np.ascontiguousarray(values))
+        return data + int(google_crc32c.value(data)).to_bytes(4, "little")
+
+    def write(self, tx: int, ty: int, values: np.ndarray) -> None:
+        """Code and write tile ``(tx, ty)``'s chunk; the file appears whole or not at all."""
+        data = self.encode(tx, ty, values)
+        f = chunk_file(self.root, tx, ty)
+        if f.parent not in self._dirs:
+            f.parent.mkdir(parents=True, exist_ok=True)
+            self._dirs.add(f.parent)
+        tmp = f.with_name(f"{f.name}.{uuid.uuid4().hex}.partial")  # cleared by a resume (_ZARR_TMP)
+        try:
+            with open(tmp, "wb") as out:
+                out.write(data)
+            os.replace(tmp, f)
+        except BaseException:
+            tmp.unlink(missing_ok=True)
+            raise
 
 
 def json_roundtrip(obj: Any) -> Any:

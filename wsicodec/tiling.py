@@ -2,6 +2,7 @@
 (glass) detection."""
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass
 
@@ -54,6 +55,14 @@ class TileGrid:
     def __len__(self) -> int:
         return self.tiles_x * self.tiles_y
 
+    def reading_order(self, strip: int = 8) -> list[tuple[int, int]]:
+        """Every tile, in vertical strips ``strip`` tiles wide, row by row within a strip: the
+        order compress reads a slide in. A window's halo reaches into the slide's own tiles above
+        and below; in row-major order across a wide slide those have left OpenSlide's tile cache
+        before the next row needs them and are decoded again, within a strip they are still
+        cached (16384² JPEG-tiled synthetic slide, one thread: 6.97 -> 5.8 ms a window)."""
+        return sorted(self, key=lambda t: (t[0] // strip, t[1], t[0]))
+
     def tile_box(self, tx: int, ty: int) -> tuple[int, int, int, int]:
         """(x, y, w, h) of a tile on level 0, clipped to the image."""
         x, y = tx * self.tile, ty * self.tile
@@ -99,9 +108,29 @@ def measure_glass(thumbnail: np.ndarray) -> tuple[int, int, int]:
 def is_background(pixels: np.ndarray, glass: tuple[int, int, int], tolerance: int = 20,
                   max_fraction: float = 0.001) -> bool:
     """True when a tile is empty glass: at most ``max_fraction`` of its pixels differ from the
-    glass colour by more than ``tolerance`` grey levels in any channel."""
-    diff = np.abs(pixels.astype(np.int16) - np.asarray(glass, np.int16)).max(axis=2)
-    return bool((diff > tolerance).mean() <= max_fraction)
+    glass colour by more than ``tolerance`` grey levels in any channel.
+
+    Done by Pillow without holding the GIL, 8-10x faster than in numpy (0.6 against 6 ms a 512-px
+    tile on the development machine; every tile of a slide is checked, on the reading threads):
+    a per-channel table marks each value 0 (near the glass colour) or 255, and the grey
+    conversion of the result is 0 exactly where all three channels are 0."""
+    from PIL import Image
+
+    rgb = np.ascontiguousarray(pixels, np.uint8)
+    if rgb.ndim != 3 or rgb.shape[2] != 3:
+        raise ValueError(f"is_background needs (h, w, 3) pixels, got {rgb.shape}")
+    n = rgb.shape[0] * rgb.shape[1]
+    if n == 0:
+        return True
+    marked = Image.fromarray(rgb).point(_far_from(tuple(int(g) for g in glass), int(tolerance)))
+    differing = n - marked.convert("L").histogram()[0]
+    return bool(differing / n <= max_fraction)
+
+
+@functools.lru_cache(maxsize=64)
+def _far_from(glass: tuple[int, ...], tolerance: int) -> list[int]:
+    """Pillow ``point`` table (R, G, B): 255 where a value is more than ``tolerance`` from the glass."""
+    return [255 if abs(v - g) > tolerance else 0 for g in glass for v in range(256)]
 
 
 def tissue_mask(src, grid: TileGrid, thumb_size: int = 1024) -> np.ndarray:

@@ -3,15 +3,21 @@
 The range coder holds the GIL, so threads cannot run it side by side: one process codes about
 300 Mpx/s of a factorized model's latents and about 18 Mpx/s of a hyperprior's (its chunk codec
 also runs the hyper-encoder and the integer hyper-decoder), less than a GPU analyses.
-:class:`ChunkWriterProcesses` runs ``n`` worker processes, each with the store's latent array
-open, and hands each one a tile's latents to code and write.
+:class:`ChunkWriterProcesses` runs ``n`` worker processes, each with the store's latent chunk
+files open for writing (:class:`wsicodec.store.LatentChunkFiles`), and hands each one a group of
+tiles' latents at a time: the parent only stacks them and writes them into a pipe (one frame per
+group: few wake-ups and GIL hand-offs per tile); range checks, casting, coding and the file
+writes all happen in the workers.
 
-The workers are plain child processes (``python -m wsicodec.writers PATH [MODEL_DIR]``) fed over
-their stdin / stdout pipes, not ``multiprocessing``: that would re-run the caller's main script
-in each child, which fails in any script without an ``if __name__ == "__main__"`` guard.
+The workers are plain child processes (``python -m wsicodec.writers PATH [MODEL_DIR]``, started
+in wsicodec's own folder so that they import this wsicodec) fed over their stdin / stdout
+pipes, not ``multiprocessing``: that would re-run the caller's main script in each child, which
+fails in any script without an ``if __name__ == "__main__"`` guard.
 
-Frames, both ways: a 4-byte little-endian length, then that many bytes. Parent to child: the
-pickled ``(block, latents)``; child to parent: empty for done, else the error's text."""
+Frames, parent to child: a header ``<III`` (length of the pickled description, number of tiles,
+length of the array data), the pickled ``(tiles, dtype, shape)``, then the raw C-order latents
+``(n, C, c, c)``. Child to parent: a 4-byte little-endian length, then that many bytes: empty
+for done, else the error's text."""
 from __future__ import annotations
 
 import os
@@ -21,13 +27,14 @@ import struct
 import subprocess
 import sys
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, Any, Sequence
 
 import numpy as np
 
 from wsicodec.store import StoreError
 
 _LEN = struct.Struct("<I")
+_FRAME = struct.Struct("<III")
 
 
 class WriterError(StoreError):
@@ -35,17 +42,30 @@ class WriterError(StoreError):
 
 
 def _send(f: IO[bytes], payload: bytes) -> None:
-    f.write(_LEN.pack(len(payload)) + payload)  # one write: the GIL is given up and taken back once
+    f.write(_LEN.pack(len(payload)) + payload)
     f.flush()
 
 
+def _write_all(fd: int, parts: list) -> None:
+    """Write ``parts`` (bytes-like) to ``fd`` in as few system calls as the pipe allows, without
+    joining them first (the latents are the bulk: no copy of them here)."""
+    views = [memoryview(x).cast("B") for x in parts]
+    while views:
+        n = os.writev(fd, views)
+        while views and n >= len(views[0]):
+            n -= len(views[0])
+            views.pop(0)
+        if views and n:
+            views[0] = views[0][n:]
+
+
 def _widen_pipe(f: IO[bytes]) -> None:
-    """Best effort (Linux): a 1 MiB pipe buffer holds a whole frame, so a write does not wait for
-    the reader in several rounds."""
+    """Best effort (Linux): a 4 MiB pipe buffer holds a whole frame of several tiles, so a write
+    does not wait for the reader in several rounds."""
     try:
         import fcntl
 
-        fcntl.fcntl(f.fileno(), getattr(fcntl, "F_SETPIPE_SZ", 1031), 1 << 20)
+        fcntl.fcntl(f.fileno(), getattr(fcntl, "F_SETPIPE_SZ", 1031), 4 << 20)
     except (ImportError, OSError, ValueError):
         pass
 
@@ -59,9 +79,25 @@ def _receive(f: IO[bytes]) -> bytes | None:
     return data if len(data) == n else None
 
 
+def _receive_tiles(f: IO[bytes]) -> tuple[list, np.ndarray] | None:
+    """One frame of tiles from the parent; None at the end of the stream."""
+    head = f.read(_FRAME.size)
+    if len(head) < _FRAME.size:
+        return None
+    n_desc, n_tiles, n_data = _FRAME.unpack(head)
+    desc = f.read(n_desc)
+    data = bytearray(n_data)
+    if len(desc) < n_desc or f.readinto(data) < n_data:
+        return None
+    tiles, dtype, shape = pickle.loads(desc)
+    if len(tiles) != n_tiles:
+        raise ValueError("malformed frame")
+    return tiles, np.frombuffer(data, dtype).reshape(shape)
+
+
 class ChunkWriterProcesses:
     """``n`` worker processes that entropy-code and write latent chunks of the store at ``path``.
-    :meth:`write` blocks until the chunk is on disk (call it from ``n`` threads to keep every
+    :meth:`write` blocks until the chunks are on disk (call it from ``n`` threads to keep every
     worker busy); the bytes are those this process would write (the codec is deterministic)."""
 
     def __init__(self, path: Path, n: int, model_dir: Path | None = None):
@@ -71,12 +107,16 @@ class ChunkWriterProcesses:
                    # one thread each: n workers side by side, and the BLAS / OpenMP pools of a
                    # hyperprior's hyper-networks would otherwise start one thread per core each
                    OMP_NUM_THREADS="1", OPENBLAS_NUM_THREADS="1", MKL_NUM_THREADS="1")
-        cmd = [sys.executable, "-m", "wsicodec.writers", str(path)] + ([str(model_dir)] if model_dir else [])
+        # absolute paths: the workers run in wsicodec's folder (``-m`` puts the working folder
+        # first on sys.path, so a ``wsicodec`` folder where the caller stands is never imported)
+        cmd = [sys.executable, "-m", "wsicodec.writers", str(self.path.resolve())]
+        cmd += [str(Path(model_dir).resolve())] if model_dir else []
         self._free: queue.Queue = queue.Queue()
         self._procs: list[subprocess.Popen] = []
         try:
             for _ in range(max(1, int(n))):
-                p = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, env=env, bufsize=0)
+                p = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, env=env, bufsize=0,
+                                     cwd=pkg_root)
                 _widen_pipe(p.stdin)
                 self._procs.append(p)
                 self._free.put(p)
@@ -84,10 +124,17 @@ class ChunkWriterProcesses:
             self.close()
             raise WriterError(f"{self.path}: cannot start a chunk-writer process ({e})") from None
 
-    def write(self, block: tuple, latents: np.ndarray) -> None:
+    def write(self, tiles: Sequence[tuple[int, int]], chunks: np.ndarray) -> None:
+        """Code and write whole chunks: ``chunks[i]`` (any integer dtype; values outside the
+        store's are an error) is tile ``tiles[i]``'s (see :class:`wsicodec.store.LatentChunkFiles`)."""
+        chunks = np.ascontiguousarray(chunks)
+        tiles = [(int(tx), int(ty)) for tx, ty in tiles]
+        if chunks.ndim != 4 or len(chunks) != len(tiles):
+            raise ValueError(f"{len(tiles)} tiles but latents of shape {chunks.shape}")
+        desc = pickle.dumps((tiles, chunks.dtype.str, chunks.shape), protocol=5)
         p = self._free.get()
         try:
-            _send(p.stdin, pickle.dumps((block, np.ascontiguousarray(latents)), protocol=5))
+            _write_all(p.stdin.fileno(), [_FRAME.pack(len(desc), len(tiles), chunks.nbytes), desc, chunks])
             answer = _receive(p.stdout)
         except (BrokenPipeError, OSError, ValueError):
             answer = None
@@ -123,7 +170,7 @@ class ChunkWriterProcesses:
 
 
 def _serve(path: str, model_dir: str | None) -> int:
-    """The worker: write each ``(block, latents)`` it is sent into the store's latent array."""
+    """The worker: code and write each ``(tx, ty, latents)`` chunk it is sent."""
     import signal
 
     # Ctrl-C reaches the whole process group: the parent handles it (keeping the work done for
@@ -134,28 +181,34 @@ def _serve(path: str, model_dir: str | None) -> int:
     # no torch here unless the codec needs it (a hyperprior's hyper-encoder, one thread: the
     # parent set OMP_NUM_THREADS=1): a factorized model's worker starts in a fraction of a second
     from wsicodec.errors import first_line
-    from wsicodec.store import writable_latents
+    from wsicodec.store import LatentChunkFiles
 
     stdin = sys.stdin.buffer
     stdout = os.fdopen(os.dup(1), "wb")  # the pipe to the parent, kept for the frames alone:
     os.dup2(2, 1)  # anything a library prints goes to stderr instead
-    latents: Any = None
+    chunks: Any = None
     failed = ""
     try:
-        latents = writable_latents(Path(path))
+        chunks = LatentChunkFiles(Path(path))
     except Exception as e:  # answered to every frame: the parent raises it as a one-line error
-        failed = f"cannot open the store's latents for writing ({first_line(e)})"
-    while (frame := _receive(stdin)) is not None:
+        failed = first_line(e).removeprefix(f"{path}: ")  # the parent names the store
+    while True:
+        try:
+            frame = _receive_tiles(stdin)
+        except Exception as e:  # a frame this worker cannot read: the stream is lost
+            _send(stdout, f"chunk-writer: {first_line(e)}".encode())
+            return 1
+        if frame is None:
+            return 0
         if failed:
             _send(stdout, failed.encode())
             continue
         try:
-            block, values = pickle.loads(frame)
-            latents[block] = values  # atomic: temp file + rename
+            for (tx, ty), values in zip(*frame):
+                chunks.write(tx, ty, values)  # range-checked, cast, coded; atomic: temp file + rename
             _send(stdout, b"")
         except Exception as e:  # reported to the parent, which raises it
-            _send(stdout, first_line(e).encode())
-    return 0
+            _send(stdout, first_line(e).removeprefix(f"{path}: ").encode())
 
 
 if __name__ == "__main__":
