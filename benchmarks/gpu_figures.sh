@@ -40,6 +40,7 @@ timeout 60 $PY benchmarks/make_synthetic_slide.py /tmp/synthetic16k.tiff --size 
   --source "$DATA" 2>&1 | tail -1
 # what the host alone can feed the GPU on this slide (the network's answer made instant)
 timeout 60 $PY benchmarks/host_ceiling.py /tmp/synthetic16k.tiff --out-dir /tmp --json "$OUT/host-ceiling.json" 2>&1 | tail -1
+timeout 30 $PY benchmarks/host_ceiling.py /tmp/synthetic16k.tiff --parts 200 2>&1 | tail -1
 for split in "4 12" "8 8"; do
   set -- $split
   timeout 60 $PY - "$1" "$2" <<'PYEOF'

@@ -63,6 +63,91 @@ def instant_network(coder_cls, cache: dict) -> None:
     coder_cls.analysis_stream = stream
 
 
+def window_parts(slide: Path, n: int, halo: int = 32, tile: int = 512) -> dict:
+    """Milliseconds per window of the reading thread's steps, on the first ``n`` windows of the
+    slide in reading order (one thread): OpenSlide's read in row-major and in reading order
+    (each on a freshly opened slide), RGBA -> RGB, glass detection; the last two also as the
+    numpy code they replaced (session 5)."""
+    import openslide
+
+    from wsicodec.slide import flatten_rgba, image_rgb
+    from wsicodec.tiling import TileGrid, is_background
+
+    def numpy_is_background(p, glass, tolerance=20, max_fraction=0.001):
+        diff = np.abs(p.astype(np.int16) - np.asarray(glass, np.int16)).max(axis=2)
+        return bool((diff > tolerance).mean() <= max_fraction)
+
+    W, H = openslide.OpenSlide(str(slide)).dimensions
+    grid = TileGrid(W, H, tile, 16)
+
+    def inside(t):  # windows wholly inside the slide
+        return 0 < t[0] and (t[0] + 1) * tile + halo <= W and 0 < t[1] and (t[1] + 1) * tile + halo <= H
+
+    out: dict = {}
+    for name, order in (("read_region_row_major_ms", list(grid)), ("read_region_reading_order_ms", grid.reading_order())):
+        windows = [t for t in order if inside(t)][:n]
+        s = openslide.OpenSlide(str(slide))
+        t0 = time.perf_counter()
+        regions = [s.read_region((tx * tile - halo, ty * tile - halo), 0, (tile + 2 * halo,) * 2) for tx, ty in windows]
+        out[name] = round((time.perf_counter() - t0) / len(windows) * 1e3, 2)
+    regions = regions[: min(len(regions), 64)]
+    bg, glass = (255, 255, 255), (238, 236, 240)
+    for name, fn in (("rgb_pillow_ms", lambda r: image_rgb(r, bg)), ("rgb_numpy_ms", lambda r: flatten_rgba(np.asarray(r), bg))):
+        t0 = time.perf_counter()
+        rgbs = [fn(r) for r in regions]
+        out[name] = round((time.perf_counter() - t0) / len(regions) * 1e3, 2)
+    tiles = [r[halo:-halo, halo:-halo] for r in rgbs]
+    flags = {}
+    for name, fn in (("glass_pillow_ms", is_background), ("glass_numpy_ms", numpy_is_background)):
+        t0 = time.perf_counter()
+        flags[name] = [fn(t, glass) for t in tiles]
+        out[name] = round((time.perf_counter() - t0) / len(tiles) * 1e3, 2)
+    out["glass_windows"] = sum(flags["glass_pillow_ms"])
+    out["glass_same_answers"] = flags["glass_pillow_ms"] == flags["glass_numpy_ms"]
+    out["windows"] = len(windows)
+    return out
+
+
+def chunk_write_parts(latents: np.ndarray, model: str | None, n: int = 64) -> dict:
+    """Milliseconds per chunk: writing ``n`` tiles' real latents as wsicodec does
+    (``LatentChunkFiles``) and through zarr's own array write (what session 4 did)."""
+    import zarr
+    from zarr.core.array import Array, AsyncArray
+
+    from wsicodec.codec import store_codec
+    from wsicodec.models import load_model
+    from wsicodec.models.registry import default_model_name
+    from wsicodec.store import LatentChunkFiles, StoreWriter
+    from wsicodec.tiling import TileGrid
+
+    net, card = load_model(model or default_model_name())
+    lh = (latents.shape[-1] - 512 // card.stride) // 2
+    chunk = np.ascontiguousarray(latents[0, :, lh : lh + 512 // card.stride, lh : lh + 512 // card.stride])
+    side = 512 * int(np.ceil(np.sqrt(n)))
+    grid = TileGrid(side, side, 512, card.stride)
+    meta = {"model": {"name": card.name, "entropy_model": card.spec.entropy_model},
+            "background": {"latents": [0] * card.latent_channels}}
+    out: dict = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        w = StoreWriter(Path(tmp) / "w.zarr", meta, grid, store_codec(net, card), card.latent_channels)
+        files = LatentChunkFiles(w.path)
+        a = zarr.open_array(str(w.path / "latents"), mode="r+")._async_array
+        a = Array(AsyncArray(metadata=a.metadata, store_path=a.store_path, config={"write_empty_chunks": True}))
+        c = grid.chunk
+        tiles = list(grid)[:n]
+        for name, write in (("chunk_write_zarr_ms", lambda tx, ty: a.__setitem__(
+                                (slice(None), slice(ty * c, ty * c + c), slice(tx * c, tx * c + c)), chunk)),
+                            ("chunk_write_direct_ms", lambda tx, ty: files.write(tx, ty, chunk)),
+                            ("chunk_encode_only_ms", lambda tx, ty: files.encode(tx, ty, chunk))):
+            write(*tiles[0])
+            t0 = time.perf_counter()
+            for tx, ty in tiles:
+                write(tx, ty)
+            out[name] = round((time.perf_counter() - t0) / len(tiles) * 1e3, 3)
+        w.abort()
+    return out
+
+
 def main(argv: list[str] | None = None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("slide", type=Path)
@@ -72,7 +157,15 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--batch-size", type=int, default=32, help="windows per network batch (CUDA's default)")
     ap.add_argument("--out-dir", type=Path, default=None, help="where the store is written (default: a temp folder)")
     ap.add_argument("--json", type=Path, default=None)
+    ap.add_argument("--parts", type=int, default=0, metavar="N",
+                    help="instead: time the reading thread's steps on N windows, and one chunk's write (one thread)")
     args = ap.parse_args(argv)
+    if args.parts:
+        row = window_parts(args.slide, args.parts)
+        latents = real_latents(args.slide, args.model, 512)
+        row.update(chunk_write_parts(max(latents.values(), key=lambda q: q.shape[-1] * q.shape[-2]), args.model))
+        print(json.dumps(row))
+        return row
 
     import wsicodec.engine as engine
     from wsicodec.pipeline import compress
