@@ -17,7 +17,7 @@ def test_cuda_latents_match_cpu_and_decode_anywhere(tiny_models, he_crop, tmp_pa
     Image.fromarray(he_crop).save(tmp_path / "he.png")
     cpu = compress(tmp_path / "he.png", tmp_path / "cpu.zarr", model_dir=tiny_models, tile=128, device="cpu")
     gpu = compress(tmp_path / "he.png", tmp_path / "gpu.zarr", model_dir=tiny_models, tile=128, device="cuda",
-                   batch_size=8)
+                   batch_size=8, precision="fp32")
     with WsiStore(cpu.output, model_dir=tiny_models, device="cpu") as a, \
             WsiStore(gpu.output, model_dir=tiny_models, device="cpu") as b:
         qa, qb = np.asarray(a.latents[...]), np.asarray(b.latents[...])
@@ -52,16 +52,17 @@ def test_cuda_hyperprior_store_decodes_identically_on_cpu(tiny_models, he_crop, 
 
 
 def test_cuda_fp16_analysis_store_decodes_on_cpu(tiny_models, he_crop, tmp_path):
-    """--precision fp16: other latents than fp32 for a few values, the same decodable store."""
+    """fp16 (the default on CUDA): other latents than fp32 for a few values, the same decodable store."""
     from PIL import Image
 
     from wsicodec.pipeline import compress
     from wsicodec.store import WsiStore
 
     Image.fromarray(he_crop).save(tmp_path / "he.png")
-    f32 = compress(tmp_path / "he.png", tmp_path / "f32.zarr", model_dir=tiny_models, tile=128, device="cuda")
+    f32 = compress(tmp_path / "he.png", tmp_path / "f32.zarr", model_dir=tiny_models, tile=128, device="cuda",
+                   precision="fp32")
     f16 = compress(tmp_path / "he.png", tmp_path / "f16.zarr", model_dir=tiny_models, tile=128, device="cuda",
-                   precision="fp16", coder_processes=2)
+                   coder_processes=2)  # precision "auto": fp16 on CUDA
     with WsiStore(f32.output, model_dir=tiny_models, device="cpu") as a, \
             WsiStore(f16.output, model_dir=tiny_models, device="cpu") as b:
         qa, qb = np.asarray(a.latents[...]).astype(int), np.asarray(b.latents[...]).astype(int)

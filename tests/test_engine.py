@@ -54,7 +54,8 @@ def test_precision_fp16_needs_cuda(tiny_models):
         LatentCoder(m, card, "cpu", precision="fp16")
     with pytest.raises(EngineError, match="unknown precision"):
         LatentCoder(m, card, "cpu", precision="int8")
-    assert LatentCoder(m, card, "cpu").batch_size == 8
+    cpu = LatentCoder(m, card, "cpu")
+    assert cpu.batch_size == 8 and cpu.precision == "fp32"  # auto: fp32 on the CPU (fp16 on CUDA)
 
 
 def _coder(tiny_models, **kw):

@@ -27,7 +27,7 @@ class EngineError(RuntimeError):
     pass
 
 
-PRECISIONS = ("fp32", "fp16")
+PRECISIONS = ("auto", "fp32", "fp16")
 
 
 def pick_device(name: str = "auto") -> torch.device:
@@ -158,8 +158,8 @@ class LatentCoder:
       latents are not affected). None: on for CUDA, off on the CPU. A batch whose fp16 output is
       not finite is run again in fp32.
     * ``keep_heap``: :func:`keep_freed_memory` (None: on for the CPU).
-    * ``precision``: ``"fp32"`` (default) or ``"fp16"`` (CUDA only): the analysis under fp16
-      autocast, about twice as fast on tensor cores. The store stays decodable everywhere (it
+    * ``precision``: ``"auto"`` (default: fp16 on CUDA, fp32 elsewhere), ``"fp32"`` or ``"fp16"``
+      (CUDA only): the analysis under fp16 autocast, 1.3x as fast on an H200 (network alone). The store stays decodable everywhere (it
       holds integers, and decoding never reruns the analysis); what changes is which latents a
       tile gets: more of them differ by ±1 from the CPU's than in fp32. A batch whose fp16
       latents are not finite is run again in fp32.
@@ -169,14 +169,14 @@ class LatentCoder:
 
     def __init__(self, model: nn.Module, card: ModelCard, device: str | torch.device = "auto",
                  batch_size: int | None = None, *, channels_last: bool = True, threads: int | None = None,
-                 half_synthesis: bool | None = None, keep_heap: bool | None = None, precision: str = "fp32"):
+                 half_synthesis: bool | None = None, keep_heap: bool | None = None, precision: str = "auto"):
         self.device = pick_device(device) if isinstance(device, str) else device
         self.cuda = self.device.type == "cuda"
         if precision not in PRECISIONS:
             raise EngineError(f"unknown precision {precision!r} ({' or '.join(PRECISIONS)})")
         if precision == "fp16" and not self.cuda:
             raise EngineError("--precision fp16 needs a CUDA device (the CPU runs the analysis in fp32)")
-        self.precision = precision
+        self.precision = ("fp16" if self.cuda else "fp32") if precision == "auto" else precision
         if (not self.cuda) if keep_heap is None else keep_heap:
             keep_freed_memory()
         if threads is not None:

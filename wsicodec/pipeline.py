@@ -154,7 +154,7 @@ def compress(input_path: str | Path, output: str | Path, model: str | None = Non
              batch_size: int | None = None, tile: int = 512, overwrite: bool = False, skip_glass: bool = True,
              progress: bool = False, model_dir: Path | None = None, resume: bool = False,
              deidentify: bool = False, io_threads: int = 2, coder_processes: int | None = None,
-             read_threads: int | None = None, precision: str = "fp32") -> CompressResult:
+             read_threads: int | None = None, precision: str = "auto") -> CompressResult:
     """Compress level 0 of a slide or image into a store at ``output``.
 
     ``resume``: continue an interrupted run from the unfinished store (``.<name>.partial``) left
@@ -165,8 +165,8 @@ def compress(input_path: str | Path, output: str | Path, model: str | None = Non
     processes that do the entropy coding and writing instead (None: on CUDA a quarter of the
     cores, else none); ``read_threads``: threads reading the slide (None: on CUDA three quarters
     of the cores, else 1).
-    The store's bytes depend on none of these. ``precision``: the analysis's arithmetic on CUDA
-    (``"fp16"`` is faster; see :class:`~wsicodec.engine.LatentCoder`)."""
+    The store's bytes depend on none of these. ``precision``: the analysis's arithmetic (``"auto"``:
+    fp16 on CUDA, fp32 on the CPU; see :class:`~wsicodec.engine.LatentCoder`)."""
     input_path, output = Path(input_path), Path(output)
     check_paths(input_path, output, overwrite)
     name = model or default_model_name(model_dir)
