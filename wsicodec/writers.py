@@ -61,13 +61,18 @@ def _write_all(fd: int, parts: list) -> None:
 
 def _widen_pipe(f: IO[bytes]) -> None:
     """Best effort (Linux): a 4 MiB pipe buffer holds a whole frame of several tiles, so a write
-    does not wait for the reader in several rounds."""
+    does not wait for the reader in several rounds (unprivileged users may get at most 1 MiB,
+    ``/proc/sys/fs/pipe-max-size``)."""
     try:
         import fcntl
-
-        fcntl.fcntl(f.fileno(), getattr(fcntl, "F_SETPIPE_SZ", 1031), 4 << 20)
-    except (ImportError, OSError, ValueError):
-        pass
+    except ImportError:
+        return
+    for size in (4 << 20, 1 << 20):
+        try:
+            fcntl.fcntl(f.fileno(), getattr(fcntl, "F_SETPIPE_SZ", 1031), size)
+            return
+        except (OSError, ValueError):
+            continue
 
 
 def _receive(f: IO[bytes]) -> bytes | None:
