@@ -51,7 +51,7 @@ def _write_all(fd: int, parts: list) -> None:
     joining them first (the latents are the bulk: no copy of them here)."""
     views = [memoryview(x).cast("B") for x in parts]
     while views:
-        n = os.writev(fd, views)
+        n = os.writev(fd, views) if hasattr(os, "writev") else os.write(fd, views[0])  # no writev: Windows
         while views and n >= len(views[0]):
             n -= len(views[0])
             views.pop(0)
