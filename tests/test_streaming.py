@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import threading
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -152,6 +153,25 @@ def test_chunk_writer_frames_of_several_tiles(tiny_models, tmp_path):
     assert here[0] == by_worker[0] and here[2] == by_worker[2] and here[1] != by_worker[1]
     with WsiStore(part, model_dir=tiny_models) as s:
         np.testing.assert_array_equal(np.asarray(s.latents[:, 16:32, :16]), chunks[2])
+
+
+def test_chunk_writers_import_this_wsicodec_from_any_folder(tiny_models, tmp_path, monkeypatch):
+    """The workers run ``python -m wsicodec.writers``, and ``-m`` puts the working folder first on
+    sys.path: run from a folder holding another ``wsicodec`` (a checkout, an older copy), they
+    must still import this one; a relative store path means the caller's folder."""
+    from wsicodec.store import chunk_file
+    from wsicodec.writers import ChunkWriterProcesses
+
+    part = compress(EXAMPLE, tmp_path / "a.zarr", model_dir=tiny_models, tile=256).output
+    impostor = tmp_path / "wsicodec"
+    impostor.mkdir()
+    (impostor / "__init__.py").write_text("raise ImportError('the wrong wsicodec')\n")
+    monkeypatch.chdir(tmp_path)
+    with ChunkWriterProcesses(Path("a.zarr"), 1) as w:
+        w.write([(1, 1)], np.full((1, 8, 16, 16), 3, np.int16))
+    with WsiStore(part, model_dir=tiny_models) as s:
+        assert (np.asarray(s.latents[:, 16:32, 16:32]) == 3).all()
+    assert chunk_file(part, 1, 1).is_file()
 
 
 def test_chunk_writer_processes_leave_ctrl_c_to_the_parent(tiny_models, tmp_path):
