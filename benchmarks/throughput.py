@@ -199,8 +199,8 @@ def main(argv: list[str] | None = None) -> dict:
                     help="LatentCoder half_synthesis (default: the engine's default)")
     ap.add_argument("--keep-heap", choices=["on", "off"], default=None,
                     help="LatentCoder keep_heap (glibc mallopt; default: the engine's default)")
-    ap.add_argument("--precision", choices=["auto", "fp32", "fp16"], default="auto",
-                    help="the analysis's arithmetic (auto: fp16 on CUDA, as compress)")
+    ap.add_argument("--precision", choices=["auto", "fp32", "fp16", "bf16"], default="auto",
+                    help="the analysis's arithmetic (auto: as compress, fp16 on CUDA, bf16 on a CPU with native bf16)")
     ap.add_argument("--pipeline", type=int, default=0, metavar="SIDE",
                     help="also time the whole compress loop on a SIDE x SIDE-tile in-memory canvas")
     ap.add_argument("--coder-processes", type=int, default=None,

@@ -46,7 +46,7 @@ def test_analysis_stream_gives_the_batches_latents_in_order(tiny_models, he_crop
 
 
 def test_precision_fp16_needs_cuda(tiny_models):
-    from wsicodec.engine import LatentCoder
+    from wsicodec.engine import LatentCoder, native_bf16
     from wsicodec.models import load_model
 
     m, card = load_model("tiny", tiny_models)
@@ -55,7 +55,8 @@ def test_precision_fp16_needs_cuda(tiny_models):
     with pytest.raises(EngineError, match="unknown precision"):
         LatentCoder(m, card, "cpu", precision="int8")
     cpu = LatentCoder(m, card, "cpu")
-    assert cpu.batch_size == 8 and cpu.precision == "fp32"  # auto: fp32 on the CPU (fp16 on CUDA)
+    assert cpu.batch_size == 8  # auto: bf16 on a CPU with native bf16, else fp32 (fp16 on CUDA)
+    assert cpu.precision == ("bf16" if native_bf16() else "fp32")
 
 
 def _coder(tiny_models, **kw):
@@ -64,6 +65,7 @@ def _coder(tiny_models, **kw):
     from wsicodec.models import load_model
 
     m, card = load_model("tiny", tiny_models)
+    kw.setdefault("precision", "fp32")  # the tuned fp32 path (auto may pick bf16 on this CPU)
     return LatentCoder(m, card, "cpu", batch_size=2, **kw)
 
 
@@ -125,6 +127,24 @@ def test_half_synthesis_is_off_on_cpu_and_leaves_latents_alone(tiny_models, he_t
     assert np.mean(q != _plain_fp32_latents(tiny_models, he_tiles)) < 1e-4  # analysis stays fp32
     px = half.synthesis(q)
     assert px.shape == he_tiles.shape and px.dtype == np.uint8
+
+
+def test_bf16_analysis_is_close_to_fp32_and_falls_back_when_not_finite(tiny_models, he_tiles):
+    """bf16 (auto's choice on a CPU with native bf16): a few latents differ by 1; a batch whose
+    bf16 output is not finite is analysed again in fp32."""
+    ref = _plain_fp32_latents(tiny_models, he_tiles)
+    bf = _coder(tiny_models, precision="bf16")
+    q = bf.analysis(he_tiles)
+    assert q.dtype == np.int32 and np.mean(q != ref) < 0.05 and np.abs(q - ref).max() <= 2
+    forward, calls = bf.g_a.forward, []
+
+    def overflowing(x):
+        calls.append(torch.is_autocast_enabled("cpu"))
+        return forward(x) * float("inf") if calls[-1] else forward(x)
+
+    bf.g_a.forward = overflowing
+    assert np.array_equal(bf.analysis(he_tiles), _coder(tiny_models).analysis(he_tiles))
+    assert calls == [True, False]
 
 
 def test_half_synthesis_falls_back_to_fp32_when_not_finite(tiny_models, he_tiles):

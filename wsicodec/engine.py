@@ -27,7 +27,17 @@ class EngineError(RuntimeError):
     pass
 
 
-PRECISIONS = ("auto", "fp32", "fp16")
+PRECISIONS = ("auto", "fp32", "fp16", "bf16")
+
+
+def native_bf16() -> bool:
+    """Whether this CPU computes bf16 itself (AVX512-BF16 or AMX): there oneDNN's bf16
+    convolutions run the analysis ~2.2x as fast as fp32; elsewhere bf16 is emulated, and slower."""
+    try:
+        cpu = torch.cpu
+        return bool(cpu._is_avx512_bf16_supported() or getattr(cpu, "_is_amx_tile_supported", lambda: False)())
+    except (AttributeError, RuntimeError):  # a torch without these probes: assume not
+        return False
 
 
 def pick_device(name: str = "auto") -> torch.device:
@@ -158,11 +168,13 @@ class LatentCoder:
       latents are not affected). None: on for CUDA, off on the CPU. A batch whose fp16 output is
       not finite is run again in fp32.
     * ``keep_heap``: :func:`keep_freed_memory` (None: on for the CPU).
-    * ``precision``: ``"auto"`` (default: fp16 on CUDA, fp32 elsewhere), ``"fp32"`` or ``"fp16"``
-      (CUDA only): the analysis under fp16 autocast, 1.3x as fast on an H200 (network alone). The store stays decodable everywhere (it
+    * ``precision``: ``"auto"`` (default: fp16 on CUDA; bf16 on a CPU that computes bf16 itself,
+      :func:`native_bf16`; else fp32), ``"fp32"``, ``"fp16"`` (CUDA only) or ``"bf16"``: the
+      analysis under fp16 / bf16 autocast, 1.3x as fast on an H200 (fp16, network alone) and
+      2.2x on an AVX512-BF16 CPU (bf16). The store stays decodable everywhere (it
       holds integers, and decoding never reruns the analysis); what changes is which latents a
-      tile gets: more of them differ by ±1 from the CPU's than in fp32. A batch whose fp16
-      latents are not finite is run again in fp32.
+      tile gets: more of them differ by ±1 from fp32's (fp16: 0.09 %, bf16: 0.6 % on H&E). A
+      batch whose half-precision latents are not finite is run again in fp32.
 
     The GDN layers run as :class:`InferenceGDN` (same numbers, fewer temporaries).
     """
@@ -175,8 +187,10 @@ class LatentCoder:
         if precision not in PRECISIONS:
             raise EngineError(f"unknown precision {precision!r} ({' or '.join(PRECISIONS)})")
         if precision == "fp16" and not self.cuda:
-            raise EngineError("--precision fp16 needs a CUDA device (the CPU runs the analysis in fp32)")
-        self.precision = ("fp16" if self.cuda else "fp32") if precision == "auto" else precision
+            raise EngineError("--precision fp16 needs a CUDA device (on the CPU: bf16 or fp32)")
+        if precision == "auto":
+            precision = "fp16" if self.cuda else ("bf16" if native_bf16() else "fp32")
+        self.precision = precision
         if (not self.cuda) if keep_heap is None else keep_heap:
             keep_freed_memory()
         if threads is not None:
@@ -246,8 +260,9 @@ class LatentCoder:
         x = self._upload(pixels)  # uint8 NHWC: 4x fewer bytes to the device than float
         x = self._format(x.permute(0, 3, 1, 2).float().div_(255.0))
         finite = None
-        if (precision or self.precision) == "fp16":
-            with torch.autocast(self.device.type, dtype=torch.float16):
+        half = precision or self.precision
+        if half in ("fp16", "bf16"):
+            with torch.autocast(self.device.type, dtype=torch.float16 if half == "fp16" else torch.bfloat16):
                 y = self.g_a(x)
             y = y.float()
             finite = torch.isfinite(y).all()
