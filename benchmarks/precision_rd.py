@@ -2,10 +2,11 @@
 (fp16 on CUDA, bf16 on a CPU with native bf16) cost bits or decibels against fp32?
 
     python benchmarks/precision_rd.py IMAGES_OR_FOLDER... [--model NAME] [--device cpu]
-        [--precisions fp32,bf16] [--json OUT]
+        [--precisions fp32/fp32,auto/auto] [--json OUT]
 
 Each image is compressed as ``wsicodec bench`` does (whole image, glass kept, tile 512), once
-per precision, and decoded on the same device; rate = the store's bytes (as the bench counts
+per setting ``ANALYSIS[/DECODING]`` (compress's and decompress's ``--precision``; decoding
+defaults to auto), and decoded on the same device; rate = the store's bytes (as the bench counts
 them) over the image's pixels; PSNR and MS-SSIM against the original, means over the images.
 Also how many stored latents differ from the first precision's."""
 from __future__ import annotations
@@ -28,7 +29,8 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("inputs", nargs="+", type=Path)
     ap.add_argument("--model", default=None)
     ap.add_argument("--device", default="cpu")
-    ap.add_argument("--precisions", default="fp32,bf16")
+    ap.add_argument("--precisions", default="fp32/fp32,auto/auto",
+                    help="comma-separated ANALYSIS[/DECODING] settings; the first is the reference")
     ap.add_argument("--json", type=Path, default=None)
     args = ap.parse_args(argv)
 
@@ -50,12 +52,13 @@ def main(argv: list[str] | None = None) -> dict:
             Image.fromarray(rgb).save(src, compress_level=1)
             first = None
             for prec in precisions:
-                store = Path(tmp) / f"{prec}.zarr"
+                analysis, _, decoding = prec.partition("/")
+                store = Path(tmp) / "s.zarr"
                 t0 = time.perf_counter()
                 compress(src, store, model=args.model, device=args.device, skip_glass=False, overwrite=True,
-                         precision=prec)
+                         precision=analysis)
                 seconds = time.perf_counter() - t0
-                with WsiStore(store, device=args.device) as s:
+                with WsiStore(store, device=args.device, precision=decoding or "auto") as s:
                     out = s.read_level0(0, 0, rgb.shape[1], rgb.shape[0])
                     q = np.asarray(s.latents[...])
                 per[prec].append({"image": f.name, "bpp": 8 * wsicodec_bytes(store) / (rgb.shape[0] * rgb.shape[1]),

@@ -83,6 +83,25 @@ def test_decompress_region_and_jpeg(cmu_store, tiny_models, tmp_path):
     assert _psnr(np.asarray(s.read_region((0, 0), 0, (700, 500)).convert("RGB")), ref) > 25
 
 
+def test_decoding_precision(cmu_store, tiny_models, tmp_path):
+    """precision "auto" decodes in half precision where that is native (bf16 on such CPUs),
+    "fp32" never; both give nearly the same pixels; anything else is a one-line error."""
+    from wsicodec.engine import native_bf16
+    from wsicodec.store import StoreError
+
+    box = (300, 400, 256, 256)
+    with WsiStore(cmu_store.output, model_dir=tiny_models) as a, \
+            WsiStore(cmu_store.output, model_dir=tiny_models, precision="fp32") as b:
+        assert a.coder.half_synthesis is native_bf16() and b.coder.half_synthesis is False
+        pa, pb = a.read_level0(*box), b.read_level0(*box)
+    assert np.abs(pa.astype(int) - pb).max() <= 3
+    with pytest.raises(StoreError, match="unknown decoding precision 'fp8'"):
+        WsiStore(cmu_store.output, model_dir=tiny_models, precision="fp8")
+    out = decompress(cmu_store.output, tmp_path / "f.tif", region=box, compression="none", tile=128,
+                     model_dir=tiny_models, precision="fp32")
+    assert np.array_equal(tifffile.imread(out, key=0), pb)
+
+
 @pytest.mark.parametrize("name", ["boxes.tiff", "small.svs", "boxes_0.dcm"])
 def test_openslide_fixtures_round_trip(name, tiny_models, tmp_path):
     src_path = shared_file("slides", "fixtures", name)

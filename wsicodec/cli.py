@@ -128,9 +128,12 @@ def _compress_many(inputs, out_dir, workers, scheduler, retries, quiet, opts) ->
               help="Decode only this level-0 box.")
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True)
 @click.option("--batch-size", type=click.IntRange(1, 1024), default=8, show_default=True)
+@click.option("--precision", type=click.Choice(["auto", "fp32"]), default="auto", show_default=True,
+              help="The synthesis's arithmetic: auto = fp16 on CUDA, bf16 on a CPU with native bf16 (about "
+                   "twice as fast; pixels within 2 levels of fp32's), else fp32.")
 @click.option("--overwrite", is_flag=True)
 @click.option("--quiet", "-q", is_flag=True)
-def decompress(store, output, tile, compression, quality, region, device, batch_size, overwrite, quiet):
+def decompress(store, output, tile, compression, quality, region, device, batch_size, precision, overwrite, quiet):
     """Decode STORE to a tiled pyramidal TIFF OUTPUT that OpenSlide and QuPath open."""
     import time
 
@@ -139,7 +142,7 @@ def decompress(store, output, tile, compression, quality, region, device, batch_
     t0 = time.time()
     out = run(store, output, tile=tile, compression=compression, quality=quality,
               region=tuple(region) if region else None, overwrite=overwrite, device=device,
-              batch_size=batch_size, progress=not quiet)
+              batch_size=batch_size, precision=precision, progress=not quiet)
     if not quiet:
         from wsicodec.remote import file_size
 

@@ -164,9 +164,11 @@ class LatentCoder:
       with oneDNN on the CPU and with cuDNN on CUDA); same numbers up to float rounding.
     * ``threads``: ``torch.set_num_threads(threads)`` (process-wide) when given; None keeps the
       process setting (torch's default: one thread per core; ``OMP_NUM_THREADS`` is respected).
-    * ``half_synthesis``: run the synthesis transform under fp16 autocast (pixels only; the
-      latents are not affected). None: on for CUDA, off on the CPU. A batch whose fp16 output is
-      not finite is run again in fp32.
+    * ``half_synthesis``: run the synthesis transform under fp16 (CUDA) / bf16 (CPU) autocast
+      (pixels only; the latents are not affected). None: on for CUDA and for a CPU with native
+      bf16 (:func:`native_bf16`; 2.1x as fast there, decoded pixels within 2 levels of fp32's,
+      −0.003 dB), off elsewhere. A batch whose half-precision output is not finite is run again
+      in fp32.
     * ``keep_heap``: :func:`keep_freed_memory` (None: on for the CPU).
     * ``precision``: ``"auto"`` (default: fp16 on CUDA; bf16 on a CPU that computes bf16 itself,
       :func:`native_bf16`; else fp32), ``"fp32"``, ``"fp16"`` (CUDA only) or ``"bf16"``: the
@@ -205,7 +207,7 @@ class LatentCoder:
         self.card = card
         self.spec = card.spec
         self.batch_size = max(1, int(batch_size)) if batch_size else (32 if self.cuda else 8)
-        self.half_synthesis = self.cuda if half_synthesis is None else bool(half_synthesis)
+        self.half_synthesis = (self.cuda or native_bf16()) if half_synthesis is None else bool(half_synthesis)
         if self.spec.entropy_model == "factorized":  # stored: integer symbols relative to the medians
             self.offset = model.entropy_bottleneck._get_medians().detach().reshape(1, -1, 1, 1).to(self.device)
             self.unit = 1.0

@@ -226,8 +226,9 @@ def compress(input_path: str | Path, output: str | Path, model: str | None = Non
 def decompress(store_path: str | Path, output: str | Path, tile: int = 256, compression: str = "jpeg",
                quality: int = 90, region: tuple[int, int, int, int] | None = None, overwrite: bool = False,
                device: str = "auto", batch_size: int = 8, progress: bool = False,
-               model_dir: Path | None = None) -> Path:
-    """Decode a store (or a region of it) to a tiled pyramidal TIFF."""
+               model_dir: Path | None = None, precision: str = "auto") -> Path:
+    """Decode a store (or a region of it) to a tiled pyramidal TIFF. ``precision``: the
+    synthesis's arithmetic (see :class:`~wsicodec.store.WsiStore`)."""
     from wsicodec.tiff import write_pyramid
 
     output = Path(output)
@@ -237,7 +238,7 @@ def decompress(store_path: str | Path, output: str | Path, tile: int = 256, comp
         raise StoreError(f"{output}: already exists (use --overwrite to replace it)")
     if output.exists() and output.is_dir():
         raise StoreError(f"{output}: is a folder; refusing to replace it")
-    with WsiStore(store_path, device=device, batch_size=batch_size, model_dir=model_dir) as store:
+    with WsiStore(store_path, device=device, batch_size=batch_size, model_dir=model_dir, precision=precision) as store:
         W, H = store.dimensions
         store.coder  # load and verify the model before any output starts
         x, y, w, h = region if region else (0, 0, W, H)

@@ -512,11 +512,19 @@ class WsiStore:
     """An OpenSlide-like view of a store: ``dimensions``, ``level_count``, ``level_dimensions``,
     ``level_downsamples``, ``properties``, ``associated_images``, ``read_region``,
     ``get_thumbnail``; a context manager. Pixels are decoded on demand, only for the tiles asked
-    for."""
+    for. ``precision``: ``"auto"`` runs the synthesis in half precision where that is native
+    (fp16 on CUDA, bf16 on a CPU with AVX512-BF16 / AMX: about twice as fast, pixels within 2
+    levels of fp32's); ``"fp32"`` never does."""
 
     def __init__(self, path: str | os.PathLike, device: str = "auto", batch_size: int = 8,
-                 model_dir: Path | None = None, storage_options: dict[str, Any] | None = None):
+                 model_dir: Path | None = None, storage_options: dict[str, Any] | None = None,
+                 precision: str = "auto"):
         from wsicodec import remote  # ``path`` may be an fsspec URL, read through zarr's FsspecStore
+
+        if precision not in ("auto", "fp32"):
+            raise StoreError(f"unknown decoding precision {precision!r} (auto or fp32)")
+        # auto: half-precision synthesis where it is native (fp16 on CUDA, bf16 on such CPUs)
+        self._half_synthesis = None if precision == "auto" else False
 
         self.path = remote.as_path(path, storage_options)
         if not self.path.exists():
@@ -627,7 +635,8 @@ class WsiStore:
                 from wsicodec.codec import hyper_entropy_model
 
                 hyper_entropy_model(m, model)
-            self._coder = LatentCoder(model, card, self._device, self._batch_size)
+            self._coder = LatentCoder(model, card, self._device, self._batch_size,
+                                      half_synthesis=self._half_synthesis)
         return self._coder
 
     def fetch_latents(self, lx0: int, ly0: int, lx1: int, ly1: int) -> np.ndarray:
