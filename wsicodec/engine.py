@@ -32,7 +32,7 @@ PRECISIONS = ("auto", "fp32", "fp16", "bf16")
 
 def native_bf16() -> bool:
     """Whether this CPU computes bf16 itself (AVX512-BF16 or AMX): there oneDNN's bf16
-    convolutions run the analysis ~2.2x as fast as fp32; elsewhere bf16 is emulated, and slower."""
+    convolutions run the analysis 2-3x as fast as fp32; elsewhere bf16 is emulated, and slower."""
     try:
         cpu = torch.cpu
         return bool(cpu._is_avx512_bf16_supported() or getattr(cpu, "_is_amx_tile_supported", lambda: False)())
@@ -173,7 +173,7 @@ class LatentCoder:
     * ``precision``: ``"auto"`` (default: fp16 on CUDA; bf16 on a CPU that computes bf16 itself,
       :func:`native_bf16`; else fp32), ``"fp32"``, ``"fp16"`` (CUDA only) or ``"bf16"``: the
       analysis under fp16 / bf16 autocast, 1.3x as fast on an H200 (fp16, network alone) and
-      2.2x on an AVX512-BF16 CPU (bf16). The store stays decodable everywhere (it
+      2-3x on an AVX512-BF16 CPU (bf16). The store stays decodable everywhere (it
       holds integers, and decoding never reruns the analysis); what changes is which latents a
       tile gets: more of them differ by ±1 from fp32's (fp16: 0.09 %, bf16: 0.6 % on H&E). A
       batch whose half-precision latents are not finite is run again in fp32.
