@@ -166,7 +166,7 @@ def compress(input_path: str | Path, output: str | Path, model: str | None = Non
     cores, else none); ``read_threads``: threads reading the slide (None: on CUDA three quarters
     of the cores, else 1).
     The store's bytes depend on none of these. ``precision``: the analysis's arithmetic (``"auto"``:
-    fp16 on CUDA, fp32 on the CPU; see :class:`~wsicodec.engine.LatentCoder`)."""
+    fp16 on CUDA, bf16 on a CPU with native bf16, else fp32; see :class:`~wsicodec.engine.LatentCoder`)."""
     input_path, output = Path(input_path), Path(output)
     check_paths(input_path, output, overwrite)
     name = model or default_model_name(model_dir)

@@ -331,7 +331,8 @@ class LatentChunkFiles:
     the array's own codec, then the CRC-32C (little-endian), the bytes zarr writes for the same
     chunk (docs/format.md), atomically (a temporary file named like zarr's, then a rename).
     Written by hand because zarr's per-chunk write goes through its async machinery and an event
-    loop thread: 1.7 ms a chunk against 1.0 ms here (a factorized 96x32x32 chunk, one core)."""
+    loop thread: 1.28 ms a chunk against 0.99 ms here, 0.79 of it coding (a factorized 96x32x32
+    chunk, one core; ``benchmarks/host_ceiling.py --parts``)."""
 
     def __init__(self, path: Path):
         zarr = _zarr()
