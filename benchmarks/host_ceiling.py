@@ -15,7 +15,6 @@ import argparse
 import json
 import os
 import resource
-import shutil
 import sys
 import tempfile
 import time
@@ -170,9 +169,12 @@ def main(argv: list[str] | None = None) -> dict:
     import wsicodec.engine as engine
     from wsicodec.pipeline import compress
 
+    from wsicodec.pipeline import host_split
+
     cores = os.cpu_count() or 1
-    procs = args.coder_processes if args.coder_processes is not None else max(1, cores // 4)
-    reads = args.read_threads if args.read_threads is not None else max(2, 3 * cores // 4)
+    default_procs, default_reads = host_split(True)  # as compress on CUDA
+    procs = args.coder_processes if args.coder_processes is not None else default_procs
+    reads = args.read_threads if args.read_threads is not None else default_reads
     instant_network(engine.LatentCoder, real_latents(args.slide, args.model, 512))
     with tempfile.TemporaryDirectory(dir=args.out_dir) as tmp:
         out = Path(tmp) / "ceiling.zarr"

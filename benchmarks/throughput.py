@@ -205,7 +205,7 @@ def main(argv: list[str] | None = None) -> dict:
                     help="also time the whole compress loop on a SIDE x SIDE-tile in-memory canvas")
     ap.add_argument("--coder-processes", type=int, default=None,
                     help="--pipeline: chunk-writer processes (default: as compress: a quarter of the cores on CUDA, else 0)")
-    ap.add_argument("--read-threads", type=int, default=None, help="--pipeline: reading threads (default: as compress: 3/4 of the cores on CUDA, else 1)")
+    ap.add_argument("--read-threads", type=int, default=None, help="--pipeline: reading threads (default: as compress, pipeline.host_split)")
     ap.add_argument("--out-dir", type=Path, default=None, help="--pipeline: where the store is written (then removed)")
     ap.add_argument("--profile-coder", action="store_true",
                     help="print where the chunk codec's encode spends its time (cProfile, 8 tiles)")
@@ -312,10 +312,11 @@ def main(argv: list[str] | None = None) -> dict:
         print(f"{coder.precision} vs fp32 latents: {agreement}", file=sys.stderr)
     if args.pipeline:
         cuda = args.device == "cuda"
-        procs = args.coder_processes if args.coder_processes is not None else (
-            max(1, (os.cpu_count() or 1) // 4) if cuda else 0)
-        reads = args.read_threads if args.read_threads is not None else (
-            max(2, 3 * (os.cpu_count() or 1) // 4) if cuda else 1)
+        from wsicodec.pipeline import host_split
+
+        default_procs, default_reads = host_split(cuda)
+        procs = args.coder_processes if args.coder_processes is not None else default_procs
+        reads = args.read_threads if args.read_threads is not None else default_reads
         import tempfile
 
         canvas = CanvasSource(windows, args.pipeline)

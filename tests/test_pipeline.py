@@ -196,3 +196,12 @@ def test_glass_detection_matches_its_definition():
     crop = rng.integers(0, 256, (37, 53, 3), dtype=np.uint8)[::2, 1:]  # a strided view, odd shape
     for tol, frac in ((20, 0.001), (120, 0.3), (255, 0.0)):
         assert is_background(crop, (128, 128, 128), tol, frac) == reference(crop, (128, 128, 128), tol, frac)
+
+
+def test_host_split_defaults():
+    """compress's default (coder processes, reading threads): on CUDA a quarter of the cores code
+    and three quarters read; on the CPU the network takes the cores and a quarter read."""
+    from wsicodec.pipeline import host_split
+
+    assert host_split(True, 16) == (4, 12) and host_split(True, 2) == (1, 2)
+    assert host_split(False, 16) == (0, 4) and host_split(False, 2) == (0, 1)

@@ -38,7 +38,7 @@ def main() -> None:
 @click.option("--coder-processes", type=click.IntRange(0, 256), default=None,
               help="Processes that entropy-code and write tiles  [default: on CUDA a quarter of the cores, else 0]")
 @click.option("--read-threads", type=click.IntRange(1, 256), default=None,
-              help="Threads reading the slide  [default: on CUDA 3/4 of the cores, else 1]")
+              help="Threads reading the slide  [default: on CUDA 3/4 of the cores, else 1/4]")
 @click.option("--tile", type=click.IntRange(64, 4096), default=512, show_default=True,
               help="Tile (= chunk) size in level-0 pixels, a multiple of 16.")
 @click.option("--keep-glass", is_flag=True, help="Encode empty-glass tiles too (no background skipping).")

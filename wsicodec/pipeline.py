@@ -78,6 +78,20 @@ def canvas_reader(src: SlideSource, glass: tuple[int, int, int]) -> Callable[[in
     return read
 
 
+def host_split(cuda: bool, cores: int | None = None) -> tuple[int, int]:
+    """The default ``(coder processes, reading threads)`` for ``cores`` host cores (default: all).
+    On CUDA the host's cores read (decoding the slide's JPEG tiles is its largest cost) and code:
+    a quarter code in worker processes, three quarters read (the best of three splits measured
+    on an H200's host, docs/performance.md "GPU"). On the CPU the network takes the cores and
+    the writer threads code in-process: one reading thread reads ~36 Mpx/s (7.2 ms a 576-px
+    window with its glass check, development machine) and a core runs the bf16 network at
+    ~11 Mpx/s, so a quarter of the cores read."""
+    cores = cores or os.cpu_count() or 1
+    if cuda:
+        return max(1, cores // 4), max(2, 3 * cores // 4)
+    return 0, max(1, cores // 4)
+
+
 def write_tiles(tiles: Iterable[tuple[int, int, np.ndarray | None]], writer: StoreWriter, threads: int,
                 batch_size: int, grouped: bool, advance: Callable[[int], None] = lambda n=1: None) -> None:
     """Hand each ``(tx, ty, latents)`` to ``writer`` on ``threads`` threads while ``tiles`` (the
@@ -164,7 +178,7 @@ def compress(input_path: str | Path, output: str | Path, model: str | None = Non
     that entropy-code and write tiles while the network runs; ``coder_processes``: worker
     processes that do the entropy coding and writing instead (None: on CUDA a quarter of the
     cores, else none); ``read_threads``: threads reading the slide (None: on CUDA three quarters
-    of the cores, else 1).
+    of the cores, else a quarter); see :func:`host_split`.
     The store's bytes depend on none of these. ``precision``: the analysis's arithmetic (``"auto"``:
     fp16 on CUDA, bf16 on a CPU with native bf16, else fp32; see :class:`~wsicodec.engine.LatentCoder`)."""
     input_path, output = Path(input_path), Path(output)
@@ -172,14 +186,9 @@ def compress(input_path: str | Path, output: str | Path, model: str | None = Non
     name = model or default_model_name(model_dir)
     net, card = load_model(name, model_dir)
     coder = LatentCoder(net, card, device, batch_size, precision=precision)
-    cores = os.cpu_count() or 1
-    # On CUDA the host's cores read (decoding the slide's JPEG tiles is the largest host cost:
-    # docs/performance.md, "GPU") and code; on the CPU they run the network.
-    if coder_processes is None:
-        coder_processes = max(1, cores // 4) if coder.cuda else 0
-    coder_processes = max(0, int(coder_processes))
-    if read_threads is None:
-        read_threads = max(2, 3 * cores // 4) if coder.cuda else 1
+    default_processes, default_reads = host_split(coder.cuda)
+    coder_processes = max(0, int(default_processes if coder_processes is None else coder_processes))
+    read_threads = default_reads if read_threads is None else read_threads
     t0 = time.time()  # the slide's own time, after the one-off model load
     codec = store_codec(net, card)
     if tile % (card.stride * card.spec.chunk_multiple):
