@@ -2,7 +2,7 @@
 # The GPU figures of docs/performance.md, in one run on a CUDA machine with wsicodec installed:
 #   sh benchmarks/gpu_figures.sh OUT_DIR [H&E_FOLDER]
 # 1. benchmarks/throughput.py per model and precision: the network alone in batches, the entropy
-#    coder alone, and the whole compress loop on an in-memory 16384 x 16384 canvas (with and
+#    coder alone, and the whole compress loop on an in-memory 24576 x 24576 canvas (with and
 #    without the writer); 2. `compress` of a synthetic 16384 x 16384 JPEG-tiled slide, timed in
 #    the process (model load excluded) for two splits of the host's cores between reading
 #    threads and coder processes, and the host's own ceiling on it (benchmarks/host_ceiling.py:
@@ -29,11 +29,11 @@ echo "cores: $(nproc); $(grep -m1 'model name' /proc/cpuinfo)" | tee -a "$OUT/gp
 $PY -c "import numpy, torch; b = numpy.show_config(mode='dicts')['Build Dependencies']['blas']
 print('numpy', numpy.__version__, 'BLAS', b.get('name'), b.get('version'), '| torch', torch.__version__,
       'threads', torch.get_num_threads())" 2>&1 | tail -1 | tee -a "$OUT/gpu.txt"
-throughput hne-f64-q4-v1 fp32 32
-throughput hne-f64-q4-v1 fp16 32
-for procs in 2 8; do  # around the default (a quarter of the cores)
+throughput hne-f64-q4-v1 fp32 48
+throughput hne-f64-q4-v1 fp16 48
+for procs in 2 8; do  # around the default (a quarter of the cores; 4 on 16)
   timeout 60 $PY benchmarks/throughput.py --device cuda --model hne-f64-q4-v1 --batch-size 32 \
-    --tiles 32 --repeats 1 --skip-jxl --data "$DATA" --pipeline 32 --coder-processes $procs --out-dir /tmp \
+    --tiles 32 --repeats 1 --skip-jxl --data "$DATA" --pipeline 48 --coder-processes $procs --out-dir /tmp \
     2>&1 | grep "^pipeline:" | sed "s|^|$procs coder processes: |"
 done
 timeout 60 $PY benchmarks/make_synthetic_slide.py /tmp/synthetic16k.tiff --size 16384 16384 --glass 0.3 \
