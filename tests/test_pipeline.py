@@ -40,6 +40,9 @@ def test_example_slide_round_trip_metadata(cmu_store):
                                     "vendor": "aperio"}
         assert s.meta["model"]["name"] == "tiny" and len(s.meta["model"]["sha256"]) == 64
         assert s.level_dimensions[0] == (2220, 2967) and s.level_count == 2
+        from wsicodec.engine import native_bf16  # provenance: what chose the latents
+
+        assert s.meta["encoder"] == {"device": "cpu", "precision": "bf16" if native_bf16() else "fp32"}
 
 
 def test_reader_decodes_regions_like_a_full_decode(cmu_store, tiny_models):

@@ -157,6 +157,8 @@ def store_metadata(src: SlideSource, input_path: Path, card, coder: LatentCoder,
                        "detection": "tile is glass when <=0.1% of its pixels differ by >20 levels"
                                     if skip_glass else "off"},
         "associated": [], "deidentified": bool(deidentify),
+        # provenance: which arithmetic chose the latents (a resumed run records its own)
+        "encoder": {"device": coder.device.type, "precision": coder.precision},
     }
     if deid is not None:
         meta["deidentification"] = deid

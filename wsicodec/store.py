@@ -102,7 +102,7 @@ def read_store_meta(path: Path) -> dict[str, Any] | None:
 _ZARR_TMP = re.compile(r"\.[0-9a-f]{32}\.partial$")
 
 #: metadata keys that may differ between an interrupted run and the run that resumes it
-_RUN_KEYS = ("created", "complete", "tiles", "associated")
+_RUN_KEYS = ("created", "complete", "tiles", "associated", "encoder")
 
 
 def _comparable(meta: dict[str, Any]) -> str:
