@@ -15,11 +15,13 @@ def test_cuda_latents_match_cpu_and_decode_anywhere(tiny_models, he_crop, tmp_pa
     from wsicodec.store import WsiStore
 
     Image.fromarray(he_crop).save(tmp_path / "he.png")
-    cpu = compress(tmp_path / "he.png", tmp_path / "cpu.zarr", model_dir=tiny_models, tile=128, device="cpu")
+    # fp32 on both sides (auto picks fp16 on CUDA and bf16 on a CPU with native bf16)
+    cpu = compress(tmp_path / "he.png", tmp_path / "cpu.zarr", model_dir=tiny_models, tile=128, device="cpu",
+                   precision="fp32")
     gpu = compress(tmp_path / "he.png", tmp_path / "gpu.zarr", model_dir=tiny_models, tile=128, device="cuda",
                    batch_size=8, precision="fp32")
     with WsiStore(cpu.output, model_dir=tiny_models, device="cpu") as a, \
-            WsiStore(gpu.output, model_dir=tiny_models, device="cpu") as b:
+            WsiStore(gpu.output, model_dir=tiny_models, device="cpu", precision="fp32") as b:
         qa, qb = np.asarray(a.latents[...]), np.asarray(b.latents[...])
         assert np.mean(qa != qb) < 1e-3 and np.abs(qa.astype(int) - qb).max() <= 1
         pa = b.read_level0(0, 0, *b.dimensions)  # GPU-written store decoded on the CPU
@@ -44,7 +46,7 @@ def test_cuda_hyperprior_store_decodes_identically_on_cpu(tiny_models, he_crop, 
     with WsiStore(gpu.output, model_dir=tiny_models, device="cuda") as g:
         qg = np.asarray(g.fetch_latents(0, 0, *g.grid.latent_shape[::-1]))
         pg = g.read_level0(0, 0, *g.dimensions)
-    with WsiStore(gpu.output, model_dir=tiny_models, device="cpu") as c:
+    with WsiStore(gpu.output, model_dir=tiny_models, device="cpu", precision="fp32") as c:
         qc = np.asarray(c.fetch_latents(0, 0, *c.grid.latent_shape[::-1]))
         pc = c.read_level0(0, 0, *c.dimensions)
     assert np.array_equal(qg, qc)

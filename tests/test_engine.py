@@ -189,7 +189,7 @@ def test_cuda_tuned_path_matches_cpu_latents(tiny_models, he_tiles):
     from wsicodec.models import load_model
 
     m, card = load_model("tiny", tiny_models)
-    gpu = LatentCoder(m, card, "cuda", batch_size=2)
+    gpu = LatentCoder(m, card, "cuda", batch_size=2, precision="fp32")  # auto would be fp16
     assert gpu.half_synthesis and gpu.channels_last
     q = gpu.analysis(he_tiles)
     assert np.mean(q != _plain_fp32_latents(tiny_models, he_tiles)) < 1e-4
