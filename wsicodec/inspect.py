@@ -29,7 +29,8 @@ def describe(path: str | Path) -> dict[str, Any]:
                 "source_file": m["source"]["file_name"], "source_bytes": m["source"]["file_size"],
                 "ratio_to_source": round(m["source"]["file_size"] / max(size, 1), 3),
                 "associated_images": m.get("associated", []), "deidentified": m.get("deidentified", False),
-                "created": m.get("created"), "level_dimensions": [list(d) for d in s.level_dimensions],
+                "created": m.get("created"), "encoder": m.get("encoder"),
+                "level_dimensions": [list(d) for d in s.level_dimensions],
                 "properties": s.properties,
             }
     from wsicodec.slide import open_input
