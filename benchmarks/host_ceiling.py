@@ -151,8 +151,8 @@ def main(argv: list[str] | None = None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("slide", type=Path)
     ap.add_argument("--model", default=None)
-    ap.add_argument("--coder-processes", type=int, default=None, help="default: as compress on CUDA (cores / 4)")
-    ap.add_argument("--read-threads", type=int, default=None, help="default: as compress on CUDA (3/4 of the cores)")
+    ap.add_argument("--coder-processes", type=int, default=None, help="default: as compress on CUDA (pipeline.host_split)")
+    ap.add_argument("--read-threads", type=int, default=None, help="default: as compress on CUDA (pipeline.host_split)")
     ap.add_argument("--batch-size", type=int, default=32, help="windows per network batch (CUDA's default)")
     ap.add_argument("--out-dir", type=Path, default=None, help="where the store is written (default: a temp folder)")
     ap.add_argument("--json", type=Path, default=None)
@@ -167,9 +167,7 @@ def main(argv: list[str] | None = None) -> dict:
         return row
 
     import wsicodec.engine as engine
-    from wsicodec.pipeline import compress
-
-    from wsicodec.pipeline import host_split
+    from wsicodec.pipeline import compress, host_split
 
     cores = os.cpu_count() or 1
     default_procs, default_reads = host_split(True)  # as compress on CUDA
