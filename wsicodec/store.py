@@ -25,7 +25,6 @@ from typing import Any, Iterator
 
 import numpy as np
 
-from wsicodec import __version__
 from wsicodec.codec import LATENT_DTYPE, CodecError
 from wsicodec.errors import first_line as _first_line
 from wsicodec.tiling import TileGrid
