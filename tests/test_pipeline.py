@@ -208,3 +208,14 @@ def test_host_split_defaults():
 
     assert host_split(True, 16) == (4, 12) and host_split(True, 2) == (1, 2)
     assert host_split(False, 16) == (0, 4) and host_split(False, 2) == (0, 1)
+
+
+def test_reading_order_is_every_tile_once_in_strips():
+    """compress reads tiles in vertical strips (8 wide), row by row within each strip."""
+    from wsicodec.tiling import TileGrid
+
+    grid = TileGrid(10 * 512 + 100, 3 * 512, 512, 16)  # 11 x 3 tiles: strips of 8 and 3
+    order = grid.reading_order()
+    assert sorted(order) == sorted(grid) and len(order) == len(grid) == 33
+    assert order[:9] == [(tx, 0) for tx in range(8)] + [(0, 1)]
+    assert order[24:27] == [(8, 0), (9, 0), (10, 0)] and order[-1] == (10, 2)
