@@ -70,7 +70,7 @@ t = time.time(); r = compress('/tmp/synthetic32k.tiff', '/tmp/s32k.zarr', device
 print(json.dumps({'slide': '32768^2', 'call_s': round(time.time() - t, 2), 'slide_s': round(r.seconds, 2),
                   'slide_mpx_per_s': round(r.pixels / 1e6 / r.seconds, 1), 'glass_tiles': r.glass_tiles}))"
 timeout 120 $PY -m pytest -q -rs tests/test_cuda.py tests/test_engine.py -k cuda 2>&1 | tail -4
-throughput hne-hp64-q4-v1 fp32 16
-timeout 60 $PY benchmarks/throughput.py --device cuda --model hne-hp64-q4-v1 --tiles 8 --repeats 1 --skip-jxl \
+throughput hne-hp64-q4-v2 fp32 16
+timeout 60 $PY benchmarks/throughput.py --device cuda --model hne-hp64-q4-v2 --tiles 8 --repeats 1 --skip-jxl \
   --data "$DATA" --profile-coder 2>&1 | grep -A16 Ordered
 timeout 100 $PY benchmarks/streaming.py /tmp/synthetic16k.tiff --device cuda --json "$OUT/streaming-fp32.json" 2>&1 | tail -2

@@ -219,3 +219,22 @@ def test_reading_order_is_every_tile_once_in_strips():
     assert sorted(order) == sorted(grid) and len(order) == len(grid) == 33
     assert order[:9] == [(tx, 0) for tx in range(8)] + [(0, 1)]
     assert order[24:27] == [(8, 0), (9, 0), (10, 0)] and order[-1] == (10, 2)
+
+
+def test_retired_models_still_load_but_are_not_listed(tiny_models, tmp_path):
+    """A model replaced by a better one moves to ``retired/``: stores that name it still decode,
+    ``list_models`` (``wsicodec models``, the benchmark's zoo) leaves it out."""
+    import shutil
+
+    from wsicodec.models import list_models, load_model
+
+    folder = tmp_path / "models"
+    shutil.copytree(tiny_models, folder)
+    out = compress(EXAMPLE, tmp_path / "a.zarr", model_dir=folder, tile=256).output
+    (folder / "retired").mkdir()
+    for suffix in (".pt", ".json"):
+        (folder / f"tiny{suffix}").rename(folder / "retired" / f"tiny{suffix}")
+    assert "tiny" not in [c.name for c in list_models(folder)]
+    assert load_model("tiny", folder)[1].name == "tiny"
+    with WsiStore(out, model_dir=folder) as s:
+        assert s.read_level0(0, 0, 64, 64).shape == (64, 64, 3)

@@ -50,6 +50,8 @@ def _threads(n: int) -> None:
 @click.option("--device", type=click.Choice(["cpu", "cuda"]), default="cpu", show_default=True,
               help="Device for wsicodec.")
 @click.option("--threads", type=click.IntRange(0, 1024), default=0, help="torch CPU threads (0: torch default).")
+@click.option("--precision", type=click.Choice(["auto", "fp32"]), default="auto", show_default=True,
+              help="wsicodec's arithmetic, compress and decompress alike (auto: half precision where native).")
 @click.option("--models", default=None, metavar="LIST",
               help="Comma-separated wsicodec models to measure (default: every model in the model folder).")
 @click.option("--models-dir", type=click.Path(exists=True, file_okay=False, path_type=Path), default=None,
@@ -58,7 +60,8 @@ def _threads(n: int) -> None:
               help="An earlier results.csv: its rows for the same images are kept, except for the codec "
                    "settings (models) measured now (e.g. add a model without re-measuring the others).")
 @click.option("--quiet", "-q", is_flag=True, help="No progress bar or tables.")
-def run(inputs, out, codecs, metrics, tiles, tile_size, seed, device, threads, models, models_dir, reuse, quiet):
+def run(inputs, out, codecs, metrics, tiles, tile_size, seed, device, threads, precision, models, models_dir, reuse,
+        quiet):
     """Rate–distortion benchmark of INPUT images, folders and slides; results in --out."""
     from wsicodec.bench.runner import run_benchmark
 
@@ -66,7 +69,7 @@ def run(inputs, out, codecs, metrics, tiles, tile_size, seed, device, threads, m
     settings = {"wsicodec": [m.strip() for m in models.split(",") if m.strip()]} if models else None
     r = run_benchmark(list(inputs), out, codecs=codecs, metrics=metrics, tiles=tiles, tile_size=tile_size,
                       seed=seed, settings=settings, model_dir=models_dir, device=device, progress=not quiet,
-                      reuse=reuse)
+                      reuse=reuse, precision=precision)
     if not quiet:
         click.echo(f"{len(r.rows)} measurements; wrote " + ", ".join(p.name for p in r.files) + f" to {r.out}")
 

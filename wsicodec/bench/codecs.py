@@ -132,9 +132,10 @@ class WsicodecCodec(Codec):
     setting_label = "model"
 
     def __init__(self, settings: Sequence[str] | None = None, model_dir: Path | None = None,
-                 device: str = "cpu", batch_size: int = 4, tile: int = 512):
+                 device: str = "cpu", batch_size: int = 4, tile: int = 512, precision: str = "auto"):
         self.model_dir = Path(model_dir) if model_dir else None
         self.device, self.batch_size, self.tile = device, batch_size, tile
+        self.precision = precision  # "auto" or "fp32", for compress and decompress alike
         self._tmp = tempfile.TemporaryDirectory(prefix="wsicodec-bench-")
         super().__init__(settings)
         if not self.settings:
@@ -171,9 +172,10 @@ class WsicodecCodec(Codec):
         h, w = rgb.shape[:2]
         t0 = time.perf_counter()
         compress(src, store, model=setting, device=self.device, batch_size=self.batch_size, tile=self.tile,
-                 overwrite=True, skip_glass=False, progress=False, model_dir=self.model_dir)
+                 overwrite=True, skip_glass=False, progress=False, model_dir=self.model_dir, precision=self.precision)
         t1 = time.perf_counter()
-        with WsiStore(store, device=self.device, batch_size=self.batch_size, model_dir=self.model_dir) as s:
+        with WsiStore(store, device=self.device, batch_size=self.batch_size, model_dir=self.model_dir,
+                      precision=self.precision) as s:
             out = s.read_level0(0, 0, w, h)
         t2 = time.perf_counter()
         return Coded(wsicodec_bytes(store), out, t1 - t0, t2 - t1)
@@ -183,9 +185,9 @@ class WsicodecCodec(Codec):
 
 
 def make_codec(name: str, settings: Sequence[Any] | None = None, model_dir: Path | None = None,
-               device: str = "cpu") -> Codec:
+               device: str = "cpu", precision: str = "auto") -> Codec:
     if name == "wsicodec":
-        return WsicodecCodec(settings, model_dir=model_dir, device=device)
+        return WsicodecCodec(settings, model_dir=model_dir, device=device, precision=precision)
     if name in CLASSICAL:
         return classical_codec(name, settings)
     raise ValueError(f"unknown codec {name!r} (known: {', '.join(ALL_CODECS)})")

@@ -128,7 +128,7 @@ def run_benchmark(inputs: Sequence[str | Path], out: str | Path, codecs: str | S
                   metrics: str | Sequence[str] | None = None, tiles: int = 8, tile_size: int = 512, seed: int = 0,
                   settings: dict[str, Sequence[Any]] | None = None, model_dir: Path | None = None,
                   device: str = "cpu", progress: bool = True, console=None,
-                  reuse: str | Path | None = None) -> BenchResult:
+                  reuse: str | Path | None = None, precision: str = "auto") -> BenchResult:
     """Benchmark ``codecs`` (default: all; ``wsicodec`` only if a model is shipped) on ``inputs``
     and write the result files into ``out``. ``settings`` overrides a codec's sweep (e.g.
     ``{"jpeg": [50, 80]}``; for ``wsicodec`` a list of model names). ``reuse``: an earlier
@@ -155,7 +155,7 @@ def run_benchmark(inputs: Sequence[str | Path], out: str | Path, codecs: str | S
     try:
         for name in codec_names:
             try:
-                built.append(make_codec(name, settings.get(name), model_dir=model_dir, device=device))
+                built.append(make_codec(name, settings.get(name), model_dir=model_dir, device=device, precision=precision))
             except ValueError as e:
                 if explicit:
                     raise

@@ -133,8 +133,22 @@ def list_models(directory: Path | None = None) -> list[ModelCard]:
     return cards
 
 
+#: subfolder of retired models: replaced by a better one of the same rate, still loaded by name
+#: (stores written with them name them) but left out of :func:`list_models` (``wsicodec models``,
+#: the benchmark's default zoo)
+RETIRED = "retired"
+
+
+def _model_folder(name: str, directory: Path) -> Path:
+    """The folder holding ``name``'s card and weights: the model folder or its ``retired/``."""
+    for folder in (directory, directory / RETIRED):
+        if (folder / f"{name}.json").is_file():
+            return folder
+    return directory
+
+
 def _read_card(name: str, directory: Path) -> ModelCard:
-    card_path = directory / f"{name}.json"
+    card_path = _model_folder(name, directory) / f"{name}.json"
     if not card_path.is_file():
         known = ", ".join(c.name for c in list_models(directory)) or "none"
         raise ModelError(f"unknown model {name!r} (shipped models: {known})")
@@ -147,7 +161,7 @@ def load_model(
     """Load a shipped model by name, verifying its sha256 (and ``expect_sha256`` if given)."""
     directory = Path(directory) if directory else model_dir()
     card = _read_card(name, directory)
-    weights = directory / f"{name}.pt"
+    weights = _model_folder(name, directory) / f"{name}.pt"
     if not weights.is_file():
         raise ModelError(f"model {name!r}: weights file {weights} is missing")
     digest = sha256_file(weights)
