@@ -311,14 +311,13 @@ def main(argv: list[str] | None = None) -> dict:
         agreement = {"latents_differing_from_fp32": float(np.mean(qa != qb)), "max_abs_difference": int(np.abs(qa - qb).max())}
         print(f"{coder.precision} vs fp32 latents: {agreement}", file=sys.stderr)
     if args.pipeline:
-        cuda = args.device == "cuda"
-        from wsicodec.pipeline import host_split
-
-        default_procs, default_reads = host_split(cuda)
-        procs = args.coder_processes if args.coder_processes is not None else default_procs
-        reads = args.read_threads if args.read_threads is not None else default_reads
         import tempfile
 
+        from wsicodec.pipeline import host_split
+
+        default_procs, default_reads = host_split(args.device == "cuda")
+        procs = args.coder_processes if args.coder_processes is not None else default_procs
+        reads = args.read_threads if args.read_threads is not None else default_reads
         canvas = CanvasSource(windows, args.pipeline)
         with tempfile.TemporaryDirectory(dir=args.out_dir) as tmp:
             pipe = pipeline_throughput(coder, card, model, canvas, max(0, procs), reads, 2, Path(tmp))

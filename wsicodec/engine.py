@@ -6,6 +6,7 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import ctypes.util
+import functools
 import os
 import queue
 import sys
@@ -30,6 +31,7 @@ class EngineError(RuntimeError):
 PRECISIONS = ("auto", "fp32", "fp16", "bf16")
 
 
+@functools.lru_cache(maxsize=1)
 def native_bf16() -> bool:
     """Whether this CPU computes bf16 itself (AVX512-BF16 or AMX): there oneDNN's bf16
     convolutions run the analysis 2-3x as fast as fp32; elsewhere bf16 is emulated, and slower."""

@@ -160,8 +160,9 @@ def load_model(
 ) -> tuple[nn.Module, ModelCard]:
     """Load a shipped model by name, verifying its sha256 (and ``expect_sha256`` if given)."""
     directory = Path(directory) if directory else model_dir()
-    card = _read_card(name, directory)
-    weights = _model_folder(name, directory) / f"{name}.pt"
+    folder = _model_folder(name, directory)
+    card = _read_card(name, folder)
+    weights = folder / f"{name}.pt"
     if not weights.is_file():
         raise ModelError(f"model {name!r}: weights file {weights} is missing")
     digest = sha256_file(weights)
