@@ -33,7 +33,7 @@ def main() -> None:
               help="Tiles per network batch  [default: 32 on CUDA, 8 on the CPU]")
 @click.option("--precision", type=click.Choice(["auto", "fp32", "fp16", "bf16"]), default="auto", show_default=True,
               help="The analysis's arithmetic: auto = fp16 on CUDA, bf16 on a CPU with native bf16 "
-                   "(AVX512-BF16 / AMX), else fp32. Half precision is faster and changes ~0.1-0.6% of "
+                   "(AVX512-BF16 / AMX), else fp32. Half precision is faster and changes ~0.1-1.3% of "
                    "latents by 1; the store decodes the same everywhere.")
 @click.option("--coder-processes", type=click.IntRange(0, 256), default=None,
               help="Processes that entropy-code and write tiles  [default: on CUDA a quarter of the cores, else 0]")
@@ -130,7 +130,7 @@ def _compress_many(inputs, out_dir, workers, scheduler, retries, quiet, opts) ->
 @click.option("--batch-size", type=click.IntRange(1, 1024), default=8, show_default=True)
 @click.option("--precision", type=click.Choice(["auto", "fp32"]), default="auto", show_default=True,
               help="The synthesis's arithmetic: auto = fp16 on CUDA, bf16 on a CPU with native bf16 (about "
-                   "twice as fast; pixels within 2 levels of fp32's), else fp32.")
+                   "3x as fast; pixels within 2 levels of fp32's), else fp32.")
 @click.option("--overwrite", is_flag=True)
 @click.option("--quiet", "-q", is_flag=True)
 def decompress(store, output, tile, compression, quality, region, device, batch_size, precision, overwrite, quiet):

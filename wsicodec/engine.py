@@ -34,7 +34,7 @@ PRECISIONS = ("auto", "fp32", "fp16", "bf16")
 @functools.lru_cache(maxsize=1)
 def native_bf16() -> bool:
     """Whether this CPU computes bf16 itself (AVX512-BF16 or AMX): there oneDNN's bf16
-    convolutions run the analysis 2-3x as fast as fp32; elsewhere bf16 is emulated, and slower."""
+    convolutions run the analysis 3-4x as fast as fp32; elsewhere bf16 is emulated, and slower."""
     try:
         cpu = torch.cpu
         return bool(cpu._is_avx512_bf16_supported() or getattr(cpu, "_is_amx_tile_supported", lambda: False)())
@@ -168,16 +168,16 @@ class LatentCoder:
       process setting (torch's default: one thread per core; ``OMP_NUM_THREADS`` is respected).
     * ``half_synthesis``: run the synthesis transform under fp16 (CUDA) / bf16 (CPU) autocast
       (pixels only; the latents are not affected). None: on for CUDA and for a CPU with native
-      bf16 (:func:`native_bf16`; 2.1x as fast there, decoded pixels within 2 levels of fp32's,
-      −0.003 dB), off elsewhere. A batch whose half-precision output is not finite is run again
+      bf16 (:func:`native_bf16`; 3.2x as fast there, decoded pixels within 2 levels of fp32's,
+      no measurable PSNR change), off elsewhere. A batch whose half-precision output is not finite is run again
       in fp32.
     * ``keep_heap``: :func:`keep_freed_memory` (None: on for the CPU).
     * ``precision``: ``"auto"`` (default: fp16 on CUDA; bf16 on a CPU that computes bf16 itself,
       :func:`native_bf16`; else fp32), ``"fp32"``, ``"fp16"`` (CUDA only) or ``"bf16"``: the
       analysis under fp16 / bf16 autocast, 1.3x as fast on an H200 (fp16, network alone) and
-      2-3x on an AVX512-BF16 CPU (bf16). The store stays decodable everywhere (it
+      3-4x on an AVX512-BF16 CPU (bf16). The store stays decodable everywhere (it
       holds integers, and decoding never reruns the analysis); what changes is which latents a
-      tile gets: more of them differ by ±1 from fp32's (fp16: 0.09 %, bf16: 0.6 % on H&E). A
+      tile gets: more of them differ by ±1 from fp32's (fp16: 0.09 %, bf16: 0.1-1.3 % on H&E). A
       batch whose half-precision latents are not finite is run again in fp32.
 
     The GDN layers run as :class:`InferenceGDN` (same numbers, fewer temporaries).

@@ -83,9 +83,9 @@ def host_split(cuda: bool, cores: int | None = None) -> tuple[int, int]:
     On CUDA the host's cores read (decoding the slide's JPEG tiles is its largest cost) and code:
     a quarter code in worker processes, three quarters read (the best of three splits measured
     on an H200's host, docs/performance.md "GPU"). On the CPU the network takes the cores and
-    the writer threads code in-process: one reading thread reads ~36 Mpx/s (7.2 ms a 576-px
+    the writer threads code in-process: one reading thread reads ~37 Mpx/s (7.1 ms a 576-px
     window with its glass check, development machine) and a core runs the bf16 network at
-    ~11 Mpx/s, so a quarter of the cores read."""
+    ~13 Mpx/s, so a quarter of the cores read."""
     cores = cores or os.cpu_count() or 1
     if cuda:
         return max(1, cores // 4), max(2, 3 * cores // 4)

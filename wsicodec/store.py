@@ -513,7 +513,7 @@ class WsiStore:
     ``level_downsamples``, ``properties``, ``associated_images``, ``read_region``,
     ``get_thumbnail``; a context manager. Pixels are decoded on demand, only for the tiles asked
     for. ``precision``: ``"auto"`` runs the synthesis in half precision where that is native
-    (fp16 on CUDA, bf16 on a CPU with AVX512-BF16 / AMX: about twice as fast, pixels within 2
+    (fp16 on CUDA, bf16 on a CPU with AVX512-BF16 / AMX: about 3x as fast, pixels within 2
     levels of fp32's); ``"fp32"`` never does."""
 
     def __init__(self, path: str | os.PathLike, device: str = "auto", batch_size: int = 8,
