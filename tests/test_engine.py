@@ -204,7 +204,7 @@ def test_kept_heap_and_fused_gdn_give_the_plain_latents(tiny_models, he_tiles):
     assert isinstance(keep_freed_memory(), bool)
     assert any(isinstance(m, InferenceGDN) for m in coder.g_a) and any(isinstance(m, InferenceGDN) for m in coder.g_s)
     x = torch.from_numpy(he_tiles).permute(0, 3, 1, 2).float().div(255).contiguous(memory_format=torch.channels_last)
-    with torch.inference_mode():  # InferenceGDN: bit for bit compressai's GDN / IGDN
+    with torch.inference_mode():  # InferenceGDN: bit for bit the model's GDN / IGDN (compressai's: test_networks.py)
         y = coder.model.g_a(x)
         assert torch.equal(coder.g_a(x), y)
         assert torch.equal(coder.g_s(y), coder.model.g_s(y))

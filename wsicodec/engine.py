@@ -123,7 +123,7 @@ def _no_tf32(device: torch.device):
 
 
 class InferenceGDN(nn.Module):
-    """compressai's GDN / inverse GDN for inference: β and γ reparametrised once instead of at
+    """A GDN / inverse GDN (ours or compressai's) for inference: β and γ reparametrised once instead of at
     every call, and the square, (r)sqrt and product done with fewer full-size temporaries. The
     same operations on the same values, so the same numbers bit for bit."""
 
@@ -141,16 +141,22 @@ class InferenceGDN(nn.Module):
         return norm.mul_(x)
 
 
+def _gdn_types() -> tuple[type, ...]:
+    """GDN classes: ours (:mod:`wsicodec.models.networks`) and compressai's if it is imported
+    (a model being trained); compressai is not imported for this."""
+    from wsicodec.models.networks import GDN
+
+    layers = sys.modules.get("compressai.layers")
+    return (GDN, layers.GDN) if layers is not None and hasattr(layers, "GDN") else (GDN,)
+
+
 def inference_transform(transform: nn.Module) -> nn.Module:
     """A Sequential transform with its GDN layers replaced by :class:`InferenceGDN` (the other
     layers shared, not copied); any other module is returned as it is."""
-    try:
-        from compressai.layers import GDN
-    except ImportError:  # pragma: no cover - compressai is a dependency
+    gdn = _gdn_types()
+    if not isinstance(transform, nn.Sequential) or not any(isinstance(m, gdn) for m in transform):
         return transform
-    if not isinstance(transform, nn.Sequential) or not any(isinstance(m, GDN) for m in transform):
-        return transform
-    return nn.Sequential(*[InferenceGDN(m) if isinstance(m, GDN) else m for m in transform]).eval()
+    return nn.Sequential(*[InferenceGDN(m) if isinstance(m, gdn) else m for m in transform]).eval()
 
 
 class LatentCoder:

@@ -20,6 +20,8 @@ from typing import Any, Callable
 import torch
 from torch import nn
 
+from wsicodec.models import networks
+
 warnings.filterwarnings("ignore", message=".*torch.jit.script.*", category=FutureWarning)
 
 
@@ -41,9 +43,11 @@ def _mean_scale(N: int = 64, M: int = 96) -> nn.Module:
 
 @dataclass(frozen=True)
 class Architecture:
-    """How to build a model and how far its transforms see, for seam-free tiling."""
+    """How to build a model (to train: compressai's modules; to run: :mod:`networks`' light
+    ones, same parameter names) and how far its transforms see, for seam-free tiling."""
 
     build: Callable[..., nn.Module]
+    build_inference: Callable[..., nn.Module]
     stride: int          # pixels per latent
     encode_halo: int     # pixels of context each side so tiled latents equal whole-image latents
     decode_halo: int     # latents of context each side so tiled pixels equal whole-image pixels
@@ -55,10 +59,10 @@ class Architecture:
 #: ±30 px, so 32 px (2 latents) of halo make tiled and whole-image latents equal; g_s is
 #: 4 transposed conv(5x5, stride 2): a pixel sees ±2 latents; 4 latents of halo are kept.
 ARCHITECTURES: dict[str, Architecture] = {
-    "bmshj2018-factorized": Architecture(_factorized, 16, 32, 4, "factorized"),
+    "bmshj2018-factorized": Architecture(_factorized, networks.Factorized, 16, 32, 4, "factorized"),
     # Minnen 2018 mean-scale hyperprior: the same g_a / g_s (so a factorized model's transforms
     # warm-start it), plus h_a / h_s predicting a Gaussian mean and scale for every latent.
-    "mbt2018-mean": Architecture(_mean_scale, 16, 32, 4, "gaussian-mean-scale", 4),
+    "mbt2018-mean": Architecture(_mean_scale, networks.MeanScale, 16, 32, 4, "gaussian-mean-scale", 4),
 }
 
 
@@ -156,9 +160,11 @@ def _read_card(name: str, directory: Path) -> ModelCard:
 
 
 def load_model(
-    name: str, directory: Path | None = None, expect_sha256: str | None = None
+    name: str, directory: Path | None = None, expect_sha256: str | None = None, *, trainable: bool = False
 ) -> tuple[nn.Module, ModelCard]:
-    """Load a shipped model by name, verifying its sha256 (and ``expect_sha256`` if given)."""
+    """Load a shipped model by name, verifying its sha256 (and ``expect_sha256`` if given): to run
+    it (:mod:`networks`, without importing compressai), or with ``trainable`` as compressai's
+    model (:func:`build_model`) with every training part."""
     directory = Path(directory) if directory else model_dir()
     folder = _model_folder(name, directory)
     card = _read_card(name, folder)
@@ -176,10 +182,17 @@ def load_model(
             f"model {name!r} here has sha256 {digest[:12]}…, but the store was written with "
             f"{expect_sha256[:12]}…: a different model"
         )
-    model = build_model(card.architecture, **card.params)
     state = torch.load(weights, map_location="cpu", weights_only=True)
-    model.load_state_dict(state)
-    model.eval()
+    if trainable:
+        model = build_model(card.architecture, **card.params)
+        model.load_state_dict(state)
+        return model.eval(), card
+    if card.architecture not in ARCHITECTURES:
+        build_model(card.architecture)  # the error naming the known ones
+    try:
+        model = networks.load_weights(ARCHITECTURES[card.architecture].build_inference(**card.params), state)
+    except (ValueError, TypeError, RuntimeError) as e:
+        raise ModelError(f"model {name!r}: weights do not fit its card's {card.architecture} {card.params}: {e}") from None
     return model, card
 
 
