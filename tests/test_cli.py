@@ -102,3 +102,13 @@ def test_existing_tiff_needs_overwrite(run, tmp_path):
     assert run("decompress", tmp_path / "a.zarr", tmp_path / "a.tif", "-q", "--overwrite").exit_code == 0
     _one_line_error(run("decompress", tmp_path / "a.zarr", tmp_path / "b.tif", "--region", "0", "0", "99", "9"),
                     "not inside the slide")
+
+
+def test_command_line_starts_without_torch():
+    """`wsicodec --help` and `info` start without importing torch (1.5-2 s): the train group loads it on use."""
+    import subprocess
+    import sys
+
+    code = "import sys, wsicodec.cli, wsicodec.inspect; assert 'torch' not in sys.modules, 'torch imported'"
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr[-1000:]
