@@ -54,8 +54,19 @@ def test_reader_decodes_regions_like_a_full_decode(cmu_store, tiny_models):
             assert np.abs(reg[:, :, :3].astype(int) - full[y : y + h, x : x + w]).max() <= 1
         out = np.asarray(s.read_region((2200, 2950), 0, (40, 40)))
         assert (out[:17, :20, 3] == 255).all() and (out[17:, :, 3] == 0).all() and (out[:, 20:, 3] == 0).all()
+        bands = []
+        read_level0 = s.read_level0
+        s.read_level0 = lambda *box: bands.append(box[3]) or read_level0(*box)
         low = s.read_region((0, 0), 1, s.level_dimensions[1])
         assert low.size == s.level_dimensions[1]
+        assert max(bands) <= max(s.grid.tile, 4) and sum(bands) >= s.dimensions[1]  # bands, not the slide
+        from wsicodec.store import box_reduce
+
+        lw, lh = s.level_dimensions[1]
+        padded = np.empty((lh * 4, lw * 4, 3), np.uint8)
+        padded[:] = s.glass
+        padded[: full.shape[0], : full.shape[1]] = full
+        assert np.abs(np.asarray(low)[:, :, :3].astype(int) - box_reduce(padded, 4)).max() <= 1  # batches differ
         assert max(s.get_thumbnail((200, 200)).size) == 200
 
 

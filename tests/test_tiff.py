@@ -5,7 +5,8 @@ from __future__ import annotations
 import numpy as np
 import tifffile
 
-from wsicodec.tiff import _downsample, write_pyramid
+from wsicodec.store import box_reduce
+from wsicodec.tiff import write_pyramid
 from wsicodec.tiling import TileGrid
 
 
@@ -31,16 +32,16 @@ def test_every_level_is_the_area_average_of_level_0(tmp_path):
         pages = [p.asarray() for p in tif.pages]
     assert [p.shape[:2] for p in pages] == [(4133, 4700), (1034, 1175), (259, 294)]
     assert np.array_equal(pages[0], store.image)
-    level1 = _downsample(store.image, 4)
+    level1 = box_reduce(store.image, 4)
     assert np.array_equal(pages[1], level1)
-    assert np.array_equal(pages[2], _downsample(level1, 4))
+    assert np.array_equal(pages[2], box_reduce(level1, 4))
     assert [p.name for p in tmp_path.iterdir()] == ["p.tif"]  # no temporary level files left
 
 
 def test_downsample_is_the_rounded_box_mean_with_partial_edge_boxes():
     rng = np.random.default_rng(0)
     band = rng.integers(0, 256, (10, 23, 3), dtype=np.uint8)  # 10 x 23: partial boxes at both edges
-    got = _downsample(band, 4)
+    got = box_reduce(band, 4)
     assert got.shape == (3, 6, 3) and got.dtype == np.uint8
     ref = np.empty(got.shape, np.int64)
     for i in range(3):

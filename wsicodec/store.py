@@ -66,6 +66,14 @@ def pyramid_downsamples(width: int, height: int, factor: int = 4, smallest: int 
     return ds
 
 
+def box_reduce(pixels: np.ndarray, f: int) -> np.ndarray:
+    """Area-average uint8 RGB by ``f`` (Pillow's box ``reduce``: integer sums, rounded; a partial
+    box at the right or bottom edge averages the pixels it has)."""
+    from PIL import Image
+
+    return np.asarray(Image.fromarray(np.ascontiguousarray(pixels)).reduce(f))
+
+
 def is_partial_name(path: Path) -> bool:
     """Whether ``path`` is named like an unfinished store (``.<name>.partial``)."""
     name = Path(path).name
@@ -721,7 +729,9 @@ class WsiStore:
 
     def read_region(self, location: tuple[int, int], level: int, size: tuple[int, int]):
         """Like ``OpenSlide.read_region``: RGBA PIL image; ``location`` in level-0 pixels; pixels
-        outside the slide are transparent."""
+        outside the slide are transparent. A level below 0 is level 0 box-averaged (decoded in
+        bands, so a whole low level takes the memory of one band of tiles, but the time of
+        decoding the slide)."""
         from PIL import Image
 
         if not 0 <= level < self.level_count:
@@ -731,9 +741,14 @@ class WsiStore:
             raise StoreError(f"{self.path}: region size must be positive, got {size}")
         d = int(self.level_downsamples[level])
         x, y = int(location[0]), int(location[1])
-        rgb = self.read_level0(x, y, w * d, h * d)
-        if d > 1:
-            rgb = rgb.reshape(h, d, w, d, 3).mean(axis=(1, 3)).round().astype(np.uint8)
+        if d == 1:
+            rgb = self.read_level0(x, y, w, h)
+        else:  # level 0 in bands of about a tile row, each box-averaged: memory of one band
+            rgb = np.empty((h, w, 3), np.uint8)
+            rows = max(1, self.grid.tile // d)
+            for r in range(0, h, rows):
+                n = min(rows, h - r)
+                rgb[r : r + n] = box_reduce(self.read_level0(x, y + r * d, w * d, n * d), d)
         alpha = np.zeros((h, w, 1), np.uint8)
         W, H = self.dimensions
         ax0, ay0 = max(0, -(-(0 - x) // d)), max(0, -(-(0 - y) // d))
