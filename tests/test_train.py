@@ -128,3 +128,27 @@ def test_hyperprior_warm_starts_from_a_factorized_model_and_learns(data_dir, tmp
     assert np.mean(losses[-10:]) < 0.7 * np.mean(losses[:10])
     v = t.validate_and_schedule()  # real bits through the hyperprior's own coder
     assert v["bpp"] > 0 and v["psnr"] > 10
+
+
+def test_bf16_training_keeps_fp32_weights_and_validates_in_fp32(data_dir, tmp_path):
+    from wsicodec.train.loop import _set_precision, validate
+
+    torch.manual_seed(0)
+    t = Trainer(_cfg(data_dir, tmp_path / "bf16", precision="bf16"))
+    plain = Trainer(_cfg(data_dir, tmp_path / "fp32"))
+    assert list(t.model.state_dict()) == list(plain.model.state_dict())  # same keys: checkpoints interchange
+    seen = []
+    hook = t.model.g_s[0].register_forward_hook(lambda m, i, o: seen.append(o.dtype))
+    losses = [t.train_step()["loss"] for _ in range(40)]
+    assert np.isfinite(losses).all() and np.mean(losses[-10:]) < 0.7 * np.mean(losses[:10])
+    assert seen[0] == torch.bfloat16  # the transforms ran in bf16 ...
+    assert all(p.dtype == torch.float32 for p in t.model.parameters())  # ... on fp32 weights
+    seen.clear()
+    got = validate(t.model, t.val)
+    assert seen and set(seen) == {torch.float32}  # evaluation in fp32
+    plain.model.load_state_dict(t.model.state_dict())
+    ref = validate(plain.model, plain.val)
+    assert (ref["bpp"], ref["psnr"]) == (got["bpp"], got["psnr"])
+    hook.remove()
+    with pytest.raises(ValueError, match="precision"):
+        _set_precision(t.model, "fp16")

@@ -41,9 +41,12 @@ def command() -> None:
 @click.option("--init-from", multiple=True,
               help="Start from another run's or model's weights (fine-tuning); repeatable, later files "
                    "override earlier ones; from another architecture, the tensors of the same name and shape.")
+@click.option("--precision", type=click.Choice(["fp32", "bf16"]), default="fp32", show_default=True,
+              help="bf16: g_a / g_s trained under bf16 autocast (weights, entropy models and loss fp32; "
+                   "validation fp32); 1.7x per step on a CPU with AVX512-BF16.")
 @click.option("--resume", is_flag=True, help="Continue the run in --out exactly where it stopped.")
 def run(data, out, val, architecture, N, M, lmbda, feature_net, psi, patch, batch, steps, lr, transform_lr, clip,
-        val_every, checkpoint_minutes, max_minutes, seed, threads, init_from, resume):
+        val_every, checkpoint_minutes, max_minutes, seed, threads, init_from, precision, resume):
     """Train on DATA (image files, folders, slides)."""
     from wsicodec.train import TrainConfig, Trainer
 
@@ -51,7 +54,7 @@ def run(data, out, val, architecture, N, M, lmbda, feature_net, psi, patch, batc
                       feature_net=feature_net, psi=[float(v) for v in psi.split(",")], patch=patch, batch=batch,
                       steps=steps, lr=lr, transform_lr=transform_lr, clip=clip, val=list(val), val_every=val_every,
                       checkpoint_minutes=checkpoint_minutes, max_minutes=max_minutes, seed=seed, threads=threads,
-                      init_from=",".join(init_from))
+                      init_from=",".join(init_from), precision=precision)
     t = Trainer(cfg)
     if resume:
         if not t.ckpt_path.exists():

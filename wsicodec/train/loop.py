@@ -60,6 +60,7 @@ class TrainConfig:
     init_from: str = ""              # fine-tune from another checkpoint's weights
     stain_jitter: float = 0.05
     colour_jitter: float = 0.05
+    precision: str = "fp32"          # fp32 | bf16: g_a / g_s trained under bf16 autocast (see _Bf16Transform)
 
     def psi_at(self, step: int, start: int = 0) -> float:
         """ψ at ``step`` of a run that began at ``start`` (a fine-tune switches halfway through its own steps)."""
@@ -67,6 +68,31 @@ class TrainConfig:
             return 0.0
         switch = start + self.psi_switch * (self.steps - start)
         return self.psi[0] if step < switch or len(self.psi) == 1 else self.psi[1]
+
+
+PRECISIONS = ("fp32", "bf16")
+
+
+class _Bf16Transform(nn.Sequential):
+    """A transform (g_a, g_s) whose training forward and backward run under bf16 autocast: its
+    weights, the entropy models, the hyper-networks and the loss stay fp32, and evaluation
+    (validation, export) is plain fp32. The convolutions of g_a / g_s are most of a step's time;
+    on a CPU with AVX512-BF16 a step of the N=64 hyperprior takes 0.19 s instead of 0.33 s."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not self.training:
+            return super().forward(x)
+        with torch.autocast(x.device.type, dtype=torch.bfloat16):
+            return super().forward(x).float()
+
+
+def _set_precision(model: nn.Module, precision: str) -> None:
+    if precision not in PRECISIONS:
+        raise ValueError(f"unknown training precision {precision!r} ({' or '.join(PRECISIONS)})")
+    for name in ("g_a", "g_s"):
+        t = getattr(model, name)
+        if type(t) in (nn.Sequential, _Bf16Transform):  # the same modules and state dict keys
+            t.__class__ = _Bf16Transform if precision == "bf16" else nn.Sequential
 
 
 def _rd_loss(model: nn.Module, x: torch.Tensor, lmbda: float, psi: float,
@@ -130,6 +156,7 @@ class Trainer:
         torch.manual_seed(cfg.seed)
         random.seed(cfg.seed)
         self.model = build_model(cfg.architecture, N=cfg.N, M=cfg.M)
+        _set_precision(self.model, cfg.precision)
         params = {n for n, p in self.model.named_parameters() if not n.endswith(".quantiles")}
         named = dict(self.model.named_parameters())
         transforms = sorted(n for n in params if n.startswith(("g_a.", "g_s.")))
