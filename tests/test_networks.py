@@ -71,6 +71,7 @@ def test_running_a_model_does_not_import_compressai(tiny_models):
     compressai (and what its package imports: torch_geometric, torch._dynamo) stays out."""
     code = f"""
 import sys
+import numpy as np
 from wsicodec.models import load_model
 from wsicodec.engine import LatentCoder
 from wsicodec.codec import HyperEntropyModel, decode_hyper_chunk, encode_hyper_chunk

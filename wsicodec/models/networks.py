@@ -63,7 +63,7 @@ class GDN(nn.Module):
         return x * (torch.sqrt(norm) if self.inverse else torch.rsqrt(norm))
 
 
-class EntropyTables(nn.Module):
+class FrozenEntropyModel(nn.Module):
     """A frozen entropy model: the quantized CDFs, their lengths and offsets (and, for the
     factorized prior, the learned quantiles whose middle one is each channel's median)."""
 
@@ -95,7 +95,7 @@ class Factorized(nn.Module):
     def __init__(self, N: int = 128, M: int = 192):
         super().__init__()
         self.g_a, self.g_s = _g_a(N, M), _g_s(N, M)
-        self.entropy_bottleneck = EntropyTables(FACTORIZED_TABLES)
+        self.entropy_bottleneck = FrozenEntropyModel(FACTORIZED_TABLES)
 
 
 class MeanScale(Factorized):
@@ -108,7 +108,7 @@ class MeanScale(Factorized):
         self.h_a = nn.Sequential(conv(M, N, 3, 1), lrelu(inplace=True), conv(N, N), lrelu(inplace=True), conv(N, N))
         self.h_s = nn.Sequential(deconv(N, M), lrelu(inplace=True), deconv(M, M * 3 // 2), lrelu(inplace=True),
                                  conv(M * 3 // 2, M * 2, 3, 1))
-        self.gaussian_conditional = EntropyTables(GAUSSIAN_TABLES)
+        self.gaussian_conditional = FrozenEntropyModel(GAUSSIAN_TABLES)
 
 
 def load_weights(net: nn.Module, state: Mapping[str, torch.Tensor]) -> nn.Module:
@@ -120,7 +120,7 @@ def load_weights(net: nn.Module, state: Mapping[str, torch.Tensor]) -> nn.Module
     for key in own:
         if key not in state:
             raise ValueError(f"weights lack {key!r}")
-    tables = {n for n, m in net.named_modules() if isinstance(m, EntropyTables)}
+    tables = {n for n, m in net.named_modules() if isinstance(m, FrozenEntropyModel)}
     for key, value in own.items():
         owner, _, attr = key.rpartition(".")
         if owner in tables:  # a table's size comes from training
