@@ -43,7 +43,8 @@ def command() -> None:
                    "override earlier ones; from another architecture, the tensors of the same name and shape.")
 @click.option("--precision", type=click.Choice(["fp32", "bf16"]), default="fp32", show_default=True,
               help="bf16: g_a / g_s trained under bf16 autocast (weights, entropy models and loss fp32; "
-                   "validation fp32); 1.7x per step on a CPU with AVX512-BF16.")
+                   "validation fp32); 1.3x the steps per CPU minute when fine-tuning on a CPU with AVX512-BF16, "
+                   "same objective; from scratch it trailed fp32 (docs/training.md).")
 @click.option("--resume", is_flag=True, help="Continue the run in --out exactly where it stopped.")
 def run(data, out, val, architecture, N, M, lmbda, feature_net, psi, patch, batch, steps, lr, transform_lr, clip,
         val_every, checkpoint_minutes, max_minutes, seed, threads, init_from, precision, resume):
