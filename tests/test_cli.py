@@ -105,10 +105,12 @@ def test_existing_tiff_needs_overwrite(run, tmp_path):
 
 
 def test_command_line_starts_without_torch():
-    """`wsicodec --help` and `info` start without importing torch (1.5-2 s): the train group loads it on use."""
+    """`wsicodec --help`, `info` and `models` start without importing torch (1.5-2 s): the train
+    group and the model loader import it on use."""
     import subprocess
     import sys
 
-    code = "import sys, wsicodec.cli, wsicodec.inspect; assert 'torch' not in sys.modules, 'torch imported'"
+    code = ("import sys, wsicodec.cli, wsicodec.inspect\nfrom wsicodec.models import list_models\n"
+            "assert list_models()\nassert 'torch' not in sys.modules, 'torch imported'")
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert r.returncode == 0, r.stderr[-1000:]

@@ -17,10 +17,10 @@ from importlib import resources
 from pathlib import Path
 from typing import Any, Callable
 
-import torch
-from torch import nn
+from typing import TYPE_CHECKING
 
-from wsicodec.models import networks
+if TYPE_CHECKING:
+    from torch import nn
 
 warnings.filterwarnings("ignore", message=".*torch.jit.script.*", category=FutureWarning)
 
@@ -41,6 +41,18 @@ def _mean_scale(N: int = 64, M: int = 96) -> nn.Module:
     return MeanScaleHyperprior(N=N, M=M)
 
 
+def _factorized_net(N: int = 128, M: int = 192) -> nn.Module:
+    from wsicodec.models.networks import Factorized
+
+    return Factorized(N=N, M=M)
+
+
+def _mean_scale_net(N: int = 64, M: int = 96) -> nn.Module:
+    from wsicodec.models.networks import MeanScale
+
+    return MeanScale(N=N, M=M)
+
+
 @dataclass(frozen=True)
 class Architecture:
     """How to build a model (to train: compressai's modules; to run: :mod:`networks`' light
@@ -59,10 +71,10 @@ class Architecture:
 #: ±30 px, so 32 px (2 latents) of halo make tiled and whole-image latents equal; g_s is
 #: 4 transposed conv(5x5, stride 2): a pixel sees ±2 latents; 4 latents of halo are kept.
 ARCHITECTURES: dict[str, Architecture] = {
-    "bmshj2018-factorized": Architecture(_factorized, networks.Factorized, 16, 32, 4, "factorized"),
+    "bmshj2018-factorized": Architecture(_factorized, _factorized_net, 16, 32, 4, "factorized"),
     # Minnen 2018 mean-scale hyperprior: the same g_a / g_s (so a factorized model's transforms
     # warm-start it), plus h_a / h_s predicting a Gaussian mean and scale for every latent.
-    "mbt2018-mean": Architecture(_mean_scale, networks.MeanScale, 16, 32, 4, "gaussian-mean-scale", 4),
+    "mbt2018-mean": Architecture(_mean_scale, _mean_scale_net, 16, 32, 4, "gaussian-mean-scale", 4),
 }
 
 
@@ -182,6 +194,10 @@ def load_model(
             f"model {name!r} here has sha256 {digest[:12]}…, but the store was written with "
             f"{expect_sha256[:12]}…: a different model"
         )
+    import torch
+
+    from wsicodec.models import networks
+
     state = torch.load(weights, map_location="cpu", weights_only=True)
     if trainable:
         model = build_model(card.architecture, **card.params)
@@ -198,6 +214,8 @@ def load_model(
 
 def save_model(model: nn.Module, card: ModelCard, directory: Path) -> ModelCard:
     """Freeze CDF tables and write ``<name>.pt`` + ``<name>.json``; returns the card with sha256."""
+    import torch
+
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     model = model.to("cpu").eval()
