@@ -16,7 +16,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import compressai  # noqa: F401  (imported up front: its ~8 s import is not per-slide work)
 from PIL import Image
 
 from wsicodec.checks import seam_check

@@ -148,7 +148,7 @@ def test_s3_round_trip_matches_local(s3, slide_png, local_run, tiny_models, tmp_
 
 
 def test_upload_puts_group_metadata_last(s3, local_run, monkeypatch):
-    fs, opts = s3["fs"], s3["options"]
+    opts = s3["options"]
     calls: list[str] = []
 
     class Recorder:

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import click
 
-from wsicodec._click import DefaultGroup, UserError
+from wsicodec._click import DefaultGroup
 
 DEFAULT_COMMAND = "run"
 
