@@ -17,10 +17,10 @@ from typing import Any, Callable, Iterable, Iterator
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from wsicodec.models import ModelCard
+from wsicodec.models.networks import GDN, divisive_normalization
 from wsicodec.tiling import TileGrid, is_background
 
 
@@ -136,16 +136,12 @@ class InferenceGDN(nn.Module):
         self.inverse = bool(gdn.inverse)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        norm = F.conv2d(x * x, self.gamma, self.beta)
-        norm = norm.sqrt_() if self.inverse else norm.rsqrt_()
-        return norm.mul_(x)
+        return divisive_normalization(x, self.beta, self.gamma, self.inverse)
 
 
 def _gdn_types() -> tuple[type, ...]:
     """GDN classes: ours (:mod:`wsicodec.models.networks`) and compressai's if it is imported
     (a model being trained); compressai is not imported for this."""
-    from wsicodec.models.networks import GDN
-
     layers = sys.modules.get("compressai.layers")
     return (GDN, layers.GDN) if layers is not None and hasattr(layers, "GDN") else (GDN,)
 

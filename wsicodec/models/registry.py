@@ -103,15 +103,16 @@ class ModelCard:
         return int(self.params.get("M", 192))
 
 
-def build_model(architecture: str, **params: Any) -> nn.Module:
-    """Build an untrained model of a registered architecture."""
+def _architecture(name: str) -> Architecture:
     try:
-        ctor = ARCHITECTURES[architecture].build
+        return ARCHITECTURES[name]
     except KeyError:
-        raise ModelError(
-            f"unknown architecture {architecture!r} (known: {', '.join(ARCHITECTURES)})"
-        ) from None
-    return ctor(**params)
+        raise ModelError(f"unknown architecture {name!r} (known: {', '.join(ARCHITECTURES)})") from None
+
+
+def build_model(architecture: str, **params: Any) -> nn.Module:
+    """Build an untrained model of a registered architecture (compressai's modules, to train)."""
+    return _architecture(architecture).build(**params)
 
 
 def model_dir() -> Path:
@@ -201,10 +202,9 @@ def load_model(
         model = build_model(card.architecture, **card.params)
         model.load_state_dict(state)
         return model.eval(), card
-    if card.architecture not in ARCHITECTURES:
-        build_model(card.architecture)  # the error naming the known ones
+    arch = _architecture(card.architecture)
     try:
-        model = networks.load_weights(ARCHITECTURES[card.architecture].build_inference(**card.params), state)
+        model = networks.load_weights(arch.build_inference(**card.params), state)
     except (ValueError, TypeError, RuntimeError) as e:
         raise ModelError(f"model {name!r}: weights do not fit its card's {card.architecture} {card.params}: {e}") from None
     return model, card
