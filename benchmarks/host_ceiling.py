@@ -54,10 +54,11 @@ def real_latents(slide: Path, model: str | None, tile: int) -> dict:
 
 def instant_network(coder_cls, cache: dict) -> None:
     """Make ``LatentCoder.analysis_stream`` answer every batch at once from ``cache``."""
-    def stream(self, batches, depth=2):
-        for batch, wins in batches:
+    def stream(self, batches, depth=2, chunk=None):
+        for batch, wins, *_ in batches:
             q = cache[wins[0].shape]
-            yield batch, np.broadcast_to(q, (len(wins), *q.shape[1:]))
+            q = np.broadcast_to(q, (len(wins), *q.shape[1:]))
+            yield (batch, q) if chunk is None else (batch, q, None)
 
     coder_cls.analysis_stream = stream
 

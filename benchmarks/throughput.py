@@ -261,6 +261,29 @@ def main(argv: list[str] | None = None) -> dict:
                        for p in coder.synthesis(np.stack(state["dec"][b : b + bs]))]
         sync()
 
+    # -- a hyperprior's chunk codec in two halves: the symbols made in batches on the device (what
+    # compress does on CUDA, DeviceHyperSymbols), then the range coder alone (the chunk writers' part)
+    hyper = None
+    if spec.entropy_model != "factorized":
+        from wsicodec.codec import code_hyper_symbols, hyper_entropy_model
+        from wsicodec.engine import DeviceHyperSymbols
+
+        hyper = coder.hyper or DeviceHyperSymbols(coder.model, card, coder.device)
+        hm = hyper_entropy_model({"name": card.name, "sha256": card.sha256})
+
+    def hyper_symbols():
+        from wsicodec.codec import HyperSymbols
+
+        out = []
+        for b in range(0, n, bs):
+            chunks = np.stack([q[:, lh : lh + TILE // s, lh : lh + TILE // s] for q in state["lat"][b : b + bs]])
+            z, y, index = (t.cpu().numpy() for t in hyper(torch.from_numpy(chunks).to(coder.device)))
+            out += [HyperSymbols(*parts) for parts in zip(z, y, index)]
+        state["sym"] = out
+
+    def range_coder():
+        state["sym_chunks"] = [code_hyper_symbols(x, hm) for x in state["sym"]]
+
     # -- JPEG-XL ----------------------------------------------------------------------------
     def jxl_encode():
         state["jxl"] = [imagecodecs.jpegxl_encode(t, effort=7, distance=args.jxl_distance, numthreads=args.threads)
@@ -276,11 +299,14 @@ def main(argv: list[str] | None = None) -> dict:
         imagecodecs.jpegxl_decode(imagecodecs.jpegxl_encode(tiles[0], effort=7, distance=args.jxl_distance))
 
     times: dict[str, list[float]] = {k: [] for k in ("analysis", "entropy_encode", "entropy_decode", "synthesis",
-                                                      "jxl_encode", "jxl_decode")}
+                                                      "jxl_encode", "jxl_decode", "hyper_symbols", "range_coder")}
     for _ in range(args.repeats):
         for name, fn in (("analysis", analysis), ("entropy_encode", entropy_encode),
                          ("entropy_decode", entropy_decode), ("synthesis", synthesis)):
             times[name].append(timed(fn))
+        if hyper is not None:
+            times["hyper_symbols"].append(timed(hyper_symbols))
+            times["range_coder"].append(timed(range_coder))
         if not args.skip_jxl:
             times["jxl_encode"].append(timed(jxl_encode))
             times["jxl_decode"].append(timed(jxl_decode))
@@ -308,6 +334,8 @@ def main(argv: list[str] | None = None) -> dict:
         ref = engine.LatentCoder(model, card, args.device, args.batch_size, precision="fp32", **kwargs)
         qa = np.concatenate([ref.analysis(np.stack(windows[b : b + bs])) for b in range(0, n, bs)]).astype(np.int64)
         qb = np.stack(state["lat"]).astype(np.int64)
+        if hyper is not None:  # fixed point (y·2^A): compare y rounded to integers, as a factorized model's
+            qa, qb = np.rint(qa / coder.unit), np.rint(qb / coder.unit)
         agreement = {"latents_differing_from_fp32": float(np.mean(qa != qb)), "max_abs_difference": int(np.abs(qa - qb).max())}
         print(f"{coder.precision} vs fp32 latents: {agreement}", file=sys.stderr)
     if args.pipeline:
@@ -341,13 +369,18 @@ def main(argv: list[str] | None = None) -> dict:
                   "half_synthesis": getattr(coder, "half_synthesis", None),
                   "heap_kept": getattr(engine, "_HEAP_KEPT", None)},
         "precision": coder.precision, "precision_agreement": agreement, "pipeline": pipe,
+        # hyperprior: chunks whose bytes are the same whether the symbols were made on the device in
+        # batches or by the chunk codec (float z may differ in rare rounding cases; both decode alike)
+        "hyper_symbols_same_bytes": (float(np.mean([a == b for a, b in zip(state["sym_chunks"], state["chunks"])]))
+                                     if hyper is not None else None),
         "tiles": n, "tile_size": TILE, "megapixels": mpx, "repeats": args.repeats,
         "jxl": {"effort": 7, "distance": args.jxl_distance, "numthreads": args.threads,
                 "bpp": round(8 * sum(map(len, state.get("jxl", []))) / (mpx * 1e6), 3) if "jxl" in state else None},
         "seconds_median": {k: round(med(k), 4) for k in times},
         "mpx_per_s": {"wsicodec_encode": w_enc, "wsicodec_decode": w_dec, "jxl_encode": j_enc, "jxl_decode": j_dec,
                       "analysis": rate(med("analysis")), "entropy_encode": rate(med("entropy_encode")),
-                      "entropy_decode": rate(med("entropy_decode")), "synthesis": rate(med("synthesis"))},
+                      "entropy_decode": rate(med("entropy_decode")), "synthesis": rate(med("synthesis")),
+                      "hyper_symbols": rate(med("hyper_symbols")), "range_coder": rate(med("range_coder"))},
         "ratio_wsicodec_over_jxl": {"encode": round(w_enc / j_enc, 3) if j_enc else None,
                                     "decode": round(w_dec / j_dec, 3) if j_dec else None},
         "machine": {"nproc": os.cpu_count(), "cpu": cpu, "torch": torch.__version__,
@@ -365,6 +398,9 @@ def main(argv: list[str] | None = None) -> dict:
         t.add_row("wsicodec", f"{w_enc:.2f}", f"{w_dec:.2f}")
         t.add_row("  network (analysis / synthesis)", f"{rate(med('analysis')):.2f}", f"{rate(med('synthesis')):.2f}")
         t.add_row("  entropy coder", f"{rate(med('entropy_encode')):.2f}", f"{rate(med('entropy_decode')):.2f}")
+        if hyper is not None:
+            t.add_row(f"    its symbols in batches on {args.device}", f"{rate(med('hyper_symbols')):.2f}", "")
+            t.add_row("    then the range coder alone", f"{rate(med('range_coder')):.2f}", "")
         if not args.skip_jxl:
             t.add_row(f"JPEG-XL (effort 7, d {args.jxl_distance})", f"{j_enc:.2f}", f"{j_dec:.2f}")
             t.add_row("wsicodec / JPEG-XL", f"{w_enc / j_enc:.2f}x", f"{w_dec / j_dec:.2f}x")

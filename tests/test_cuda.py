@@ -71,3 +71,27 @@ def test_cuda_fp16_analysis_store_decodes_on_cpu(tiny_models, he_crop, tmp_path)
         assert np.mean(qa != qb) < 0.05 and np.abs(qa - qb).max() <= 2
         pa, pb = a.read_level0(0, 0, *a.dimensions), b.read_level0(0, 0, *b.dimensions)
     assert np.abs(pa.astype(int) - pb).mean() < 1.0
+
+
+def test_cuda_hyper_symbols_are_the_cpu_codecs(tiny_models):
+    """The side information made on the GPU (the default there): float64 products that passed the
+    exactness check, tables and symbols equal to the CPU codec's for the GPU's z, chunks that
+    decode on the CPU to within half a step of the latents."""
+    from wsicodec.codec import HyperEntropyModel, HyperSymbols, code_hyper_symbols, decode_hyper_chunk
+    from wsicodec.engine import LatentCoder
+    from wsicodec.models import load_model
+    from wsicodec.models.integer import ACT_BITS
+
+    model, card = load_model("tiny-hyper", tiny_models)
+    hm = HyperEntropyModel(model)
+    coder = LatentCoder(model, card, "cuda")
+    assert coder.hyper is not None
+    rng = np.random.default_rng(4)
+    y_fp = np.rint(rng.normal(0, 6, (6, 8, 16, 16)) * 2**ACT_BITS).astype(np.int32)
+    z, sym, index = (t.cpu().numpy() for t in coder.hyper(torch.from_numpy(y_fp).cuda()))
+    for i in range(len(y_fp)):
+        ref_index, mean = hm.parameters(z[i])
+        assert np.array_equal(index[i], ref_index)
+        assert np.array_equal(sym[i], (y_fp[i].astype(np.int64) - mean + 2 ** (ACT_BITS - 1)) >> ACT_BITS)
+        out = decode_hyper_chunk(code_hyper_symbols(HyperSymbols(z[i], sym[i], index[i]), hm), hm)
+        assert np.abs(out - y_fp[i]).max() <= 2 ** (ACT_BITS - 1)

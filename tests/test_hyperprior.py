@@ -12,9 +12,10 @@ import pytest
 import torch
 
 from conftest import EXAMPLE
-from wsicodec.codec import CodecError, HyperEntropyModel, decode_hyper_chunk, encode_hyper_chunk
+from wsicodec.codec import (CodecError, HyperEntropyModel, HyperSymbols, code_hyper_symbols, decode_hyper_chunk,
+                            encode_hyper_chunk)
 from wsicodec.models import build_model, load_model
-from wsicodec.models.integer import ACT_BITS, WEIGHT_BITS, IntegerHyperDecoder
+from wsicodec.models.integer import ACT_BITS, ACT_LIMIT, WEIGHT_BITS, DeviceHyperDecoder, IntegerHyperDecoder
 from wsicodec.pipeline import compress
 from wsicodec.store import WsiStore
 from wsicodec.verify import verify_store
@@ -63,6 +64,22 @@ def test_integer_hyper_decoder_is_exact_and_close_to_float():
     assert np.abs(got / 2**ACT_BITS - ref).max() < 0.02
 
 
+def test_device_hyper_decoder_is_the_integer_one():
+    """The torch version (unfold / fold and float64 matmul, for GPUs) gives the numpy decoder's
+    integers, up to the clamp limit, and says so itself (the check run before a device is used)."""
+    torch.manual_seed(1)
+    m = build_model("mbt2018-mean", N=8, M=12).eval()
+    ref = IntegerHyperDecoder(m.h_s)
+    dev = DeviceHyperDecoder(ref, "cpu")
+    rng = np.random.default_rng(3)
+    for bound in (6000, ACT_LIMIT):
+        z = rng.integers(-bound, bound, (3, 8, 4, 5))
+        got = dev(torch.from_numpy(z))
+        assert got.dtype == torch.int64 and np.array_equal(got.numpy(), ref(z))
+    assert np.array_equal(dev(torch.from_numpy(z[:1])).numpy()[0], _reference_h_s(m.h_s, z[0]))
+    assert dev.agrees(ref, 8)
+
+
 def _tiny_hyper(tiny_models):
     return load_model("tiny-hyper", tiny_models)
 
@@ -86,6 +103,64 @@ def test_hyper_chunk_round_trip_and_damage(tiny_models):
         decode_hyper_chunk(data, hm, (8, 8, 8))
     with pytest.raises(CodecError):
         encode_hyper_chunk(y_fp[:, :6], hm)  # sides must be multiples of 4
+
+
+def test_hyper_symbols_made_in_batches_code_to_the_codecs_bytes(tiny_models):
+    """DeviceHyperSymbols (what a GPU computes for the chunk writers) on this CPU: the same symbols
+    and tables as the chunk codec, and chunks of the same bytes."""
+    from wsicodec.engine import DeviceHyperSymbols
+
+    model, card = _tiny_hyper(tiny_models)
+    hm = HyperEntropyModel(model)
+    rng = np.random.default_rng(2)
+    y_fp = np.rint(rng.normal(0, 6, (5, 8, 16, 16)) * 2**ACT_BITS).astype(np.int32)
+    z, sym, index = DeviceHyperSymbols(model, card, torch.device("cpu"))(torch.from_numpy(y_fp))
+    assert (z.dtype, sym.dtype, index.dtype) == (torch.int32, torch.int32, torch.uint8)
+    for i in range(5):
+        ref = hm.symbols(y_fp[i])
+        assert np.array_equal(z[i].numpy(), ref.z)
+        assert np.array_equal(sym[i].numpy(), ref.y) and np.array_equal(index[i].numpy(), ref.index)
+        made = HyperSymbols(z[i].numpy(), sym[i].numpy(), index[i].numpy())
+        assert code_hyper_symbols(made, hm) == encode_hyper_chunk(y_fp[i], hm)
+    with pytest.raises(CodecError, match="do not fit"):
+        code_hyper_symbols(HyperSymbols(ref.z, ref.y[:, :8], ref.index[:, :8]), hm)
+
+
+def test_hyper_symbols_on_a_device_that_is_not_exact_are_not_used(tiny_models, monkeypatch):
+    from wsicodec.engine import LatentCoder
+
+    model, card = _tiny_hyper(tiny_models)
+    assert LatentCoder(model, card, "cpu", hyper_on_device=True).hyper is not None
+    assert LatentCoder(model, card, "cpu").hyper is None  # default: CUDA only
+    monkeypatch.setattr(DeviceHyperDecoder, "agrees", lambda self, ref, channels: False)
+    with pytest.warns(RuntimeWarning, match="computed on the CPU instead"):
+        assert LatentCoder(model, card, "cpu", hyper_on_device=True).hyper is None
+
+
+def test_hyper_store_with_symbols_made_by_the_engine_is_the_same_store(tiny_models, tmp_path, monkeypatch):
+    """compress with the side information made in the engine's batches (as on CUDA), coded in
+    this process and in worker processes: the bytes of the store the chunk writers make alone."""
+    import wsicodec.pipeline as pipeline
+    from wsicodec.engine import LatentCoder
+
+    monkeypatch.setenv("SOURCE_DATE_EPOCH", "1764115200")
+    kw = dict(model="tiny-hyper", model_dir=tiny_models, tile=256, precision="fp32")
+    a = compress(EXAMPLE, tmp_path / "a.zarr", **kw).output
+    made = []
+
+    class Coder(LatentCoder):
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, **kwargs, hyper_on_device=True)
+            made.append(self.hyper)
+
+    monkeypatch.setattr(pipeline, "LatentCoder", Coder)
+    b = compress(EXAMPLE, tmp_path / "b.zarr", **kw).output
+    c = compress(EXAMPLE, tmp_path / "c.zarr", **kw, coder_processes=2).output
+    assert len(made) == 2 and all(made)
+    files = sorted(p.relative_to(a) for p in a.rglob("*") if p.is_file())
+    assert len(files) > 50
+    assert [f for f in files if (a / f).read_bytes() != (b / f).read_bytes()] == []
+    assert [f for f in files if (a / f).read_bytes() != (c / f).read_bytes()] == []
 
 
 @pytest.fixture(scope="module")

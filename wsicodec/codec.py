@@ -280,6 +280,8 @@ class HyperEntropyModel:
         self.z = _Models(EntropyTables.from_entropy_bottleneck(model.entropy_bottleneck))
         gc = model.gaussian_conditional
         self.y = _Models(EntropyTables.from_gaussian_conditional(gc))
+        if self.y.tables.channels > 256:  # table indexes travel as uint8 (HyperSymbols)
+            raise CodecError(f"{self.y.tables.channels} Gaussian tables; this codec handles at most 256")
         table = gc.scale_table.detach().cpu().numpy().astype(np.float64)
         # scale <= table[i]  <=>  scale_fp <= floor(table[i] · 2^A): index = #thresholds below scale_fp
         self.thresholds = np.floor(table[:-1] * float(1 << ACT_BITS)).astype(np.int64)
@@ -310,32 +312,56 @@ class HyperEntropyModel:
         index = np.searchsorted(self.thresholds, out[:M], side="left")
         return index, out[M:]
 
+    def symbols(self, y_fp: np.ndarray) -> "HyperSymbols":
+        """What coding one ``(M, h, w)`` chunk of fixed-point latents ``round(y · 2^A)`` writes."""
+        y_fp = np.asarray(y_fp).astype(np.int64)
+        if y_fp.ndim != 3 or y_fp.shape[1] % 4 or y_fp.shape[2] % 4:
+            raise CodecError(f"hyperprior chunk shape {y_fp.shape}: sides must be multiples of 4")
+        z_sym = self.side_information(y_fp)
+        index, mean = self.parameters(z_sym)
+        if index.shape != y_fp.shape:
+            raise CodecError(f"chunk has {y_fp.shape[0]} channels, the model predicts {index.shape[0]}")
+        half = 1 << (self.act_bits - 1)
+        return HyperSymbols(z_sym, ((y_fp - mean + half) >> self.act_bits), index.astype(np.uint8))
+
+
+@dataclass(frozen=True)
+class HyperSymbols:
+    """One hyperprior chunk's coding decisions, all that :func:`code_hyper_symbols` needs:
+    ``z`` the side information's symbols ``(N, h/4, w/4)`` (relative to the medians), ``y`` every
+    latent's symbol ``round((y − μ) / 2^A)`` ``(M, h, w)``, ``index`` its Gaussian table
+    ``(M, h, w)``, uint8. :meth:`HyperEntropyModel.symbols` makes them on the CPU;
+    :class:`wsicodec.engine.DeviceHyperSymbols` makes them in batches on the analysis's device."""
+
+    z: np.ndarray
+    y: np.ndarray
+    index: np.ndarray
+
 
 def _by_table(index: np.ndarray, tables: int) -> tuple[np.ndarray, np.ndarray]:
     """The coding order of a chunk's latents (grouped by table, raster order within a table) and
-    how many use each table."""
-    flat = index.ravel()
+    how many use each table (``index`` uint8: numpy's stable sort is then a radix sort)."""
+    flat = index.ravel().astype(np.uint8, copy=False)
     return np.argsort(flat, kind="stable"), np.bincount(flat, minlength=tables)
 
 
 def encode_hyper_chunk(y_fp: np.ndarray, hm: HyperEntropyModel) -> bytes:
     """Entropy-code one ``(M, h, w)`` chunk of fixed-point latents ``round(y · 2^A)``: side
     information first, then every latent as ``round((y − μ) / 2^A)`` with its scale's table."""
+    return code_hyper_symbols(hm.symbols(y_fp), hm)
+
+
+def code_hyper_symbols(s: HyperSymbols, hm: HyperEntropyModel) -> bytes:
+    """The chunk bytes of :class:`HyperSymbols` (docs/format.md, "Hyperprior chunks")."""
     import constriction
 
-    y_fp = np.asarray(y_fp).astype(np.int64)
-    if y_fp.ndim != 3 or y_fp.shape[1] % 4 or y_fp.shape[2] % 4:
-        raise CodecError(f"hyperprior chunk shape {y_fp.shape}: sides must be multiples of 4")
-    M, h, w = y_fp.shape
-    z_sym = hm.side_information(y_fp)
-    z_part = encode_chunk(z_sym, hm.z)
-    index, mean = hm.parameters(z_sym)
-    if index.shape != (M, h, w):
-        raise CodecError(f"chunk has {M} channels, the model predicts {index.shape[0]}")
-    half = 1 << (hm.act_bits - 1)
-    sym = (y_fp - mean + half) >> hm.act_bits
-    order, counts = _by_table(index, hm.y.tables.channels)
-    flat = sym.ravel()[order]
+    M, h, w = s.y.shape
+    if s.index.shape != s.y.shape or s.z.shape != (hm.N, h // 4, w // 4) or M != hm.M or h % 4 or w % 4:
+        raise CodecError(f"hyperprior symbols of shapes {s.y.shape} / {s.index.shape} / {s.z.shape} "
+                         f"do not fit the model ({hm.M}+{hm.N} channels)")
+    z_part = encode_chunk(s.z, hm.z)
+    order, counts = _by_table(s.index, hm.y.tables.channels)
+    flat = s.y.ravel().astype(np.int64, copy=False)[order]
     enc = constriction.stream.queue.RangeEncoder()
     escapes: list[np.ndarray] = []
     start = 0
@@ -447,6 +473,12 @@ class HyperLatentCodec(_ChunkCodec):
 
     def _encode(self, arr: np.ndarray) -> bytes:
         return encode_hyper_chunk(arr, self.entropy_model)
+
+    def encode_symbols(self, symbols: HyperSymbols) -> bytes:
+        """The bytes of a chunk whose :class:`HyperSymbols` were made elsewhere (on a GPU)."""
+        if self.shape is not None and symbols.y.shape != self.shape:
+            raise CodecError(f"hyperprior symbols of shape {symbols.y.shape}, the chunk's is {self.shape}")
+        return code_hyper_symbols(symbols, self.entropy_model)
 
     def _decode(self, buf: bytes | memoryview) -> np.ndarray:
         return decode_hyper_chunk(buf, self.entropy_model, self.shape)

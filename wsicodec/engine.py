@@ -155,6 +155,60 @@ def inference_transform(transform: nn.Module) -> nn.Module:
     return nn.Sequential(*[InferenceGDN(m) if isinstance(m, gdn) else m for m in transform]).eval()
 
 
+class DeviceHyperSymbols:
+    """The first half of a hyperprior's chunk codec (:meth:`wsicodec.codec.HyperEntropyModel.symbols`)
+    on the analysis's device, for a batch of whole chunks at once: the hyper-encoder ``h_a`` in
+    fp32 (TF32 off), ``ẑ``, the integer hyper-decoder (:class:`~wsicodec.models.integer.DeviceHyperDecoder`,
+    exact), each latent's table and symbol. What is left for the chunk writers is the range coder.
+
+    ``z`` comes from float arithmetic and may differ from the CPU codec's in rare rounding cases,
+    like the latents themselves; the store records whatever ``z`` the encoder chose, and every
+    decoder derives the means and scales from it exactly, so a store decodes the same everywhere."""
+
+    def __init__(self, model: nn.Module, card: ModelCard, device: torch.device):
+        from wsicodec.codec import hyper_entropy_model
+        from wsicodec.models.integer import DeviceHyperDecoder
+
+        hm = hyper_entropy_model({"name": card.name, "sha256": card.sha256}, model)
+        self.reference = hm.h_s
+        self.h_a = model.h_a
+        self.device = device
+        self.unit = float(1 << hm.act_bits)
+        self.M, self.N = hm.M, hm.N
+        self.z_medians_float = hm.z_medians_float.to(device)
+        self.z_medians = torch.from_numpy(hm.z_medians).reshape(1, -1, 1, 1).to(device)
+        self.thresholds = torch.from_numpy(hm.thresholds).to(device)
+        self.h_s = DeviceHyperDecoder(hm.h_s, device)
+
+    @classmethod
+    def checked(cls, model: nn.Module, card: ModelCard, device: torch.device) -> "DeviceHyperSymbols | None":
+        """An instance whose integer hyper-decoder matched the CPU's on this device, else None
+        (with a warning: the chunk writers then compute the side information themselves)."""
+        hyper = cls(model, card, device)
+        if hyper.h_s.agrees(hyper.reference, hyper.N):
+            return hyper
+        import warnings
+
+        warnings.warn(f"{device}: float64 products differ from the integer hyper-decoder's; "
+                      "the hyperprior side information is computed on the CPU instead", RuntimeWarning, stacklevel=3)
+        return None
+
+    @torch.inference_mode()
+    def __call__(self, y_fp: torch.Tensor) -> list[torch.Tensor]:
+        """int32 ``(B, M, c, c)`` fixed-point latents on the device -> ``[z, y, index]``: int32
+        ``(B, N, c/4, c/4)`` side-information symbols, int32 ``(B, M, c, c)`` latent symbols,
+        uint8 ``(B, M, c, c)`` table indexes."""
+        with _no_tf32(self.device):
+            z = self.h_a(y_fp.float().div_(self.unit).contiguous())
+        z_sym = torch.round(z.float() - self.z_medians_float)
+        z_fp = z_sym.to(torch.int64) * int(self.unit) + self.z_medians
+        out = self.h_s(z_fp)
+        index = torch.searchsorted(self.thresholds, out[:, : self.M].contiguous())
+        sym = torch.div(y_fp.to(torch.int64) - out[:, self.M :] + int(self.unit) // 2, int(self.unit),
+                        rounding_mode="floor")
+        return [t.to(dtype).contiguous() for t, dtype in ((z_sym, torch.int32), (sym, torch.int32), (index, torch.uint8))]
+
+
 class LatentCoder:
     """A model's transforms on one device: ``analysis`` gives the integer latents the store keeps
     (factorized: symbols relative to the entropy model's medians; hyperprior: ``round(y·2^A)``,
@@ -182,12 +236,20 @@ class LatentCoder:
       tile gets: more of them differ by ±1 from fp32's (fp16: 0.09 %, bf16: 0.1-1.3 % on H&E). A
       batch whose half-precision latents are not finite is run again in fp32.
 
+    * ``hyper_on_device``: a hyperprior model's side information (hyper-encoder, integer
+      hyper-decoder, table choice: :class:`DeviceHyperSymbols`) computed on this device for the
+      windows of :meth:`analysis_stream` given a chunk size, so the chunk writers only range-code.
+      None: on for CUDA (there the writers' CPU bounded the loop), off elsewhere (the same work,
+      on the same cores). Skipped, with a warning, when this device's float64 products do not
+      reproduce the integer hyper-decoder exactly.
+
     The GDN layers run as :class:`InferenceGDN` (same numbers, fewer temporaries).
     """
 
     def __init__(self, model: nn.Module, card: ModelCard, device: str | torch.device = "auto",
                  batch_size: int | None = None, *, channels_last: bool = True, threads: int | None = None,
-                 half_synthesis: bool | None = None, keep_heap: bool | None = None, precision: str = "auto"):
+                 half_synthesis: bool | None = None, keep_heap: bool | None = None, precision: str = "auto",
+                 hyper_on_device: bool | None = None):
         self.device = pick_device(device) if isinstance(device, str) else device
         self.cuda = self.device.type == "cuda"
         if precision not in PRECISIONS:
@@ -220,6 +282,9 @@ class LatentCoder:
 
             self.offset = None
             self.unit = float(1 << ACT_BITS)
+        self.hyper: DeviceHyperSymbols | None = None
+        if self.offset is None and (self.cuda if hyper_on_device is None else hyper_on_device):
+            self.hyper = DeviceHyperSymbols.checked(self.model, card, self.device)
 
     def _upload(self, array: np.ndarray | list[np.ndarray]) -> torch.Tensor:
         """An array, or a list of same-shape arrays to stack, on the device."""
@@ -240,28 +305,39 @@ class LatentCoder:
 
     def analysis(self, pixels: np.ndarray | list[np.ndarray]) -> np.ndarray:
         """uint8 (N, H, W, 3) (or a list of N (H, W, 3)) -> int32 (N, M, H/stride, W/stride)."""
-        return self._collect(pixels, self._launch(pixels))
+        return self._collect(pixels, self._launch(pixels))[0]
 
-    def analysis_stream(self, batches: Iterable[tuple[Any, np.ndarray | list[np.ndarray]]], depth: int = 2
-                        ) -> Iterator[tuple[Any, np.ndarray]]:
+    def analysis_stream(self, batches: Iterable[tuple], depth: int = 2, chunk: int | None = None) -> Iterator[tuple]:
         """:meth:`analysis` of each ``(key, pixels)`` batch, yielded as ``(key, latents)`` in order.
         On CUDA up to ``depth`` batches are in flight: the next batch is uploaded and queued on the
         GPU before the latents of the previous one are waited for, so the GPU works while the
-        caller's threads code and write what came back. Elsewhere one batch at a time."""
+        caller's threads code and write what came back. Elsewhere one batch at a time.
+
+        ``chunk`` (a hyperprior with :attr:`hyper`): batches are ``(key, pixels, offsets)``, where
+        ``offsets[i]`` is the ``(y, x)`` of window ``i``'s whole ``chunk`` x ``chunk`` tile in its
+        latents (None: not a whole tile), and ``(key, latents, symbols)`` come back, ``symbols[i]``
+        the tile's :class:`~wsicodec.codec.HyperSymbols` (None where no offset was given)."""
         pending: deque = deque()
-        for key, pixels in batches:
-            pending.append((key, pixels, self._launch(pixels)))
+
+        def done() -> tuple:
+            key, px, crops, launched = pending.popleft()
+            q, symbols = self._collect(px, launched, crops)
+            return (key, q) if chunk is None else (key, q, symbols)
+
+        for item in batches:
+            key, pixels = item[0], item[1]
+            crops = (chunk, item[2]) if chunk is not None and self.hyper is not None else None
+            pending.append((key, pixels, crops, self._launch(pixels, crops=crops)))
             if len(pending) > (depth if self.cuda else 0):
-                key, px, launched = pending.popleft()
-                yield key, self._collect(px, launched)
+                yield done()
         while pending:
-            key, px, launched = pending.popleft()
-            yield key, self._collect(px, launched)
+            yield done()
 
     @torch.inference_mode()
-    def _launch(self, pixels: np.ndarray | list[np.ndarray], precision: str | None = None) -> tuple:
-        """Queue the analysis of one batch; on CUDA the latents come back asynchronously into
-        pinned host memory (see :meth:`_collect`)."""
+    def _launch(self, pixels: np.ndarray | list[np.ndarray], precision: str | None = None,
+                crops: tuple[int, list] | None = None) -> tuple:
+        """Queue the analysis of one batch (and, given ``crops``, its tiles' hyperprior symbols);
+        on CUDA the results come back asynchronously into pinned host memory (see :meth:`_collect`)."""
         bound_heap()
         x = self._upload(pixels)  # uint8 NHWC: 4x fewer bytes to the device than float
         x = self._format(x.permute(0, 3, 1, 2).float().div_(255.0))
@@ -277,23 +353,44 @@ class LatentCoder:
                 y = self.g_a(x)
         y = y.mul_(self.unit) if self.offset is None else y - self.offset
         q = torch.round(y).to(torch.int32).contiguous()
+        out = [q]
+        if crops is not None:
+            c, offsets = crops
+            tiles = [q[i, :, oy : oy + c, ox : ox + c] for i, o in enumerate(offsets) if o is not None
+                     for oy, ox in [o]]
+            out += self.hyper(torch.stack(tiles)) if tiles else []
         if not self.cuda:
-            return q, finite, None
-        host = torch.empty(q.shape, dtype=torch.int32, pin_memory=True)
-        host.copy_(q, non_blocking=True)
-        done = torch.cuda.Event()
-        done.record()
-        return host, finite, done
+            return out, finite, None
+        host = [torch.empty(t.shape, dtype=t.dtype, pin_memory=True) for t in out]
+        for h, t in zip(host, out):
+            h.copy_(t, non_blocking=True)
+        event = torch.cuda.Event()
+        event.record()
+        return host, finite, event
 
-    def _collect(self, pixels: np.ndarray, launched: tuple) -> np.ndarray:
-        q, finite, done = launched
-        if done is not None:
-            done.synchronize()
+    def _collect(self, pixels: np.ndarray, launched: tuple, crops: tuple[int, list] | None = None
+                 ) -> tuple[np.ndarray, list | None]:
+        """The latents of a launched batch and, when ``crops`` were given, each window's
+        :class:`~wsicodec.codec.HyperSymbols` (None for a window without an offset)."""
+        out, finite, event = launched
+        if event is not None:
+            event.synchronize()
         if finite is not None and not bool(finite):  # fp16 overflow: this batch again in fp32
-            q, _, done = self._launch(pixels, "fp32")
-            if done is not None:
-                done.synchronize()
-        return q.numpy()
+            out, _, event = self._launch(pixels, "fp32", crops)
+            if event is not None:
+                event.synchronize()
+        arrays = [t.numpy() for t in out]
+        if crops is None:
+            return arrays[0], None
+        from wsicodec.codec import HyperSymbols
+
+        symbols: list = [None] * len(crops[1])
+        if len(arrays) > 1:
+            z, y, index = arrays[1:]
+            slots = [i for i, o in enumerate(crops[1]) if o is not None]
+            for j, i in enumerate(slots):
+                symbols[i] = HyperSymbols(z[j], y[j], index[j])
+        return arrays[0], symbols
 
     @torch.inference_mode()
     def synthesis(self, latents: np.ndarray) -> np.ndarray:
@@ -434,8 +531,10 @@ class BackgroundSink:
 def encode_tiles(read_rgb: Callable[[int, int, int, int], np.ndarray], grid: TileGrid,
                  coder: LatentCoder, glass: tuple[int, int, int] | None,
                  tiles: Iterable[tuple[int, int]] | None = None,
-                 read_ahead: int = 8, read_threads: int = 1) -> Iterator[tuple[int, int, np.ndarray | None]]:
-    """Yield ``(tx, ty, latents)`` for each tile (``latents`` None for empty glass), reading ahead
+                 read_ahead: int = 8, read_threads: int = 1) -> Iterator[tuple[int, int, Any]]:
+    """Yield ``(tx, ty, latents)`` for each tile (``latents`` None for empty glass; a whole
+    tile's :class:`~wsicodec.codec.HyperSymbols` when the coder makes them, see
+    ``LatentCoder.hyper_on_device``), reading ahead
     on ``read_threads`` threads and running the network in batches of windows of the same shape
     (on CUDA with the next batch queued while the last one's latents are handed on).
 
@@ -452,7 +551,15 @@ def encode_tiles(read_rgb: Callable[[int, int, int, int], np.ndarray], grid: Til
         bg = glass is not None and is_background(win[y - y0 : y - y0 + h, x - x0 : x - x0 + w], glass)
         return (x0, y0), win, bg
 
-    def batches() -> Iterator[tuple[list, list[np.ndarray]]]:
+    c = grid.chunk
+
+    def whole_tile(tx: int, ty: int, origin: tuple[int, int]) -> tuple[int, int] | None:
+        """Where tile (tx, ty)'s whole chunk sits in its window's latents (None: a tile cut by
+        the canvas's edge, which the writer completes and codes itself)."""
+        lx0, ly0, lx1, ly1 = grid.tile_latents(tx, ty)
+        return (ly0 - origin[1] // s, lx0 - origin[0] // s) if (lx1 - lx0, ly1 - ly0) == (c, c) else None
+
+    def batches() -> Iterator[tuple[list, list[np.ndarray], list]]:
         pending: dict[tuple[int, int], list[tuple[int, int, tuple, np.ndarray]]] = defaultdict(list)
         ahead = max(read_ahead, 2 * read_threads)
         for (tx, ty), (origin, win, bg) in prefetch(tiles if tiles is not None else iter(grid), read,
@@ -463,16 +570,19 @@ def encode_tiles(read_rgb: Callable[[int, int, int, int], np.ndarray], grid: Til
             group = pending[win.shape[:2]]
             group.append((tx, ty, origin, win))
             if len(group) >= coder.batch_size:
-                yield list(group), [b[3] for b in group]
+                yield list(group), [b[3] for b in group], [whole_tile(*b[:3]) for b in group]
                 group.clear()
         for group in pending.values():
             if group:
-                yield group, [b[3] for b in group]
+                yield group, [b[3] for b in group], [whole_tile(*b[:3]) for b in group]
 
-    for batch, q in coder.analysis_stream(batches()):
+    for batch, q, symbols in coder.analysis_stream(batches(), chunk=c):
         while glass_tiles:
             yield (*glass_tiles.pop(), None)
-        for (tx, ty, (x0, y0), _), lat in zip(batch, q):
+        for i, ((tx, ty, (x0, y0), _), lat) in enumerate(zip(batch, q)):
+            if symbols is not None and symbols[i] is not None:
+                yield tx, ty, symbols[i]  # coded on the device up to the range coder
+                continue
             lx0, ly0, lx1, ly1 = grid.tile_latents(tx, ty)
             ox, oy = lx0 - x0 // s, ly0 - y0 // s
             yield tx, ty, lat[:, oy : oy + ly1 - ly0, ox : ox + lx1 - lx0]

@@ -25,7 +25,7 @@ from typing import Any, Iterator
 
 import numpy as np
 
-from wsicodec.codec import LATENT_DTYPE, CodecError
+from wsicodec.codec import LATENT_DTYPE, CodecError, HyperSymbols
 from wsicodec.errors import first_line as _first_line
 from wsicodec.tiling import TileGrid
 
@@ -256,17 +256,23 @@ class StoreWriter:
             )
             arr[...] = im
 
-    def write_tile(self, tx: int, ty: int, latents: np.ndarray | None) -> None:
+    def write_tile(self, tx: int, ty: int, latents: np.ndarray | HyperSymbols | None) -> None:
         """Store a tile's latents, or mark it as glass (``None``: nothing is stored)."""
         self.write_tiles([(tx, ty, latents)])
 
-    def write_tiles(self, tiles: list[tuple[int, int, np.ndarray | None]]) -> None:
-        """Store several tiles' ``(tx, ty, latents)`` (glass: ``latents`` None), in one frame to
-        one worker process when there are workers. Safe to call from several threads for
+    def write_tiles(self, tiles: list[tuple[int, int, np.ndarray | HyperSymbols | None]]) -> None:
+        """Store several tiles' ``(tx, ty, latents)`` (glass: ``latents`` None; a whole chunk's
+        :class:`~wsicodec.codec.HyperSymbols` made on a GPU: coded as they are), in one frame per
+        kind to one worker process when there are workers. Safe to call from several threads for
         different tiles (each tile is one chunk)."""
-        coded = [(tx, ty, self._whole_chunk(tx, ty, lat)) for tx, ty, lat in tiles if lat is not None]
+        coded = [(tx, ty, lat if isinstance(lat, HyperSymbols) else self._whole_chunk(tx, ty, lat))
+                 for tx, ty, lat in tiles if lat is not None]
         if coded and self._workers is not None:
-            self._workers.write([(tx, ty) for tx, ty, _ in coded], np.stack([lat for _, _, lat in coded]))
+            for kind in (np.ndarray, HyperSymbols):
+                part = [(tx, ty, lat) for tx, ty, lat in coded if isinstance(lat, kind)]
+                if part:
+                    lats = [lat for _, _, lat in part]
+                    self._workers.write([(tx, ty) for tx, ty, _ in part], np.stack(lats) if kind is np.ndarray else lats)
         else:
             for tx, ty, lat in coded:
                 self.chunks.write(tx, ty, lat)
@@ -358,22 +364,28 @@ class LatentChunkFiles:
         self.codec = codecs[0]._numcodec(self.chunk_shape, self.dtype)
         self._dirs: set[Path] = set()
 
-    def encode(self, tx: int, ty: int, values: np.ndarray) -> bytes:
-        """Tile ``(tx, ty)``'s stored chunk bytes (``values``: any integer dtype, range-checked)."""
+    def encode(self, tx: int, ty: int, values: np.ndarray | HyperSymbols) -> bytes:
+        """Tile ``(tx, ty)``'s stored chunk bytes (``values``: any integer dtype, range-checked; or
+        a hyperprior chunk's :class:`~wsicodec.codec.HyperSymbols`)."""
         import google_crc32c
 
-        values = np.asarray(values)
-        if values.shape != self.chunk_shape:
-            raise StoreError(f"{self.root}: latent chunk of shape {values.shape}, the array's is {self.chunk_shape}")
-        if values.dtype != self.dtype:
-            info = np.iinfo(self.dtype)
-            if values.size and (values.max() > info.max or values.min() < info.min):
-                raise StoreError(f"{self.root}: latent values overflow {self.dtype} at tile ({tx}, {ty})")
-            values = values.astype(self.dtype)
-        data = self.codec.encode(np.ascontiguousarray(values))
+        if isinstance(values, HyperSymbols):
+            if not hasattr(self.codec, "encode_symbols"):
+                raise StoreError(f"{self.root}: hyperprior symbols for a store of another entropy model")
+            data = self.codec.encode_symbols(values)
+        else:
+            values = np.asarray(values)
+            if values.shape != self.chunk_shape:
+                raise StoreError(f"{self.root}: latent chunk of shape {values.shape}, the array's is {self.chunk_shape}")
+            if values.dtype != self.dtype:
+                info = np.iinfo(self.dtype)
+                if values.size and (values.max() > info.max or values.min() < info.min):
+                    raise StoreError(f"{self.root}: latent values overflow {self.dtype} at tile ({tx}, {ty})")
+                values = values.astype(self.dtype)
+            data = self.codec.encode(np.ascontiguousarray(values))
         return data + int(google_crc32c.value(data)).to_bytes(4, "little")
 
-    def write(self, tx: int, ty: int, values: np.ndarray) -> None:
+    def write(self, tx: int, ty: int, values: np.ndarray | HyperSymbols) -> None:
         """Code and write tile ``(tx, ty)``'s chunk; the file appears whole or not at all."""
         data = self.encode(tx, ty, values)
         f = chunk_file(self.root, tx, ty)

@@ -1,8 +1,10 @@
 """Entropy coding and chunk writing in worker processes.
 
 The range coder holds the GIL, so threads cannot run it side by side: one process codes about
-300 Mpx/s of a factorized model's latents and about 18 Mpx/s of a hyperprior's (its chunk codec
-also runs the hyper-encoder and the integer hyper-decoder), less than a GPU analyses.
+300 Mpx/s of a factorized model's latents and about 12 Mpx/s of a hyperprior's (its chunk codec
+also runs the hyper-encoder and the integer hyper-decoder; ~190 Mpx/s when the GPU made those
+symbols, :class:`wsicodec.engine.DeviceHyperSymbols`), less than a GPU analyses (development
+machine, one core; ``benchmarks/throughput.py``).
 :class:`ChunkWriterProcesses` runs ``n`` worker processes, each with the store's latent chunk
 files open for writing (:class:`wsicodec.store.LatentChunkFiles`), and hands each one a group of
 tiles' latents at a time: the parent only stacks them and writes them into a pipe (one frame per
@@ -15,9 +17,11 @@ pipes, not ``multiprocessing``: that would re-run the caller's main script in ea
 fails in any script without an ``if __name__ == "__main__"`` guard.
 
 Frames, parent to child: a header ``<III`` (length of the pickled description, number of tiles,
-length of the array data), the pickled ``(tiles, dtype, shape)``, then the raw C-order latents
-``(n, C, c, c)``. Child to parent: a 4-byte little-endian length, then that many bytes: empty
-for done, else the error's text."""
+length of the array data), the pickled ``(tiles, kind, [(dtype, shape), ...])``, then the raw
+C-order arrays one after the other: for kind ``"latents"`` the latents ``(n, C, c, c)``, for
+``"hyper"`` the :class:`~wsicodec.codec.HyperSymbols` of ``n`` chunks made on a GPU (``z``, ``y``,
+``index``, each stacked). Child to parent: a 4-byte little-endian length, then that many bytes:
+empty for done, else the error's text."""
 from __future__ import annotations
 
 import os
@@ -84,8 +88,9 @@ def _receive(f: IO[bytes]) -> bytes | None:
     return data if len(data) == n else None
 
 
-def _receive_tiles(f: IO[bytes]) -> tuple[list, np.ndarray] | None:
-    """One frame of tiles from the parent; None at the end of the stream."""
+def _receive_tiles(f: IO[bytes]) -> tuple[list, Sequence] | None:
+    """One frame of tiles from the parent, as ``(tiles, values)`` (each value a latent array or
+    a :class:`~wsicodec.codec.HyperSymbols`); None at the end of the stream."""
     head = f.read(_FRAME.size)
     if len(head) < _FRAME.size:
         return None
@@ -94,10 +99,21 @@ def _receive_tiles(f: IO[bytes]) -> tuple[list, np.ndarray] | None:
     data = bytearray(n_data)
     if len(desc) < n_desc or f.readinto(data) < n_data:
         return None
-    tiles, dtype, shape = pickle.loads(desc)
-    if len(tiles) != n_tiles:
+    tiles, kind, layout = pickle.loads(desc)
+    arrays, at = [], 0
+    for dtype, shape in layout:
+        a = np.frombuffer(data, dtype, int(np.prod(shape)), at).reshape(shape)
+        arrays.append(a)
+        at += a.nbytes
+    if len(tiles) != n_tiles or at != n_data or any(len(a) != n_tiles for a in arrays):
         raise ValueError("malformed frame")
-    return tiles, np.frombuffer(data, dtype).reshape(shape)
+    if kind == "latents" and len(arrays) == 1:
+        return tiles, arrays[0]
+    if kind == "hyper" and len(arrays) == 3:
+        from wsicodec.codec import HyperSymbols
+
+        return tiles, [HyperSymbols(*parts) for parts in zip(*arrays)]
+    raise ValueError(f"malformed frame (kind {kind!r})")
 
 
 class ChunkWriterProcesses:
@@ -129,17 +145,25 @@ class ChunkWriterProcesses:
             self.close()
             raise WriterError(f"{self.path}: cannot start a chunk-writer process ({e})") from None
 
-    def write(self, tiles: Sequence[tuple[int, int]], chunks: np.ndarray) -> None:
+    def write(self, tiles: Sequence[tuple[int, int]], chunks: np.ndarray | Sequence[Any]) -> None:
         """Code and write whole chunks: ``chunks[i]`` (any integer dtype; values outside the
-        store's are an error) is tile ``tiles[i]``'s (see :class:`wsicodec.store.LatentChunkFiles`)."""
-        chunks = np.ascontiguousarray(chunks)
+        store's are an error) is tile ``tiles[i]``'s (see :class:`wsicodec.store.LatentChunkFiles`);
+        or ``chunks`` is a list of the tiles' :class:`~wsicodec.codec.HyperSymbols`."""
         tiles = [(int(tx), int(ty)) for tx, ty in tiles]
-        if chunks.ndim != 4 or len(chunks) != len(tiles):
-            raise ValueError(f"{len(tiles)} tiles but latents of shape {chunks.shape}")
-        desc = pickle.dumps((tiles, chunks.dtype.str, chunks.shape), protocol=5)
+        if isinstance(chunks, np.ndarray):
+            kind, arrays = "latents", [np.ascontiguousarray(chunks)]
+            if chunks.ndim != 4:
+                raise ValueError(f"{len(tiles)} tiles but latents of shape {chunks.shape}")
+        else:
+            kind, arrays = "hyper", [np.ascontiguousarray(np.stack([getattr(c, part) for c in chunks]))
+                                     for part in ("z", "y", "index")]
+        if any(len(a) != len(tiles) for a in arrays):
+            raise ValueError(f"{len(tiles)} tiles but {len(arrays[0])} chunks")
+        desc = pickle.dumps((tiles, kind, [(a.dtype.str, a.shape) for a in arrays]), protocol=5)
         p = self._free.get()
         try:
-            _write_all(p.stdin.fileno(), [_FRAME.pack(len(desc), len(tiles), chunks.nbytes), desc, chunks])
+            _write_all(p.stdin.fileno(), [_FRAME.pack(len(desc), len(tiles), sum(a.nbytes for a in arrays)), desc,
+                                          *arrays])
             answer = _receive(p.stdout)
         except (BrokenPipeError, OSError, ValueError):
             answer = None

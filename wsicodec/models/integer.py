@@ -14,13 +14,17 @@ function of the weights file (docs/format.md, "Integer hyper-decoder"):
 
 The sums are computed as float64 matrix products of integers whose partial sums stay below 2^53
 (checked when the decoder is built), so every BLAS and every summation order gives the exact
-integer result.
+integer result. :class:`IntegerHyperDecoder` computes them with numpy (the CPU: the chunk codec);
+:class:`DeviceHyperDecoder` the same arithmetic with torch on any device, in batches (a GPU
+encoding a store), and checks itself against the numpy one before use.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
 
 import numpy as np
+import torch
+import torch.nn.functional as F
 from torch import nn
 
 WEIGHT_BITS = 16
@@ -118,5 +122,63 @@ def _conv_transpose(a: np.ndarray, layer: _Layer) -> np.ndarray:
     out = np.zeros((B, layer.c_out, Ho, Wo), np.int64)
     h = min(Ho, full.shape[2] - p)
     w = min(Wo, full.shape[3] - p)
+    out[:, :, :h, :w] = full[:, :, p : p + h, p : p + w]
+    return out
+
+
+class DeviceHyperDecoder:
+    """:class:`IntegerHyperDecoder`'s arithmetic in torch on ``device`` (float64 matrix products of
+    integers: unfold / fold and ``matmul``, never a convolution algorithm that could round, such
+    as Winograd or FFT). Same input and output as the numpy decoder, as int64 tensors."""
+
+    def __init__(self, reference: IntegerHyperDecoder, device: torch.device | str):
+        self.device = torch.device(device)
+        self.layers = reference.layers
+        self.params = [(torch.from_numpy(layer.weight).to(self.device), torch.from_numpy(layer.bias).to(self.device))
+                       if layer.weight is not None else None for layer in self.layers]
+
+    @torch.inference_mode()
+    def __call__(self, z: torch.Tensor) -> torch.Tensor:
+        a = z.to(self.device, torch.int64).clamp(-ACT_LIMIT, ACT_LIMIT)
+        for layer, wb in zip(self.layers, self.params):
+            if layer.kind == "leaky":
+                a = torch.where(a < 0, torch.div(a, 100, rounding_mode="floor"), a)
+            elif layer.kind == "relu":
+                a = a.clamp_min(0)
+            else:
+                weight, bias = wb
+                acc = _conv_torch(a, layer, weight) if layer.kind == "conv" else _conv_transpose_torch(a, layer, weight)
+                acc += bias[None, :, None, None]
+                a = torch.div(acc, 1 << WEIGHT_BITS, rounding_mode="floor").clamp_(-ACT_LIMIT, ACT_LIMIT)
+        return a
+
+    def agrees(self, reference: IntegerHyperDecoder, channels: int, seed: int = 0) -> bool:
+        """Whether this device's results equal the numpy decoder's on random ``ẑ`` from small to
+        the clamp limit (exact float64 arithmetic on this device, checked before it is trusted)."""
+        rng = np.random.default_rng(seed)
+        for bound in (1 << 12, 1 << 16, 1 << 20, ACT_LIMIT):
+            z = rng.integers(-bound, bound, (2, channels, 4, 4))
+            if not np.array_equal(self(torch.from_numpy(z)).cpu().numpy(), reference(z)):
+                return False
+        return True
+
+
+def _conv_torch(a: torch.Tensor, layer: _Layer, weight: torch.Tensor) -> torch.Tensor:
+    B, C, H, W = a.shape
+    k, s, p = layer.k, layer.stride, layer.pad
+    cols = F.unfold(a.to(torch.float64), k, padding=p, stride=s)  # (B, C*k*k, L), as _conv's columns
+    Ho, Wo = (H + 2 * p - k) // s + 1, (W + 2 * p - k) // s + 1
+    return torch.matmul(weight, cols).to(torch.int64).reshape(B, layer.c_out, Ho, Wo)
+
+
+def _conv_transpose_torch(a: torch.Tensor, layer: _Layer, weight: torch.Tensor) -> torch.Tensor:
+    B, C, H, W = a.shape
+    k, s, p = layer.k, layer.stride, layer.pad
+    patches = torch.matmul(weight, a.reshape(B, C, H * W).to(torch.float64))  # (B, out*k*k, H*W)
+    full = F.fold(patches, ((H - 1) * s + k, (W - 1) * s + k), k, stride=s).to(torch.int64)
+    Ho = (H - 1) * s - 2 * p + k + layer.out_pad
+    Wo = (W - 1) * s - 2 * p + k + layer.out_pad
+    out = torch.zeros((B, layer.c_out, Ho, Wo), dtype=torch.int64, device=a.device)
+    h, w = min(Ho, full.shape[2] - p), min(Wo, full.shape[3] - p)
     out[:, :, :h, :w] = full[:, :, p : p + h, p : p + w]
     return out
