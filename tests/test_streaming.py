@@ -155,6 +155,20 @@ def test_chunk_writer_frames_of_several_tiles(tiny_models, tmp_path):
         np.testing.assert_array_equal(np.asarray(s.latents[:, 16:32, :16]), chunks[2])
 
 
+def test_chunk_writer_refuses_hyperprior_symbols_for_a_factorized_store(tiny_models, tmp_path):
+    """A frame of HyperSymbols (what a GPU makes for a hyperprior store) sent to a factorized
+    store's worker: a one-line error naming the store, and the worker goes on."""
+    from wsicodec.codec import HyperSymbols
+    from wsicodec.writers import ChunkWriterProcesses, WriterError
+
+    part = compress(EXAMPLE, tmp_path / "a.zarr", model_dir=tiny_models, tile=256).output
+    sym = HyperSymbols(np.zeros((8, 4, 4), np.int32), np.zeros((8, 16, 16), np.int32), np.zeros((8, 16, 16), np.uint8))
+    with ChunkWriterProcesses(part, 1) as w:
+        with pytest.raises(WriterError, match="a.zarr: hyperprior symbols for a store of another entropy model"):
+            w.write([(0, 0)], [sym])
+        w.write([(0, 0)], np.zeros((1, 8, 16, 16), np.int16))
+
+
 def test_chunk_writers_import_this_wsicodec_from_any_folder(tiny_models, tmp_path, monkeypatch):
     """The workers run ``python -m wsicodec.writers``, and ``-m`` puts the working folder first on
     sys.path: run from a folder holding another ``wsicodec`` (a checkout, an older copy), they
