@@ -237,6 +237,11 @@ def main(argv: list[str] | None = None) -> dict:
     windows = load_tiles(args.data, args.tiles, TILE + 2 * ehalo)
     tiles = [np.ascontiguousarray(w[ehalo : ehalo + TILE, ehalo : ehalo + TILE]) for w in windows]
     n, bs, lh = len(tiles), coder.batch_size, ehalo // s
+
+    def chunk(q: np.ndarray) -> np.ndarray:
+        """A window's latents cut to its tile's chunk (what the store codes)."""
+        return np.ascontiguousarray(q[:, lh : lh + TILE // s, lh : lh + TILE // s])
+
     mpx = n * TILE * TILE / 1e6
     sync = torch.cuda.synchronize if args.device == "cuda" else (lambda: None)
 
@@ -248,8 +253,7 @@ def main(argv: list[str] | None = None) -> dict:
         sync()
 
     def entropy_encode():
-        state["chunks"] = [chunk_codec.encode(np.ascontiguousarray(q[:, lh : lh + TILE // s, lh : lh + TILE // s]))
-                           for q in state["lat"]]
+        state["chunks"] = [chunk_codec.encode(chunk(q)) for q in state["lat"]]
 
     def entropy_decode():
         state["dec"] = [np.pad(chunk_codec.decode(b).astype(np.int32),
@@ -265,18 +269,16 @@ def main(argv: list[str] | None = None) -> dict:
     # compress does on CUDA, DeviceHyperSymbols), then the range coder alone (the chunk writers' part)
     hyper = None
     if spec.entropy_model != "factorized":
-        from wsicodec.codec import code_hyper_symbols, hyper_entropy_model
+        from wsicodec.codec import HyperSymbols, code_hyper_symbols, hyper_entropy_model
         from wsicodec.engine import DeviceHyperSymbols
 
         hyper = coder.hyper or DeviceHyperSymbols(coder.model, card, coder.device)
         hm = hyper_entropy_model({"name": card.name, "sha256": card.sha256})
 
     def hyper_symbols():
-        from wsicodec.codec import HyperSymbols
-
         out = []
         for b in range(0, n, bs):
-            chunks = np.stack([q[:, lh : lh + TILE // s, lh : lh + TILE // s] for q in state["lat"][b : b + bs]])
+            chunks = np.stack([chunk(q) for q in state["lat"][b : b + bs]])
             z, y, index = (t.cpu().numpy() for t in hyper(torch.from_numpy(chunks).to(coder.device)))
             out += [HyperSymbols(*parts) for parts in zip(z, y, index)]
         state["sym"] = out
@@ -325,8 +327,7 @@ def main(argv: list[str] | None = None) -> dict:
         import pstats
 
         prof, buf = cProfile.Profile(), io.StringIO()
-        prof.runcall(lambda: [chunk_codec.encode(np.ascontiguousarray(q[:, lh : lh + TILE // s, lh : lh + TILE // s]))
-                              for q in state["lat"][:8]])
+        prof.runcall(lambda: [chunk_codec.encode(chunk(q)) for q in state["lat"][:8]])
         pstats.Stats(prof, stream=buf).sort_stats("tottime").print_stats(12)
         print(buf.getvalue(), file=sys.stderr)
     agreement = None

@@ -356,8 +356,7 @@ class LatentCoder:
         out = [q]
         if crops is not None:
             c, offsets = crops
-            tiles = [q[i, :, oy : oy + c, ox : ox + c] for i, o in enumerate(offsets) if o is not None
-                     for oy, ox in [o]]
+            tiles = [q[i, :, o[0] : o[0] + c, o[1] : o[1] + c] for i, o in enumerate(offsets) if o is not None]
             out += self.hyper(torch.stack(tiles)) if tiles else []
         if not self.cuda:
             return out, finite, None
@@ -553,11 +552,16 @@ def encode_tiles(read_rgb: Callable[[int, int, int, int], np.ndarray], grid: Til
 
     c = grid.chunk
 
+    def tile_in_window(tx: int, ty: int, origin: tuple[int, int]) -> tuple[int, int, int, int]:
+        """``(oy, ox, h, w)``: where tile (tx, ty)'s latents sit in those of its window."""
+        lx0, ly0, lx1, ly1 = grid.tile_latents(tx, ty)
+        return ly0 - origin[1] // s, lx0 - origin[0] // s, ly1 - ly0, lx1 - lx0
+
     def whole_tile(tx: int, ty: int, origin: tuple[int, int]) -> tuple[int, int] | None:
         """Where tile (tx, ty)'s whole chunk sits in its window's latents (None: a tile cut by
         the canvas's edge, which the writer completes and codes itself)."""
-        lx0, ly0, lx1, ly1 = grid.tile_latents(tx, ty)
-        return (ly0 - origin[1] // s, lx0 - origin[0] // s) if (lx1 - lx0, ly1 - ly0) == (c, c) else None
+        oy, ox, h, w = tile_in_window(tx, ty, origin)
+        return (oy, ox) if (h, w) == (c, c) else None
 
     def batches() -> Iterator[tuple[list, list[np.ndarray], list]]:
         pending: dict[tuple[int, int], list[tuple[int, int, tuple, np.ndarray]]] = defaultdict(list)
@@ -579,13 +583,12 @@ def encode_tiles(read_rgb: Callable[[int, int, int, int], np.ndarray], grid: Til
     for batch, q, symbols in coder.analysis_stream(batches(), chunk=c):
         while glass_tiles:
             yield (*glass_tiles.pop(), None)
-        for i, ((tx, ty, (x0, y0), _), lat) in enumerate(zip(batch, q)):
+        for i, ((tx, ty, origin, _), lat) in enumerate(zip(batch, q)):
             if symbols is not None and symbols[i] is not None:
                 yield tx, ty, symbols[i]  # coded on the device up to the range coder
                 continue
-            lx0, ly0, lx1, ly1 = grid.tile_latents(tx, ty)
-            ox, oy = lx0 - x0 // s, ly0 - y0 // s
-            yield tx, ty, lat[:, oy : oy + ly1 - ly0, ox : ox + lx1 - lx0]
+            oy, ox, h, w = tile_in_window(tx, ty, origin)
+            yield tx, ty, lat[:, oy : oy + h, ox : ox + w]
     while glass_tiles:
         yield (*glass_tiles.pop(), None)
 

@@ -2,7 +2,7 @@
 
 The range coder holds the GIL, so threads cannot run it side by side: one process codes about
 300 Mpx/s of a factorized model's latents and about 12 Mpx/s of a hyperprior's (its chunk codec
-also runs the hyper-encoder and the integer hyper-decoder; ~190 Mpx/s when the GPU made those
+also runs the hyper-encoder and the integer hyper-decoder; 180–200 Mpx/s when the GPU made those
 symbols, :class:`wsicodec.engine.DeviceHyperSymbols`), less than a GPU analyses (development
 machine, one core; ``benchmarks/throughput.py``).
 :class:`ChunkWriterProcesses` runs ``n`` worker processes, each with the store's latent chunk

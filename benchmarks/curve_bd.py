@@ -1,0 +1,64 @@
+"""BD-rate between two rate–distortion curves drawn from `wsicodec bench` results.csv files: a
+curve is a codec (every setting of it: ``jxl``, ``wsicodec-hyperprior``) or a comma-separated list
+of wsicodec models, e.g. a zoo against the zoo it replaces.
+
+    python benchmarks/curve_bd.py OLD.csv NEW.csv --anchor hne-hp64-q1-v1,... --test hne-hp64-q1-v2,...
+    python benchmarks/curve_bd.py docs/bench/val/results.csv --anchor jxl --test wsicodec-hyperprior --exclude glas
+
+Rows of all files are pooled (the same image and setting twice: the later file's row). Curves
+average over the images measured at every one of their settings (``wsicodec.bench.rd``)."""
+from __future__ import annotations
+
+import argparse
+import csv
+
+from wsicodec.bench.rd import average_curves, bd_rate, curve
+from wsicodec.bench.runner import reused_rows
+
+LOWER_IS_BETTER = {"st_lpips", "st_lpips_vgg", "lpips"}
+
+
+def pooled_rows(paths: list[str], exclude: list[str]) -> list[dict]:
+    rows: dict[tuple[str, str, str], dict] = {}
+    for path in paths:
+        with open(path, newline="") as f:
+            images = {r["image"] for r in csv.DictReader(f)}
+        images = {im for im in images if not any(im.startswith(p) for p in exclude)}
+        for r in reused_rows(path, images, set()):
+            rows[(r["image"], r["codec"], r["setting"])] = r
+    return list(rows.values())
+
+
+def select(rows: list[dict], spec: str, label: str) -> list[dict]:
+    """The rows of curve ``spec`` (a codec, or comma-separated settings), relabelled ``label``."""
+    names = spec.split(",")
+    by_setting = len(names) > 1 or not any(r["codec"] == spec for r in rows)
+    picked = [r for r in rows if (r["setting"] in names if by_setting else r["codec"] == spec)]
+    if by_setting and {r["setting"] for r in picked} != set(names):
+        raise SystemExit(f"not in the results: {sorted(set(names) - {r['setting'] for r in picked})}")
+    return [{**r, "codec": label} for r in picked]
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("csv", nargs="+")
+    ap.add_argument("--anchor", required=True)
+    ap.add_argument("--test", required=True)
+    ap.add_argument("--exclude", action="append", default=[], help="leave out images whose name starts so")
+    ap.add_argument("--metrics", default="psnr,ms_ssim,st_lpips")
+    args = ap.parse_args()
+    rows = pooled_rows(args.csv, args.exclude)
+    metrics = args.metrics.split(",")
+    summary = average_curves(select(rows, args.anchor, "anchor") + select(rows, args.test, "test"), metrics)
+    print(f"images: anchor {summary['anchor']['images']}, test {summary['test']['images']}")
+    for m in metrics:
+        (ra, qa), (rb, qb) = curve(summary, "anchor", m), curve(summary, "test", m)
+        if m in LOWER_IS_BETTER:
+            qa, qb = [-q for q in qa], [-q for q in qb]
+        print(f"{m}: BD-rate of test vs anchor {bd_rate(ra, qa, rb, qb):+.2f} %")
+    for name in ("anchor", "test"):
+        print(name, "; ".join(f"{p['setting']} {p['bpp']:.4f} bpp {p['psnr']:.3f} dB" for p in summary[name]["points"]))
+
+
+if __name__ == "__main__":
+    main()
