@@ -8,7 +8,9 @@
 #    threads and coder processes, and the host's own ceiling on it (benchmarks/host_ceiling.py:
 #    the network's answer made instant); the loop with 2 and 8 coder processes; 3. the CUDA
 #    tests; 4. peak memory of compress / decompress
-#    (benchmarks/streaming.py). Each step has its own time limit.
+#    (benchmarks/streaming.py); 5. how fast 1-16 readers decode the slide (benchmarks/read_scaling.py).
+#    Each step has its own time limit. Pack OUT_DIR into one archive to bring it back: the device
+#    tool returns only a few files.
 OUT=${1:?OUT_DIR}
 DATA=${2:-../shared/data/histology/val}
 PY=${PYTHON:-python3}
@@ -73,4 +75,6 @@ timeout 120 $PY -m pytest -q -rs tests/test_cuda.py tests/test_engine.py -k cuda
 # a hyperprior: its side information made on the GPU (DeviceHyperSymbols), the writers range-code
 throughput hne-hp64-q4-v3 fp32 32
 throughput hne-hp64-q4-v3 fp16 32
-timeout 100 $PY benchmarks/streaming.py /tmp/synthetic16k.tiff --device cuda --json "$OUT/streaming-fp32.json" 2>&1 | tail -2
+timeout 100 $PY benchmarks/streaming.py /tmp/synthetic16k.tiff --device cuda --json "$OUT/streaming-cuda.json" 2>&1 | tail -2
+timeout 90 $PY benchmarks/read_scaling.py /tmp/synthetic16k.tiff --windows 1024 --readers 1 4 8 12 16 \
+  --json "$OUT/read_scaling.json" 2>&1 | tail -13
