@@ -92,34 +92,54 @@ class _Models:
 
         self.tables = tables
         self.models = []
-        self.escape = []
         for f in tables.freqs:
             p = np.asarray(f, dtype=np.float64) / float(1 << PRECISION)
             self.models.append(Categorical(p, perfect=False))
-            self.escape.append(len(f) - 1)
+        self.offsets = np.asarray(tables.offsets, np.int64)
+        self.escape = np.asarray([len(f) - 1 for f in tables.freqs], np.int64)  # each table's escape symbol
 
 
-def _encode_symbols(enc: Any, values: np.ndarray, models: _Models, k: int, escapes: list[np.ndarray]) -> None:
-    """Code ``values`` (int, 1-D) with table ``k``; values outside it become escapes."""
-    sym = values.astype(np.int64) - models.tables.offsets[k]
-    esc = (sym < 0) | (sym >= models.escape[k])
+def _per_value(table_values: np.ndarray, runs: Sequence[tuple[int, int]]) -> np.ndarray:
+    """One entry of ``table_values`` per coded value: runs ``[(table, count), ...]``."""
+    tables = np.fromiter((k for k, _ in runs), np.intp, len(runs))
+    counts = np.fromiter((n for _, n in runs), np.intp, len(runs))
+    return np.repeat(table_values[tables], counts)
+
+
+def _encode_runs(enc: Any, values: np.ndarray, models: _Models, runs: Sequence[tuple[int, int]],
+                 escapes: list[np.ndarray]) -> None:
+    """Code ``values`` (int, 1-D) in consecutive runs ``[(table, count), ...]``, each run with its
+    table; values outside their table are coded as the escape symbol and kept, in order, in
+    ``escapes``. The offsets and escapes are worked out for all values at once; only the coder's
+    calls go run by run (one per channel or table: the bitstream's order)."""
+    sym = values.astype(np.int64) - _per_value(models.offsets, runs)
+    limit = _per_value(models.escape, runs)
+    esc = (sym < 0) | (sym >= limit)
     if esc.any():
         escapes.append(values[esc].astype("<i4"))
-        sym[esc] = models.escape[k]
-    enc.encode(sym.astype(np.int32), models.models[k])
+        sym[esc] = limit[esc]
+    sym = sym.astype(np.int32)
+    start = 0
+    for k, n in runs:
+        enc.encode(sym[start : start + n], models.models[k])
+        start += n
 
 
-def _decode_symbols(dec: Any, n: int, models: _Models, k: int, esc: np.ndarray, used: int) -> tuple[np.ndarray, int]:
-    """Decode ``n`` values of table ``k``; returns them and the escapes used so far."""
-    sym = np.asarray(dec.decode(models.models[k], n), dtype=np.int64)
-    is_esc = sym == models.escape[k]
-    vals = sym + models.tables.offsets[k]
-    m = int(is_esc.sum())
-    if m:
-        if used + m > esc.size:
-            raise CodecError("latent chunk has fewer escaped values than escape symbols")
-        vals[is_esc] = esc[used : used + m]
-        used += m
+def _decode_runs(dec: Any, models: _Models, runs: Sequence[tuple[int, int]], esc: np.ndarray) -> tuple[np.ndarray, int]:
+    """Decode the runs ``[(table, count), ...]`` of :func:`_encode_runs`: the values (int64, 1-D)
+    with the escaped ones taken from ``esc`` in order, and how many of ``esc`` they used."""
+    raw = np.empty(sum(n for _, n in runs), np.int64)
+    start = 0
+    for k, n in runs:
+        raw[start : start + n] = dec.decode(models.models[k], n)
+        start += n
+    is_esc = raw == _per_value(models.escape, runs)
+    vals = raw + _per_value(models.offsets, runs)
+    used = int(is_esc.sum())
+    if used > esc.size:
+        raise CodecError("latent chunk has fewer escaped values than escape symbols")
+    if used:
+        vals[is_esc] = esc[:used]
     return vals, used
 
 
@@ -139,8 +159,7 @@ def encode_chunk(q: np.ndarray, models: _Models) -> bytes:
     C, h, w = q.shape
     enc = constriction.stream.queue.RangeEncoder()
     escapes: list[np.ndarray] = []
-    for c in range(C):
-        _encode_symbols(enc, q[c].ravel(), models, c, escapes)
+    _encode_runs(enc, q.reshape(-1), models, [(c, h * w) for c in range(C)], escapes)
     esc_arr, words = _pack_stream(enc, escapes)
     head = _HEADER.pack(MAGIC, CHUNK_VERSION, 0, C, h, w, esc_arr.size, words.size)
     return head + esc_arr.tobytes() + words.tobytes()
@@ -173,19 +192,16 @@ def decode_chunk(data: bytes | memoryview, models: _Models,
         )
     esc = np.frombuffer(buf, "<i4", n_esc, _HEADER.size)
     words = np.frombuffer(buf, "<u4", n_words, _HEADER.size + 4 * n_esc).astype(np.uint32)
-    out = np.empty((C, h * w), np.int32)
-    used = 0
     try:
         dec = constriction.stream.queue.RangeDecoder(words)
-        for c in range(C):
-            out[c], used = _decode_symbols(dec, h * w, models, c, esc, used)
+        out, used = _decode_runs(dec, models, [(c, h * w) for c in range(C)], esc)
     except CodecError:
         raise
     except Exception as e:  # constriction raises on malformed streams
         raise CodecError(f"corrupt latent chunk ({e})") from None
     if used != n_esc:
         raise CodecError("latent chunk has unused escaped values")
-    return out.reshape(C, h, w)
+    return out.astype(np.int32).reshape(C, h, w)
 
 
 class _ChunkCodec(Codec):
@@ -361,14 +377,10 @@ def code_hyper_symbols(s: HyperSymbols, hm: HyperEntropyModel) -> bytes:
                          f"do not fit the model ({hm.M}+{hm.N} channels)")
     z_part = encode_chunk(s.z, hm.z)
     order, counts = _by_table(s.index, hm.y.tables.channels)
-    flat = s.y.ravel().astype(np.int64, copy=False)[order]
+    flat = s.y.ravel()[order]
     enc = constriction.stream.queue.RangeEncoder()
     escapes: list[np.ndarray] = []
-    start = 0
-    for k, n in enumerate(counts):
-        if n:
-            _encode_symbols(enc, flat[start : start + n], hm.y, k, escapes)
-            start += n
+    _encode_runs(enc, flat, hm.y, [(k, int(n)) for k, n in enumerate(counts) if n], escapes)
     esc_arr, words = _pack_stream(enc, escapes)
     head = _HYPER_HEADER.pack(HYPER_MAGIC, CHUNK_VERSION, 0, M, h, w, hm.N, len(z_part), esc_arr.size)
     return head + z_part + _HYPER_TAIL.pack(words.size) + esc_arr.tobytes() + words.tobytes()
@@ -406,14 +418,9 @@ def decode_hyper_chunk(data: bytes | memoryview, hm: HyperEntropyModel,
     words = np.frombuffer(buf, "<u4", n_words, body + 4 * n_esc).astype(np.uint32)
     index, mean = hm.parameters(z_sym)
     order, counts = _by_table(index, hm.y.tables.channels)
-    flat = np.empty(n, np.int64)
-    used = start = 0
     try:
         dec = constriction.stream.queue.RangeDecoder(words)
-        for k, m in enumerate(counts):
-            if m:
-                flat[start : start + m], used = _decode_symbols(dec, int(m), hm.y, k, esc, used)
-                start += m
+        flat, used = _decode_runs(dec, hm.y, [(k, int(m)) for k, m in enumerate(counts) if m], esc)
     except CodecError:
         raise
     except Exception as e:
