@@ -1,10 +1,10 @@
 """Entropy coding and chunk writing in worker processes.
 
 The range coder holds the GIL, so threads cannot run it side by side: one process codes about
-300 Mpx/s of a factorized model's latents and about 12 Mpx/s of a hyperprior's (its chunk codec
-also runs the hyper-encoder and the integer hyper-decoder; 180–200 Mpx/s when the GPU made those
+400 Mpx/s of a factorized model's latents and about 12 Mpx/s of a hyperprior's (its chunk codec
+also runs the hyper-encoder and the integer hyper-decoder; ~245 Mpx/s when the GPU made those
 symbols, :class:`wsicodec.engine.DeviceHyperSymbols`), less than a GPU analyses (development
-machine, one core; ``benchmarks/throughput.py``).
+machine, one core, session 8; ``benchmarks/throughput.py``).
 :class:`ChunkWriterProcesses` runs ``n`` worker processes, each with the store's latent chunk
 files open for writing (:class:`wsicodec.store.LatentChunkFiles`), and hands each one a group of
 tiles' latents at a time: the parent only stacks them and writes them into a pipe (one frame per
