@@ -16,7 +16,8 @@ HYPER_SHA256 = "05b7d84ae2917bef528e4601cd0f4fd2ff3dcb159e8d143ccd11792ca3de9252
 
 
 def factorized_case() -> tuple[codec.EntropyTables, np.ndarray]:
-    """8 channels of tables and a (8, 16, 16) chunk, escapes included (int16 extremes)."""
+    """8 channels of tables and a (8, 16, 16) chunk, escapes included (int16 extremes). Built here,
+    not by test_codec's helper, so that nothing else can change the frozen inputs."""
     rng = np.random.default_rng(20261126)
     freqs, offsets = [], []
     for _ in range(8):
