@@ -99,42 +99,43 @@ class _Models:
         self.escape = np.asarray([len(f) - 1 for f in tables.freqs], np.int64)  # each table's escape symbol
 
 
-def _per_value(table_values: np.ndarray, runs: Sequence[tuple[int, int]]) -> np.ndarray:
-    """One entry of ``table_values`` per coded value: runs ``[(table, count), ...]``."""
-    tables = np.fromiter((k for k, _ in runs), np.intp, len(runs))
-    counts = np.fromiter((n for _, n in runs), np.intp, len(runs))
-    return np.repeat(table_values[tables], counts)
+def _run_tables(models: _Models, tables: np.ndarray, counts: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Each coded value's offset and escape symbol, for runs of ``counts[i]`` values coded with
+    table ``tables[i]``."""
+    return np.repeat(models.offsets[tables], counts), np.repeat(models.escape[tables], counts)
 
 
-def _encode_runs(enc: Any, values: np.ndarray, models: _Models, runs: Sequence[tuple[int, int]],
+def _encode_runs(enc: Any, values: np.ndarray, models: _Models, tables: np.ndarray, counts: np.ndarray,
                  escapes: list[np.ndarray]) -> None:
-    """Code ``values`` (int, 1-D) in consecutive runs ``[(table, count), ...]``, each run with its
-    table; values outside their table are coded as the escape symbol and kept, in order, in
-    ``escapes``. The offsets and escapes are worked out for all values at once; only the coder's
-    calls go run by run (one per channel or table: the bitstream's order)."""
-    sym = values.astype(np.int64) - _per_value(models.offsets, runs)
-    limit = _per_value(models.escape, runs)
+    """Code ``values`` (int, 1-D) in consecutive runs, ``counts[i]`` values with table
+    ``tables[i]``; values outside their table are coded as the escape symbol and kept, in order,
+    in ``escapes``. The offsets and escapes are worked out for all values at once; only the
+    coder's calls go run by run (one per channel or table: the bitstream's order)."""
+    offset, limit = _run_tables(models, tables, counts)
+    sym = values.astype(np.int64) - offset
     esc = (sym < 0) | (sym >= limit)
     if esc.any():
         escapes.append(values[esc].astype("<i4"))
         sym[esc] = limit[esc]
     sym = sym.astype(np.int32)
     start = 0
-    for k, n in runs:
+    for k, n in zip(tables.tolist(), counts.tolist()):
         enc.encode(sym[start : start + n], models.models[k])
         start += n
 
 
-def _decode_runs(dec: Any, models: _Models, runs: Sequence[tuple[int, int]], esc: np.ndarray) -> tuple[np.ndarray, int]:
-    """Decode the runs ``[(table, count), ...]`` of :func:`_encode_runs`: the values (int64, 1-D)
-    with the escaped ones taken from ``esc`` in order, and how many of ``esc`` they used."""
-    raw = np.empty(sum(n for _, n in runs), np.int64)
+def _decode_runs(dec: Any, models: _Models, tables: np.ndarray, counts: np.ndarray, esc: np.ndarray
+                 ) -> tuple[np.ndarray, int]:
+    """Decode the runs of :func:`_encode_runs`: the values (int64, 1-D) with the escaped ones
+    taken from ``esc`` in order, and how many of ``esc`` they used."""
+    offset, limit = _run_tables(models, tables, counts)
+    raw = np.empty(offset.size, np.int64)
     start = 0
-    for k, n in runs:
+    for k, n in zip(tables.tolist(), counts.tolist()):
         raw[start : start + n] = dec.decode(models.models[k], n)
         start += n
-    is_esc = raw == _per_value(models.escape, runs)
-    vals = raw + _per_value(models.offsets, runs)
+    is_esc = raw == limit
+    vals = raw + offset
     used = int(is_esc.sum())
     if used > esc.size:
         raise CodecError("latent chunk has fewer escaped values than escape symbols")
@@ -159,7 +160,7 @@ def encode_chunk(q: np.ndarray, models: _Models) -> bytes:
     C, h, w = q.shape
     enc = constriction.stream.queue.RangeEncoder()
     escapes: list[np.ndarray] = []
-    _encode_runs(enc, q.reshape(-1), models, [(c, h * w) for c in range(C)], escapes)
+    _encode_runs(enc, q.reshape(-1), models, np.arange(C), np.full(C, h * w), escapes)
     esc_arr, words = _pack_stream(enc, escapes)
     head = _HEADER.pack(MAGIC, CHUNK_VERSION, 0, C, h, w, esc_arr.size, words.size)
     return head + esc_arr.tobytes() + words.tobytes()
@@ -194,7 +195,7 @@ def decode_chunk(data: bytes | memoryview, models: _Models,
     words = np.frombuffer(buf, "<u4", n_words, _HEADER.size + 4 * n_esc).astype(np.uint32)
     try:
         dec = constriction.stream.queue.RangeDecoder(words)
-        out, used = _decode_runs(dec, models, [(c, h * w) for c in range(C)], esc)
+        out, used = _decode_runs(dec, models, np.arange(C), np.full(C, h * w), esc)
     except CodecError:
         raise
     except Exception as e:  # constriction raises on malformed streams
@@ -380,7 +381,8 @@ def code_hyper_symbols(s: HyperSymbols, hm: HyperEntropyModel) -> bytes:
     flat = s.y.ravel()[order]
     enc = constriction.stream.queue.RangeEncoder()
     escapes: list[np.ndarray] = []
-    _encode_runs(enc, flat, hm.y, [(k, int(n)) for k, n in enumerate(counts) if n], escapes)
+    tables = np.flatnonzero(counts)
+    _encode_runs(enc, flat, hm.y, tables, counts[tables], escapes)
     esc_arr, words = _pack_stream(enc, escapes)
     head = _HYPER_HEADER.pack(HYPER_MAGIC, CHUNK_VERSION, 0, M, h, w, hm.N, len(z_part), esc_arr.size)
     return head + z_part + _HYPER_TAIL.pack(words.size) + esc_arr.tobytes() + words.tobytes()
@@ -420,7 +422,8 @@ def decode_hyper_chunk(data: bytes | memoryview, hm: HyperEntropyModel,
     order, counts = _by_table(index, hm.y.tables.channels)
     try:
         dec = constriction.stream.queue.RangeDecoder(words)
-        flat, used = _decode_runs(dec, hm.y, [(k, int(m)) for k, m in enumerate(counts) if m], esc)
+        tables = np.flatnonzero(counts)
+        flat, used = _decode_runs(dec, hm.y, tables, counts[tables], esc)
     except CodecError:
         raise
     except Exception as e:
