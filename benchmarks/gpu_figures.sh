@@ -5,12 +5,11 @@
 #    coder alone, and the whole compress loop on an in-memory 24576 x 24576 canvas (with and
 #    without the writer); 2. `compress` of a synthetic 16384 x 16384 JPEG-tiled slide, timed in
 #    the process (model load excluded) for two splits of the host's cores between reading
-#    threads and coder processes, and the host's own ceiling on it (benchmarks/host_ceiling.py:
-#    the network's answer made instant); the loop with 2 and 8 coder processes; 3. the CUDA
+#    threads and writer processes, and the host's own ceiling on it (benchmarks/host_ceiling.py:
+#    the network's answer made instant); the loop with 2 and 8 writer processes; 3. the CUDA
 #    tests; 4. peak memory of compress / decompress
 #    (benchmarks/streaming.py); 5. how fast 1-16 readers decode the slide (benchmarks/read_scaling.py).
-#    Each step has its own time limit. Pack OUT_DIR into one archive to bring it back: the device
-#    tool returns only a few files.
+#    Each step has its own time limit. Pack OUT_DIR into one archive to bring it back.
 OUT=${1:?OUT_DIR}
 DATA=${2:-../shared/data/histology/val}
 PY=${PYTHON:-python3}
@@ -35,7 +34,7 @@ throughput hne-f64-q4-v1 fp32 48
 throughput hne-f64-q4-v1 fp16 48
 for procs in 2 8; do  # around the default (a quarter of the cores; 4 on 16)
   timeout 60 $PY benchmarks/throughput.py --device cuda --model hne-f64-q4-v1 --batch-size 32 \
-    --tiles 32 --repeats 1 --skip-jxl --data "$DATA" --pipeline 48 --coder-processes $procs --out-dir /tmp \
+    --tiles 32 --repeats 1 --skip-jxl --data "$DATA" --pipeline 48 --writer-processes $procs --out-dir /tmp \
     2>&1 | grep "^pipeline:" | sed "s|^|$procs coder processes: |"
 done
 timeout 60 $PY benchmarks/make_synthetic_slide.py /tmp/synthetic16k.tiff --size 16384 16384 --glass 0.3 \
@@ -51,9 +50,9 @@ t0 = time.time()
 from wsicodec.pipeline import compress
 P, R = int(sys.argv[1]), int(sys.argv[2])
 t1 = time.time()
-r = compress("/tmp/synthetic16k.tiff", "/tmp/s16k.zarr", device="cuda", overwrite=True, coder_processes=P, read_threads=R)
+r = compress("/tmp/synthetic16k.tiff", "/tmp/s16k.zarr", device="cuda", overwrite=True, writer_processes=P, read_threads=R)
 t2 = time.time()
-print(json.dumps({"coder_processes": P, "read_threads": R, "import_s": round(t1 - t0, 2),
+print(json.dumps({"writer_processes": P, "read_threads": R, "import_s": round(t1 - t0, 2),
                   "compress_call_s": round(t2 - t1, 2), "slide_s": round(r.seconds, 2), "tiles": r.tiles,
                   "glass_tiles": r.glass_tiles, "mpx": round(r.pixels / 1e6, 1),
                   "slide_mpx_per_s": round(r.pixels / 1e6 / r.seconds, 1),

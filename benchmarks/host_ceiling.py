@@ -1,14 +1,14 @@
 """What the host can feed a GPU: ``compress`` of a real slide with the network's answer made
 instant, so that everything else is timed as it runs (reading and decoding the slide on the
-reading threads, glass detection, batching, the entropy coder and chunk files in the coder
-processes, the store). Issue 5: the GPU goal needs the host to keep up.
+reading threads, glass detection, batching, the entropy coder and chunk files in the writer
+processes, the store): on a GPU the host has to keep up with the network.
 
-    python benchmarks/host_ceiling.py SLIDE [--coder-processes N] [--read-threads N] [--json OUT]
+    python benchmarks/host_ceiling.py SLIDE [--writer-processes N] [--read-threads N] [--json OUT]
 
 The latents are real: before the clock starts the model runs on the CPU on one window of each
 window shape of the slide (interior, edges, corners), and every batch then gets
-those latents back at once, so the range coder codes realistic symbols. The store is thrown away. Compare with the same
-slide's ``compress`` on a GPU: where they are close, the host is the bound, not the GPU."""
+those latents back at once, so the range coder codes realistic symbols. The store is thrown away.
+Compare with the same slide's ``compress`` on a GPU: where they are close, the host is the bound, not the GPU."""
 from __future__ import annotations
 
 import argparse
@@ -28,7 +28,7 @@ sys.path.insert(0, str(REPO))
 
 def real_latents(slide: Path, model: str | None, tile: int) -> dict:
     """The model's latents (on the CPU) of one window of each window shape of the slide."""
-    from wsicodec.engine import LatentCoder
+    from wsicodec.engine import Transforms
     from wsicodec.models import load_model
     from wsicodec.models.registry import default_model_name
     from wsicodec.pipeline import canvas_reader
@@ -36,7 +36,7 @@ def real_latents(slide: Path, model: str | None, tile: int) -> dict:
     from wsicodec.tiling import TileGrid, measure_glass
 
     net, card = load_model(model or default_model_name())
-    coder = LatentCoder(net, card, "cpu", 1)
+    coder = Transforms(net, card, "cpu", 1)
     cache: dict = {}
     with open_input(slide) as src:
         W, H = src.dimensions
@@ -53,7 +53,7 @@ def real_latents(slide: Path, model: str | None, tile: int) -> dict:
 
 
 def instant_network(coder_cls, cache: dict) -> None:
-    """Make ``LatentCoder.analysis_stream`` answer every batch at once from ``cache``."""
+    """Make ``Transforms.analysis_stream`` answer every batch at once from ``cache``."""
     def stream(self, batches, depth=2, chunk=None):
         for batch, wins, *_ in batches:
             q = cache[wins[0].shape]
@@ -67,7 +67,7 @@ def window_parts(slide: Path, n: int, halo: int = 32, tile: int = 512) -> dict:
     """Milliseconds per window of the reading thread's steps, on the first ``n`` windows of the
     slide in reading order (one thread): OpenSlide's read in row-major and in reading order
     (each on a freshly opened slide), RGBA -> RGB, glass detection; the last two also as the
-    numpy code they replaced (session 5)."""
+    plain numpy code (the slower alternative)."""
     import openslide
 
     from wsicodec.slide import flatten_rgba, image_rgb
@@ -84,7 +84,8 @@ def window_parts(slide: Path, n: int, halo: int = 32, tile: int = 512) -> dict:
         return 0 < t[0] and (t[0] + 1) * tile + halo <= W and 0 < t[1] and (t[1] + 1) * tile + halo <= H
 
     out: dict = {}
-    for name, order in (("read_region_row_major_ms", list(grid)), ("read_region_reading_order_ms", grid.reading_order())):
+    orders = (("read_region_row_major_ms", list(grid)), ("read_region_reading_order_ms", grid.reading_order()))
+    for name, order in orders:
         windows = [t for t in order if inside(t)][:n]
         s = openslide.OpenSlide(str(slide))
         t0 = time.perf_counter()
@@ -92,7 +93,9 @@ def window_parts(slide: Path, n: int, halo: int = 32, tile: int = 512) -> dict:
         out[name] = round((time.perf_counter() - t0) / len(windows) * 1e3, 2)
     regions = regions[: min(len(regions), 64)]
     bg, glass = (255, 255, 255), (238, 236, 240)
-    for name, fn in (("rgb_pillow_ms", lambda r: image_rgb(r, bg)), ("rgb_numpy_ms", lambda r: flatten_rgba(np.asarray(r), bg))):
+    converters = (("rgb_pillow_ms", lambda r: image_rgb(r, bg)),
+                  ("rgb_numpy_ms", lambda r: flatten_rgba(np.asarray(r), bg)))
+    for name, fn in converters:
         t0 = time.perf_counter()
         rgbs = [fn(r) for r in regions]
         out[name] = round((time.perf_counter() - t0) / len(regions) * 1e3, 2)
@@ -110,7 +113,7 @@ def window_parts(slide: Path, n: int, halo: int = 32, tile: int = 512) -> dict:
 
 def chunk_write_parts(latents: np.ndarray, model: str | None, n: int = 64) -> dict:
     """Milliseconds per chunk: writing ``n`` tiles' real latents as wsicodec does
-    (``LatentChunkFiles``) and through zarr's own array write (what session 4 did)."""
+    (``LatentChunkFiles``) and through zarr's own array write (the alternative)."""
     import zarr
     from zarr.core.array import Array, AsyncArray
 
@@ -152,7 +155,8 @@ def main(argv: list[str] | None = None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("slide", type=Path)
     ap.add_argument("--model", default=None)
-    ap.add_argument("--coder-processes", type=int, default=None, help="default: as compress on CUDA (pipeline.host_split)")
+    ap.add_argument("--writer-processes", type=int, default=None,
+                    help="default: as compress on CUDA (pipeline.host_split)")
     ap.add_argument("--read-threads", type=int, default=None, help="default: as compress on CUDA (pipeline.host_split)")
     ap.add_argument("--batch-size", type=int, default=32, help="windows per network batch (CUDA's default)")
     ap.add_argument("--out-dir", type=Path, default=None, help="where the store is written (default: a temp folder)")
@@ -172,19 +176,19 @@ def main(argv: list[str] | None = None) -> dict:
 
     cores = os.cpu_count() or 1
     default_procs, default_reads = host_split(True)  # as compress on CUDA
-    procs = args.coder_processes if args.coder_processes is not None else default_procs
+    procs = args.writer_processes if args.writer_processes is not None else default_procs
     reads = args.read_threads if args.read_threads is not None else default_reads
-    instant_network(engine.LatentCoder, real_latents(args.slide, args.model, 512))
+    instant_network(engine.Transforms, real_latents(args.slide, args.model, 512))
     with tempfile.TemporaryDirectory(dir=args.out_dir) as tmp:
         out = Path(tmp) / "ceiling.zarr"
         r0 = resource.getrusage(resource.RUSAGE_SELF)
         t0 = time.perf_counter()
         r = compress(args.slide, out, model=args.model, device="cpu", batch_size=args.batch_size, overwrite=True,
-                     coder_processes=procs, read_threads=reads)
+                     writer_processes=procs, read_threads=reads)
         wall = time.perf_counter() - t0
         r1 = resource.getrusage(resource.RUSAGE_SELF)
     tissue = 1 - r.glass_tiles / max(r.tiles, 1)
-    row = {"slide": str(args.slide), "cores": cores, "coder_processes": procs, "read_threads": reads,
+    row = {"slide": str(args.slide), "cores": cores, "writer_processes": procs, "read_threads": reads,
            "batch_size": args.batch_size, "tiles": r.tiles, "glass_tiles": r.glass_tiles,
            "megapixels": round(r.pixels / 1e6, 1), "seconds": round(r.seconds, 2), "call_s": round(wall, 2),
            "slide_mpx_per_s": round(r.pixels / 1e6 / r.seconds, 1),

@@ -4,9 +4,10 @@ streaming and memory measurements, not a test).
     python benchmarks/make_synthetic_slide.py OUT.tiff --size 40000 40000 [--glass 0.3] [--seed 0]
 
 The level-0 image is a grid of 512-px tiles, each a random crop of a random image from the given
-folders (default ../shared/data/histology/train), with a ``--glass`` share of the tiles left as
-empty glass (a smooth off-white with slight noise). Written tile by tile with tifffile (JPEG
-tiles, pyramid 4x apart, MPP 0.25), so memory stays small whatever the size."""
+folders (default: the developer data's ``histology/train``, see the README), with a ``--glass``
+share of the tiles left as empty glass (a smooth off-white with slight noise). Written tile by
+tile with tifffile (JPEG tiles, pyramid 4x apart, MPP 0.25), so memory stays small whatever the
+size."""
 from __future__ import annotations
 
 import argparse
@@ -33,8 +34,8 @@ def load_sources(folders: list[Path], min_side: int = 512) -> list[np.ndarray]:
 def tile_source(width: int, height: int, tile: int, sources: list[np.ndarray], glass: float, seed: int):
     rng = np.random.default_rng(seed)
     glass_px = np.array([238, 236, 240], np.int16)
-    for y in range(0, height, tile):
-        for x in range(0, width, tile):
+    for _ in range(0, height, tile):
+        for _ in range(0, width, tile):
             if rng.random() < glass:
                 t = np.clip(glass_px + rng.integers(-3, 4, (tile, tile, 3)), 0, 255).astype(np.uint8)
             else:

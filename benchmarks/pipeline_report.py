@@ -1,4 +1,4 @@
-"""Issue-2 figures: quality, rate and throughput of compress/decompress on the example slide, the
+"""The pipeline's figures: quality, rate and throughput of compress/decompress on the example slide, the
 seam check on real H&E, and the cost of glass (a ~70%-background slide vs the same tissue alone).
 
     python benchmarks/pipeline_report.py [--model NAME] [--out report.json]
@@ -38,8 +38,9 @@ def quality(a: np.ndarray, b: np.ndarray) -> dict:
 
 
 def example_slide(model: str | None, tmp: Path) -> dict:
-    from wsicodec.cli import main  # noqa: F401  (same code path as the CLI)
     from importlib import resources
+
+    from wsicodec.cli import main  # noqa: F401  (same code path as the CLI)
 
     src_path = Path(str(resources.files("wsicodec.examples") / "CMU-1-Small-Region.svs"))
     t0 = time.time()
@@ -74,7 +75,8 @@ def glass_cost(model: str | None, tmp: Path) -> dict:
     for name in ("tissue", "with_glass"):
         t0 = time.time()
         r = compress(tmp / f"{name}.png", tmp / f"{name}.zarr", model=model, device="cpu")
-        out[name] = {"pixels": r.pixels, "bytes": r.bytes, "latent_bytes": r.latent_bytes, "tiles": r.tiles, "glass_tiles": r.glass_tiles,
+        out[name] = {"pixels": r.pixels, "bytes": r.bytes, "latent_bytes": r.latent_bytes, "tiles": r.tiles,
+                     "glass_tiles": r.glass_tiles,
                      "seconds": round(time.time() - t0, 2)}
     out["glass_share"] = round(1 - tissue.shape[0] * tissue.shape[1] / (2048 * 2560), 3)
     out["time_ratio"] = round(out["with_glass"]["seconds"] / out["tissue"]["seconds"], 3)

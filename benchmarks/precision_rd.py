@@ -79,7 +79,8 @@ def main(argv: list[str] | None = None) -> dict:
     summary = {p: {k: round(float(np.mean([r[k] for r in rows])), 4) for k in ("bpp", "psnr", "ms_ssim", "compress_s")}
                for p, rows in per.items()}
     result = {"images": len(files), "model": args.model, "device": args.device, "mean": summary,
-              "latents_differing_from_" + precisions[0]: {p: round(d / max(t, 1), 5) for p, (d, t) in differing.items()},
+              "latents_differing_from_" + precisions[0]: {p: round(d / max(t, 1), 5)
+                                                          for p, (d, t) in differing.items()},
               "pixels_vs_" + precisions[0]: {p: {"max_abs": m, "mean_abs": round(t / px_count[p], 4)}
                                                for p, (m, t) in px_diff.items()},
               "per_image": per}

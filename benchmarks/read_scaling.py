@@ -1,7 +1,7 @@
 """How fast the host reads a slide's encode windows, by number of readers: what ``compress``'s
 reading threads do per tile (OpenSlide ``read_region`` of the 576-px window, RGBA -> RGB, glass
 detection), on threads that share one OpenSlide handle (as ``compress`` does), on threads with a
-handle each, and on processes with a handle each. Issue 5: on a GPU the slide's reading bounds
+handle each, and on processes with a handle each. On a GPU the slide's reading bounds
 ``compress`` (``host_ceiling.py``); this says whether more readers, or processes, would lift it.
 
     python benchmarks/read_scaling.py SLIDE [--windows 384] [--readers 1 4 8 12] [--json OUT]
@@ -15,7 +15,6 @@ import argparse
 import json
 import multiprocessing
 import sys
-import threading
 import time
 from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
 from pathlib import Path

@@ -1,4 +1,4 @@
-"""Peak memory and time of compress / decompress as a slide grows (issue 5).
+"""Peak memory and time of compress / decompress as a slide grows.
 
     python benchmarks/streaming.py SLIDE [SLIDE...] [--model NAME] [--device cpu] [--json OUT]
 

@@ -1,16 +1,16 @@
-"""Encode / decode throughput of wsicodec and JPEG-XL on the same tiles, in the same run (issue 5).
+"""Encode / decode throughput of wsicodec and JPEG-XL on the same tiles, in the same run.
 
     python benchmarks/throughput.py [--model NAME] [--models-dir DIR] [--device cpu|cuda]
         [--batch-size 8] [--threads N] [--tiles 16] [--repeats 3] [--jxl-distance 1.0] [--json OUT]
 
-What is timed, per 512 x 512 tile of real H&E (from ../shared/data/histology/val):
+What is timed, per 512 x 512 tile of real H&E (the developer data's ``histology/val``, see the README):
 
-* wsicodec encode = what ``compress`` does per tile: ``LatentCoder.analysis`` of the tile's
+* wsicodec encode = what ``compress`` does per tile: ``Transforms.analysis`` of the tile's
   576 x 576 encode window (tile + 32 px halo each side), in batches of ``--batch-size``, then
   the store's chunk codec (``wsicodec.codec.store_codec``) on the tile's 32 x 32 latents (for a
   hyperprior model this includes its hyper-encoder and integer hyper-decoder);
 * wsicodec decode = what ``decompress`` does per tile: the chunk codec's decode, then
-  ``LatentCoder.synthesis`` of its 40 x 40 latent window (chunk + 4 latents of halo, here the
+  ``Transforms.synthesis`` of its 40 x 40 latent window (chunk + 4 latents of halo, here the
   chunk's edge values repeated) in batches, cropped to the tile;
 * JPEG-XL = imagecodecs ``jpegxl_encode(tile, effort=7, distance=D)`` / ``jpegxl_decode`` of the
   512 x 512 tile, with ``numthreads`` = ``--threads``.
@@ -139,6 +139,7 @@ def pipeline_throughput(coder, card, model, canvas: CanvasSource, processes: int
     from wsicodec.pipeline import canvas_reader, write_tiles
     from wsicodec.store import StoreWriter, store_size
     from wsicodec.tiling import TileGrid
+    from wsicodec.writers import ChunkWriterProcesses
 
     glass = (240, 240, 240)
     read = canvas_reader(canvas, glass)
@@ -156,7 +157,8 @@ def pipeline_throughput(coder, card, model, canvas: CanvasSource, processes: int
     out_dir.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
     writer = StoreWriter(out_dir / "pipeline.zarr", meta, grid, store_codec(model, card), card.latent_channels,
-                         overwrite=True, processes=processes)
+                         overwrite=True,
+                         chunk_writers=(lambda path: ChunkWriterProcesses(path, processes)) if processes else None)
     lat0 = np.zeros((card.latent_channels, grid.chunk, grid.chunk), np.int32)
     for _ in range(processes):  # one write each (the pool hands workers out in turn): all started
         writer.write_tile(0, 0, lat0)
@@ -170,7 +172,7 @@ def pipeline_throughput(coder, card, model, canvas: CanvasSource, processes: int
     latent_bytes = store_size(final / "latents")
     shutil.rmtree(final, ignore_errors=True)
     return {"canvas_px": side, "tiles": len(grid), "megapixels": round(mpx, 1), "seconds": round(seconds, 3),
-            "mpx_per_s": round(mpx / seconds, 1), "coder_processes": processes, "read_threads": read_threads,
+            "mpx_per_s": round(mpx / seconds, 1), "writer_processes": processes, "read_threads": read_threads,
             "writer_threads": writers, "worker_start_s": round(start_s, 2),
             "latent_bpp": round(8 * latent_bytes / (mpx * 1e6), 4)}
 
@@ -194,18 +196,20 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--jxl-distance", type=float, default=1.0, help="JPEG-XL Butteraugli distance (1.0 ~ quality 90)")
     ap.add_argument("--data", type=Path, default=DATA)
     ap.add_argument("--channels-last", choices=["on", "off"], default=None,
-                    help="LatentCoder channels_last (default: the engine's default)")
+                    help="Transforms channels_last (default: the engine's default)")
     ap.add_argument("--half-synthesis", choices=["on", "off"], default=None,
-                    help="LatentCoder half_synthesis (default: the engine's default)")
+                    help="Transforms half_synthesis (default: the engine's default)")
     ap.add_argument("--keep-heap", choices=["on", "off"], default=None,
-                    help="LatentCoder keep_heap (glibc mallopt; default: the engine's default)")
+                    help="Transforms keep_heap (glibc mallopt; default: the engine's default)")
     ap.add_argument("--precision", choices=["auto", "fp32", "fp16", "bf16"], default="auto",
                     help="the analysis's arithmetic (auto: as compress, fp16 on CUDA, bf16 on a CPU with native bf16)")
     ap.add_argument("--pipeline", type=int, default=0, metavar="SIDE",
                     help="also time the whole compress loop on a SIDE x SIDE-tile in-memory canvas")
-    ap.add_argument("--coder-processes", type=int, default=None,
-                    help="--pipeline: chunk-writer processes (default: as compress: a quarter of the cores on CUDA, else 0)")
-    ap.add_argument("--read-threads", type=int, default=None, help="--pipeline: reading threads (default: as compress, pipeline.host_split)")
+    ap.add_argument("--writer-processes", type=int, default=None,
+                    help="--pipeline: chunk-writer processes "
+                         "(default: as compress: a quarter of the cores on CUDA, else 0)")
+    ap.add_argument("--read-threads", type=int, default=None,
+                    help="--pipeline: reading threads (default: as compress, pipeline.host_split)")
     ap.add_argument("--out-dir", type=Path, default=None, help="--pipeline: where the store is written (then removed)")
     ap.add_argument("--profile-coder", action="store_true",
                     help="print where the chunk codec's encode spends its time (cProfile, 8 tiles)")
@@ -229,7 +233,7 @@ def main(argv: list[str] | None = None) -> dict:
         kwargs["half_synthesis"] = args.half_synthesis == "on"
     if args.keep_heap is not None:
         kwargs["keep_heap"] = args.keep_heap == "on"
-    coder = engine.LatentCoder(model, card, args.device, args.batch_size, precision=args.precision, **kwargs)
+    coder = engine.Transforms(model, card, args.device, args.batch_size, precision=args.precision, **kwargs)
     spec = card.spec
     chunk_codec = store_codec(model, card)._numcodec(
         (card.latent_channels, TILE // spec.stride, TILE // spec.stride), np.dtype(LATENT_DTYPE[spec.entropy_model]))
@@ -280,7 +284,7 @@ def main(argv: list[str] | None = None) -> dict:
         for b in range(0, n, bs):
             chunks = np.stack([chunk(q) for q in state["lat"][b : b + bs]])
             z, y, index = (t.cpu().numpy() for t in hyper(torch.from_numpy(chunks).to(coder.device)))
-            out += [HyperSymbols(*parts) for parts in zip(z, y, index)]
+            out += [HyperSymbols(*parts) for parts in zip(z, y, index, strict=True)]
         state["sym"] = out
 
     def range_coder():
@@ -296,7 +300,8 @@ def main(argv: list[str] | None = None) -> dict:
 
     # warm-up (first-call allocations, oneDNN kernel selection), untimed
     coder.analysis(np.stack(windows[:bs]))
-    coder.synthesis(np.zeros((min(bs, n), card.latent_channels, TILE // s + 2 * dhalo, TILE // s + 2 * dhalo), np.int32))
+    side = TILE // s + 2 * dhalo
+    coder.synthesis(np.zeros((min(bs, n), card.latent_channels, side, side), np.int32))
     if not args.skip_jxl:
         imagecodecs.jpegxl_decode(imagecodecs.jpegxl_encode(tiles[0], effort=7, distance=args.jxl_distance))
 
@@ -316,8 +321,8 @@ def main(argv: list[str] | None = None) -> dict:
     def med(k):
         return statistics.median(times[k]) if times[k] else float("nan")
 
-    enc = statistics.median(a + e for a, e in zip(times["analysis"], times["entropy_encode"]))
-    dec = statistics.median(a + e for a, e in zip(times["entropy_decode"], times["synthesis"]))
+    enc = statistics.median(a + e for a, e in zip(times["analysis"], times["entropy_encode"], strict=True))
+    dec = statistics.median(a + e for a, e in zip(times["entropy_decode"], times["synthesis"], strict=True))
     rate = lambda t: round(mpx / t, 3) if t == t and t > 0 else None  # noqa: E731
     w_enc, w_dec = rate(enc), rate(dec)
     j_enc, j_dec = rate(med("jxl_encode")), rate(med("jxl_decode"))
@@ -332,12 +337,13 @@ def main(argv: list[str] | None = None) -> dict:
         print(buf.getvalue(), file=sys.stderr)
     agreement = None
     if coder.precision != "fp32":  # how many latents the faster arithmetic changes, on these tiles
-        ref = engine.LatentCoder(model, card, args.device, args.batch_size, precision="fp32", **kwargs)
+        ref = engine.Transforms(model, card, args.device, args.batch_size, precision="fp32", **kwargs)
         qa = np.concatenate([ref.analysis(np.stack(windows[b : b + bs])) for b in range(0, n, bs)]).astype(np.int64)
         qb = np.stack(state["lat"]).astype(np.int64)
         if hyper is not None:  # fixed point (y·2^A): compare y rounded to integers, as a factorized model's
             qa, qb = np.rint(qa / coder.unit), np.rint(qb / coder.unit)
-        agreement = {"latents_differing_from_fp32": float(np.mean(qa != qb)), "max_abs_difference": int(np.abs(qa - qb).max())}
+        agreement = {"latents_differing_from_fp32": float(np.mean(qa != qb)),
+                     "max_abs_difference": int(np.abs(qa - qb).max())}
         print(f"{coder.precision} vs fp32 latents: {agreement}", file=sys.stderr)
     if args.pipeline:
         import tempfile
@@ -345,7 +351,7 @@ def main(argv: list[str] | None = None) -> dict:
         from wsicodec.pipeline import host_split
 
         default_procs, default_reads = host_split(args.device == "cuda")
-        procs = args.coder_processes if args.coder_processes is not None else default_procs
+        procs = args.writer_processes if args.writer_processes is not None else default_procs
         reads = args.read_threads if args.read_threads is not None else default_reads
         canvas = CanvasSource(windows, args.pipeline)
         with tempfile.TemporaryDirectory(dir=args.out_dir) as tmp:
@@ -353,12 +359,12 @@ def main(argv: list[str] | None = None) -> dict:
             pipe["without_writer"] = pipeline_throughput(coder, card, model, canvas, 0, reads, 2, Path(tmp),
                                                          write=False)
         print(f"pipeline: {pipe['mpx_per_s']} Mpx/s ({pipe['megapixels']} Mpx in {pipe['seconds']} s, "
-              f"{pipe['coder_processes']} coder processes, {pipe['read_threads']} reading threads; "
+              f"{pipe['writer_processes']} coder processes, {pipe['read_threads']} reading threads; "
               f"without the writer {pipe['without_writer']['mpx_per_s']} Mpx/s)", file=sys.stderr)
     else:
         pipe = None
     try:
-        cpu = next(l.split(":", 1)[1].strip() for l in open("/proc/cpuinfo") if l.startswith("model name"))
+        cpu = next(line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name"))
     except (OSError, StopIteration):
         cpu = platform.processor()
     result = {
@@ -372,7 +378,8 @@ def main(argv: list[str] | None = None) -> dict:
         "precision": coder.precision, "precision_agreement": agreement, "pipeline": pipe,
         # hyperprior: chunks whose bytes are the same whether the symbols were made on the device in
         # batches or by the chunk codec (float z may differ in rare rounding cases; both decode alike)
-        "hyper_symbols_same_bytes": (float(np.mean([a == b for a, b in zip(state["sym_chunks"], state["chunks"])]))
+        "hyper_symbols_same_bytes": (float(np.mean([a == b for a, b in zip(state["sym_chunks"], state["chunks"],
+                                                                          strict=True)]))
                                      if hyper is not None else None),
         "tiles": n, "tile_size": TILE, "megapixels": mpx, "repeats": args.repeats,
         "jxl": {"effort": 7, "distance": args.jxl_distance, "numthreads": args.threads,

@@ -1,5 +1,5 @@
 """Shared fixtures: a tiny untrained model saved the way shipped models are, and paths to the
-shared test data (tests needing it skip when ../shared is absent)."""
+optional extra test data (the developer data set; tests needing it skip when it is absent)."""
 from __future__ import annotations
 
 import os
@@ -21,7 +21,7 @@ EXAMPLE = REPO / "wsicodec" / "examples" / "CMU-1-Small-Region.svs"
 def shared_file(*parts: str) -> Path:
     p = SHARED.joinpath(*parts)
     if not p.exists():
-        pytest.skip(f"shared test data {p} is not available (../shared is not checked out here)")
+        pytest.skip(f"extra test data {p} is not available (the developer data set is not checked out here)")
     return p
 
 

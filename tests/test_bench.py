@@ -22,7 +22,7 @@ HE_IMAGE2 = SHARED / "data" / "histology" / "val" / "glas-train_22.webp"
 
 def _he(path: Path = HE_IMAGE) -> np.ndarray:
     if not path.exists():
-        pytest.skip(f"shared test data {path} is not available (../shared is not checked out here)")
+        pytest.skip(f"extra test data {path} is not available (the developer data set is not checked out here)")
     from PIL import Image
 
     return np.asarray(Image.open(path).convert("RGB"))
@@ -147,8 +147,8 @@ def test_rate_at_quality_and_monotone():
 def test_classical_sweep_is_monotone(name, he_crop):
     from wsicodec.bench.codecs import make_codec
     from wsicodec.bench.metrics import ms_ssim, psnr
-    from wsicodec.bench.runner import MONOTONE_TOL
     from wsicodec.bench.rd import is_monotone
+    from wsicodec.bench.runner import MONOTONE_TOL
 
     codec = make_codec(name)
     assert len(codec.settings) >= 5
@@ -227,10 +227,11 @@ def test_bench_end_to_end_writes_every_output(tmp_path, bench_models):
 
 def test_bench_rejects_unknown_codec_and_missing_input(tmp_path):
     from wsicodec.bench.runner import run_benchmark
+    from wsicodec.errors import WsicodecError
 
-    with pytest.raises(ValueError, match="unknown codec 'gif'"):
+    with pytest.raises(WsicodecError, match="unknown codec 'gif'"):
         run_benchmark([EXAMPLE_SLIDE], tmp_path / "o", codecs="jpeg,gif", progress=False)
-    with pytest.raises(FileNotFoundError, match="nope.png"):
+    with pytest.raises(WsicodecError, match="nope.png"):
         run_benchmark([tmp_path / "nope.png"], tmp_path / "o", codecs="jpeg", progress=False)
 
 
@@ -249,10 +250,9 @@ def test_lab_shift_round_trip_and_size():
 
 def test_cli_bench_adds_chosen_models_to_reused_classical_rows(tmp_path, bench_models):
     from click.testing import CliRunner
+    from PIL import Image
 
     from wsicodec.cli import main
-
-    from PIL import Image
 
     img = tmp_path / "crop.png"
     Image.fromarray(_he()[:96, :112]).save(img)

@@ -1,6 +1,6 @@
 """The chunk bitstreams are frozen (docs/format.md): fixed inputs must keep coding to the same
 bytes, whatever the implementation does to go faster. The digests were taken from the codec as
-first released for each entropy model (before the session-8 vectorised coder), and decoding
+first released for each entropy model (before its coder was vectorised), and decoding
 gives the inputs back."""
 from __future__ import annotations
 

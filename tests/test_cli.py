@@ -7,8 +7,8 @@ import shutil
 import pytest
 import torch
 from click.testing import CliRunner
-
 from conftest import EXAMPLE, shared_file
+
 from wsicodec.cli import main
 
 
@@ -70,8 +70,8 @@ def test_store_from_another_model_is_refused(run, tiny_models, tmp_path):
     from wsicodec.models import ModelCard, build_model, save_model
 
     small = tmp_path / "small.png"
-    from PIL import Image
     import numpy as np
+    from PIL import Image
 
     Image.fromarray(np.full((40, 40, 3), 120, np.uint8)).save(small)
     store = tmp_path / "s.zarr"
@@ -92,8 +92,8 @@ def test_store_from_another_model_is_refused(run, tiny_models, tmp_path):
 
 
 def test_existing_tiff_needs_overwrite(run, tmp_path):
-    from PIL import Image
     import numpy as np
+    from PIL import Image
 
     Image.fromarray(np.full((40, 40, 3), 120, np.uint8)).save(tmp_path / "a.png")
     assert run("compress", tmp_path / "a.png", tmp_path / "a.zarr", "-q").exit_code == 0
@@ -110,7 +110,7 @@ def test_command_line_starts_without_torch():
     import subprocess
     import sys
 
-    code = ("import sys, wsicodec.cli, wsicodec.inspect\nfrom wsicodec.models import list_models\n"
+    code = ("import sys, wsicodec.cli, wsicodec.info\nfrom wsicodec.models import list_models\n"
             "assert list_models()\nassert 'torch' not in sys.modules, 'torch imported'")
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert r.returncode == 0, r.stderr[-1000:]

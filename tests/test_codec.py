@@ -13,7 +13,7 @@ from wsicodec.codec import CodecError, EntropyTables, LatentCodec, ZarrLatentCod
 def _tables(channels: int = 3) -> EntropyTables:
     rng = np.random.default_rng(channels)
     freqs, offsets = [], []
-    for c in range(channels):
+    for _ in range(channels):
         n = int(rng.integers(2, 40))
         f = rng.integers(1, 1000, n).astype(np.float64)
         f = np.maximum(1, np.floor(f / f.sum() * (1 << 16) * 0.99)).astype(np.int64)

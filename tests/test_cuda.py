@@ -64,7 +64,7 @@ def test_cuda_fp16_analysis_store_decodes_on_cpu(tiny_models, he_crop, tmp_path)
     f32 = compress(tmp_path / "he.png", tmp_path / "f32.zarr", model_dir=tiny_models, tile=128, device="cuda",
                    precision="fp32")
     f16 = compress(tmp_path / "he.png", tmp_path / "f16.zarr", model_dir=tiny_models, tile=128, device="cuda",
-                   coder_processes=2)  # precision "auto": fp16 on CUDA
+                   writer_processes=2)  # precision "auto": fp16 on CUDA
     with WsiStore(f32.output, model_dir=tiny_models, device="cpu") as a, \
             WsiStore(f16.output, model_dir=tiny_models, device="cpu") as b:
         qa, qb = np.asarray(a.latents[...]).astype(int), np.asarray(b.latents[...]).astype(int)
@@ -78,13 +78,13 @@ def test_cuda_hyper_symbols_are_the_cpu_codecs(tiny_models):
     exactness check, tables and symbols equal to the CPU codec's for the GPU's z, chunks that
     decode on the CPU to within half a step of the latents."""
     from wsicodec.codec import HyperEntropyModel, HyperSymbols, code_hyper_symbols, decode_hyper_chunk
-    from wsicodec.engine import LatentCoder
+    from wsicodec.engine import Transforms
     from wsicodec.models import load_model
     from wsicodec.models.integer import ACT_BITS
 
     model, card = load_model("tiny-hyper", tiny_models)
     hm = HyperEntropyModel(model)
-    coder = LatentCoder(model, card, "cuda")
+    coder = Transforms(model, card, "cuda")
     assert coder.hyper is not None
     rng = np.random.default_rng(4)
     y_fp = np.rint(rng.normal(0, 6, (6, 8, 16, 16)) * 2**ACT_BITS).astype(np.int32)

@@ -4,8 +4,8 @@ from __future__ import annotations
 import json
 
 from click.testing import CliRunner
-
 from conftest import EXAMPLE
+
 from wsicodec.cli import main
 from wsicodec.store import WsiStore
 

@@ -19,11 +19,11 @@ def test_engine_devices():
 
 
 def test_batches_give_the_same_latents_as_single_tiles(tiny_models, he_crop):
-    from wsicodec.engine import LatentCoder
+    from wsicodec.engine import Transforms
     from wsicodec.models import load_model
 
     m, card = load_model("tiny", tiny_models)
-    coder = LatentCoder(m, card, "cpu", batch_size=4)
+    coder = Transforms(m, card, "cpu", batch_size=4)
     tiles = np.stack([he_crop[:128, :128], he_crop[128:256, :128], he_crop[:128, 128:256]])
     together = coder.analysis(tiles)
     alone = np.concatenate([coder.analysis(t[None]) for t in tiles])
@@ -33,40 +33,40 @@ def test_batches_give_the_same_latents_as_single_tiles(tiny_models, he_crop):
 
 
 def test_analysis_stream_gives_the_batches_latents_in_order(tiny_models, he_crop):
-    from wsicodec.engine import LatentCoder
+    from wsicodec.engine import Transforms
     from wsicodec.models import load_model
 
     m, card = load_model("tiny", tiny_models)
-    coder = LatentCoder(m, card, "cpu", batch_size=2)
+    coder = Transforms(m, card, "cpu", batch_size=2)
     batches = [he_crop[None, :128, :128], np.stack([he_crop[128:256, :128], he_crop[:128, 128:256]])]
     got = list(coder.analysis_stream(enumerate(batches)))
     assert [k for k, _ in got] == [0, 1]
-    for (_, q), px in zip(got, batches):
+    for (_, q), px in zip(got, batches, strict=True):
         assert np.array_equal(q, coder.analysis(px))
 
 
 def test_precision_fp16_needs_cuda(tiny_models):
-    from wsicodec.engine import LatentCoder, native_bf16
+    from wsicodec.engine import Transforms, native_bf16
     from wsicodec.models import load_model
 
     m, card = load_model("tiny", tiny_models)
     with pytest.raises(EngineError, match="needs a CUDA device"):
-        LatentCoder(m, card, "cpu", precision="fp16")
+        Transforms(m, card, "cpu", precision="fp16")
     with pytest.raises(EngineError, match="unknown precision"):
-        LatentCoder(m, card, "cpu", precision="int8")
-    cpu = LatentCoder(m, card, "cpu")
+        Transforms(m, card, "cpu", precision="int8")
+    cpu = Transforms(m, card, "cpu")
     assert cpu.batch_size == 8  # auto: bf16 on a CPU with native bf16, else fp32 (fp16 on CUDA)
     assert cpu.precision == ("bf16" if native_bf16() else "fp32")
 
 
 def _coder(tiny_models, **kw):
     """A fresh model per coder: channels_last converts the model's parameters in place."""
-    from wsicodec.engine import LatentCoder
+    from wsicodec.engine import Transforms
     from wsicodec.models import load_model
 
     m, card = load_model("tiny", tiny_models)
     kw.setdefault("precision", "fp32")  # the tuned fp32 path (auto may pick bf16 on this CPU)
-    return LatentCoder(m, card, "cpu", batch_size=2, **kw)
+    return Transforms(m, card, "cpu", batch_size=2, **kw)
 
 
 def _plain_fp32_latents(tiny_models, pixels: np.ndarray) -> np.ndarray:
@@ -185,11 +185,11 @@ def test_no_tf32_restores_the_backend_flags():
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 def test_cuda_tuned_path_matches_cpu_latents(tiny_models, he_tiles):
-    from wsicodec.engine import LatentCoder
+    from wsicodec.engine import Transforms
     from wsicodec.models import load_model
 
     m, card = load_model("tiny", tiny_models)
-    gpu = LatentCoder(m, card, "cuda", batch_size=2, precision="fp32")  # auto would be fp16
+    gpu = Transforms(m, card, "cuda", batch_size=2, precision="fp32")  # auto would be fp16
     assert gpu.half_synthesis and gpu.channels_last
     q = gpu.analysis(he_tiles)
     assert np.mean(q != _plain_fp32_latents(tiny_models, he_tiles)) < 1e-4

@@ -10,10 +10,16 @@ import sys
 import numpy as np
 import pytest
 import torch
-
 from conftest import EXAMPLE
-from wsicodec.codec import (CodecError, HyperEntropyModel, HyperSymbols, code_hyper_symbols, decode_hyper_chunk,
-                            encode_hyper_chunk)
+
+from wsicodec.codec import (
+    CodecError,
+    HyperEntropyModel,
+    HyperSymbols,
+    code_hyper_symbols,
+    decode_hyper_chunk,
+    encode_hyper_chunk,
+)
 from wsicodec.models import build_model, load_model
 from wsicodec.models.integer import ACT_BITS, ACT_LIMIT, WEIGHT_BITS, DeviceHyperDecoder, IntegerHyperDecoder
 from wsicodec.pipeline import compress
@@ -127,35 +133,35 @@ def test_hyper_symbols_made_in_batches_code_to_the_codecs_bytes(tiny_models):
 
 
 def test_hyper_symbols_on_a_device_that_is_not_exact_are_not_used(tiny_models, monkeypatch):
-    from wsicodec.engine import LatentCoder
+    from wsicodec.engine import Transforms
 
     model, card = _tiny_hyper(tiny_models)
-    assert LatentCoder(model, card, "cpu", hyper_on_device=True).hyper is not None
-    assert LatentCoder(model, card, "cpu").hyper is None  # default: CUDA only
+    assert Transforms(model, card, "cpu", hyper_on_device=True).hyper is not None
+    assert Transforms(model, card, "cpu").hyper is None  # default: CUDA only
     monkeypatch.setattr(DeviceHyperDecoder, "agrees", lambda self, ref, channels: False)
     with pytest.warns(RuntimeWarning, match="computed on the CPU instead"):
-        assert LatentCoder(model, card, "cpu", hyper_on_device=True).hyper is None
+        assert Transforms(model, card, "cpu", hyper_on_device=True).hyper is None
 
 
 def test_hyper_store_with_symbols_made_by_the_engine_is_the_same_store(tiny_models, tmp_path, monkeypatch):
     """compress with the side information made in the engine's batches (as on CUDA), coded in
     this process and in worker processes: the bytes of the store the chunk writers make alone."""
     import wsicodec.pipeline as pipeline
-    from wsicodec.engine import LatentCoder
+    from wsicodec.engine import Transforms
 
     monkeypatch.setenv("SOURCE_DATE_EPOCH", "1764115200")
     kw = dict(model="tiny-hyper", model_dir=tiny_models, tile=256, precision="fp32")
     a = compress(EXAMPLE, tmp_path / "a.zarr", **kw).output
     made = []
 
-    class Coder(LatentCoder):
+    class Coder(Transforms):
         def __init__(self, *args, **kwargs):
             super().__init__(*args, **kwargs, hyper_on_device=True)
             made.append(self.hyper)
 
-    monkeypatch.setattr(pipeline, "LatentCoder", Coder)
+    monkeypatch.setattr(pipeline, "Transforms", Coder)
     b = compress(EXAMPLE, tmp_path / "b.zarr", **kw).output
-    c = compress(EXAMPLE, tmp_path / "c.zarr", **kw, coder_processes=2).output
+    c = compress(EXAMPLE, tmp_path / "c.zarr", **kw, writer_processes=2).output
     assert len(made) == 2 and all(made)
     files = sorted(p.relative_to(a) for p in a.rglob("*") if p.is_file())
     assert len(files) > 50
@@ -220,7 +226,7 @@ def test_hyper_store_is_byte_identical_for_1_and_2_threads(tiny_models, tmp_path
                      io_threads=3, batch_size=3).output
         # chunk coding in worker processes, which find the model through model_dir
         c = compress(EXAMPLE, tmp_path / "c.zarr", model="tiny-hyper", model_dir=tiny_models, tile=256,
-                     coder_processes=2, read_threads=3).output
+                     writer_processes=2, read_threads=3).output
     finally:
         torch.set_num_threads(before)
     files = sorted(p.relative_to(a) for p in a.rglob("*") if p.is_file())

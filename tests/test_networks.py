@@ -73,10 +73,10 @@ def test_running_a_model_does_not_import_compressai(tiny_models):
 import sys
 import numpy as np
 from wsicodec.models import load_model
-from wsicodec.engine import LatentCoder
+from wsicodec.engine import Transforms
 from wsicodec.codec import HyperEntropyModel, decode_hyper_chunk, encode_hyper_chunk
 m, card = load_model("tiny-hyper", {str(tiny_models)!r})
-coder = LatentCoder(m, card, "cpu", precision="fp32")
+coder = Transforms(m, card, "cpu", precision="fp32")
 tiles = np.random.default_rng(0).integers(0, 256, (2, 64, 64, 3), dtype=np.uint8)
 q = coder.analysis(tiles)
 assert coder.synthesis(q).shape == tiles.shape

@@ -9,10 +9,11 @@ import numpy as np
 import openslide
 import pytest
 import tifffile
-
 from conftest import EXAMPLE, shared_file
+
+from wsicodec import open_slide
 from wsicodec.pipeline import compress, decompress
-from wsicodec.store import WsiStore, open_slide
+from wsicodec.store import WsiStore
 
 
 def _psnr(a: np.ndarray, b: np.ndarray) -> float:
@@ -106,7 +107,7 @@ def test_decoding_precision(cmu_store, tiny_models, tmp_path):
     box = (300, 400, 256, 256)
     with WsiStore(cmu_store.output, model_dir=tiny_models) as a, \
             WsiStore(cmu_store.output, model_dir=tiny_models, precision="fp32") as b:
-        assert a.coder.half_synthesis is native_bf16() and b.coder.half_synthesis is False
+        assert a.transforms.half_synthesis is native_bf16() and b.transforms.half_synthesis is False
         pa, pb = a.read_level0(*box), b.read_level0(*box)
     assert np.abs(pa.astype(int) - pb).max() <= 3
     with pytest.raises(StoreError, match="unknown decoding precision 'fp8'"):

@@ -14,6 +14,7 @@ from wsicodec import open_slide, remote
 from wsicodec.pipeline import compress, decompress
 from wsicodec.slide import SlideError
 from wsicodec.store import StoreError, WsiStore
+from wsicodec.store.upload import upload_store
 
 BUCKET = "wsicodec-test"
 KEY, SECRET = "testing", "testing"
@@ -169,7 +170,7 @@ def test_upload_puts_group_metadata_last(s3, local_run, monkeypatch):
     real_fs = remote.RemotePath.fs
     monkeypatch.setattr(remote.RemotePath, "fs", lambda self: (Recorder(real_fs(self)[0]), real_fs(self)[1]))
     url = remote.RemotePath(f"s3://{BUCKET}/order/slide.zarr", opts)
-    remote.upload_store(local_run / "slide.zarr", url, overwrite=False)
+    upload_store(local_run / "slide.zarr", url, overwrite=False)
     root = f"{BUCKET}/order/slide.zarr"
     n_files = sum(1 for f in (local_run / "slide.zarr").rglob("*") if f.is_file())
     assert len(calls) == n_files and calls[-1] == f"{root}/zarr.json"
@@ -223,7 +224,8 @@ def test_cli_with_environment_and_storage_option(s3, slide_png, tiny_models, loc
     # plain local paths are unchanged
     r = run(main, ["compress", str(slide_png), str(tmp_path / "l.zarr"), "--tile", "64", "-q"], env=env)
     assert r.exit_code == 0 and r.output == "", r.output
-    r = run(main, ["decompress", str(tmp_path / "l.zarr"), str(tmp_path / "l.tif"), "--compression", "deflate"], env=env)
+    r = run(main, ["decompress", str(tmp_path / "l.zarr"), str(tmp_path / "l.tif"), "--compression", "deflate"],
+            env=env)
     assert r.exit_code == 0 and str(tmp_path / "l.tif") in r.output, r.output
     np.testing.assert_array_equal(_tif_pixels(tmp_path / "l.tif"), _tif_pixels(local_run / "slide.tif"))
     store, tif = f"s3://{BUCKET}/cli/slide.zarr", f"s3://{BUCKET}/cli/slide.tif"

@@ -1,9 +1,9 @@
-"""No seams: tiled coding equals coding the whole image at once (issue 2, item 3)."""
+"""No seams: tiled coding equals coding the whole image at once."""
 from __future__ import annotations
 
 import pytest
-
 from conftest import shared_file
+
 from wsicodec.checks import seam_check
 
 

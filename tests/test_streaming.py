@@ -9,11 +9,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-
 from conftest import EXAMPLE
-from wsicodec.engine import BackgroundSink, prefetch
+
 from wsicodec.pipeline import compress
 from wsicodec.store import WsiStore
+from wsicodec.streaming import BackgroundSink, prefetch
 
 
 def _files(root):
@@ -29,7 +29,7 @@ def test_store_is_byte_identical_for_1_and_n_threads(tiny_models, tmp_path, monk
         torch.set_num_threads(2)
         b = compress(EXAMPLE, tmp_path / "b.zarr", model_dir=tiny_models, tile=256, io_threads=4).output
         # entropy coding and chunk writes in 3 worker processes, the slide read on 3 threads
-        c = compress(EXAMPLE, tmp_path / "c.zarr", model_dir=tiny_models, tile=256, coder_processes=3,
+        c = compress(EXAMPLE, tmp_path / "c.zarr", model_dir=tiny_models, tile=256, writer_processes=3,
                      read_threads=3).output
     finally:
         torch.set_num_threads(before)
@@ -147,7 +147,7 @@ def test_chunk_writer_frames_of_several_tiles(tiny_models, tmp_path):
         assert "\n" not in str(e.value)
     files = LatentChunkFiles(part)
     chunks[1, 0, 0, 0] = 7
-    for (tx, ty), q in zip(tiles, chunks):
+    for (tx, ty), q in zip(tiles, chunks, strict=True):
         files.write(tx, ty, q)
     here = [chunk_file(part, tx, ty).read_bytes() for tx, ty in tiles]
     assert here[0] == by_worker[0] and here[2] == by_worker[2] and here[1] != by_worker[1]

@@ -36,14 +36,14 @@ def test_resume_continues_with_identical_state(data_dir, tmp_path):
     a.run(max_steps=6)
     b = Trainer.from_checkpoint(tmp_path / "a")
     assert b.step == 6
-    for (ka, va), (kb, vb) in zip(a.model.state_dict().items(), b.model.state_dict().items()):
+    for (ka, va), (kb, vb) in zip(a.model.state_dict().items(), b.model.state_dict().items(), strict=True):
         assert ka == kb and torch.equal(va, vb)
     rng = torch.get_rng_state()  # the global generator is shared: give each the same start
     ra = a.train_step()
     torch.set_rng_state(rng)
     rb = b.train_step()
     assert ra == rb  # same batch, same noise, same weights, same optimiser state
-    for va, vb in zip(a.model.state_dict().values(), b.model.state_dict().values()):
+    for va, vb in zip(a.model.state_dict().values(), b.model.state_dict().values(), strict=True):
         assert torch.equal(va, vb)
 
 
@@ -75,7 +75,7 @@ def test_weights_file_carries_a_run_across_machines(data_dir, tmp_path):
     b = Trainer(_cfg(data_dir, tmp_path / "b"))
     b.init_weights_from(w)
     assert b.step == 4
-    for va, vb in zip(a.model.state_dict().values(), b.model.state_dict().values()):
+    for va, vb in zip(a.model.state_dict().values(), b.model.state_dict().values(), strict=True):
         assert torch.equal(va, vb)
 
 
@@ -99,7 +99,8 @@ def test_export_from_a_moved_weights_only_run(data_dir, tmp_path):
     a.save_weights()
     moved = tmp_path / "carried"
     moved.mkdir()
-    shutil.copy(tmp_path / "a" / "weights.pt", moved / "weights.pt")  # what a session commits
+    # the weights alone, as a run folder copied elsewhere holds them
+    shutil.copy(tmp_path / "a" / "weights.pt", moved / "weights.pt")
     card = Trainer.from_checkpoint(moved).export("carried", tmp_path / "models", use_best=False, notes="n")
     _, loaded = load_model("carried", tmp_path / "models")
     assert loaded.sha256 == card.sha256 and loaded.steps == 3 and loaded.notes == "n"

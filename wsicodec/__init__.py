@@ -1,5 +1,9 @@
 """wsicodec: learned compression of pathology whole-slide images."""
+from wsicodec.errors import WsicodecError
+
 __version__ = "0.1.0"
+
+__all__ = ["WsicodecError", "__version__", "open_slide"]
 
 
 def open_slide(path, **kwargs):
@@ -7,6 +11,3 @@ def open_slide(path, **kwargs):
     from wsicodec.store import WsiStore
 
     return WsiStore(path, **kwargs)
-
-
-__all__ = ["open_slide", "__version__"]

@@ -1,9 +1,16 @@
-"""Small click helpers shared by the command modules: one-line errors and default subcommands."""
+"""Small click helpers shared by the command modules: one-line errors, default subcommands, path
+or URL arguments and ``--storage-option``."""
 from __future__ import annotations
 
 import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
 
 import click
+
+from wsicodec import remote
+from wsicodec.errors import WsicodecError
 
 
 class UserError(click.ClickException):
@@ -13,20 +20,10 @@ class UserError(click.ClickException):
         click.echo(f"wsicodec: error: {self.format_message()}", err=True)
 
 
-def expected_errors() -> tuple[type[BaseException], ...]:
-    """Errors that describe bad input or environment, not a bug: shown as one line."""
-    from wsicodec.codec import CodecError
-    from wsicodec.engine import EngineError
-    from wsicodec.models import ModelError
-    from wsicodec.slide import SlideError
-    from wsicodec.store import StoreError
-
-    return (SlideError, StoreError, ModelError, CodecError, EngineError, FileNotFoundError,
-            IsADirectoryError, PermissionError, ValueError)
-
-
 class ErrorGroup(click.Group):
-    """A group whose commands' expected errors become one-line messages."""
+    """A group whose commands' :class:`~wsicodec.errors.WsicodecError` (bad input, damaged store,
+    missing model, ...) become one-line messages; any other exception is a bug and keeps its
+    traceback."""
 
     def invoke(self, ctx):
         try:
@@ -36,10 +33,8 @@ class ErrorGroup(click.Group):
         except KeyboardInterrupt:
             click.echo("wsicodec: interrupted", err=True)
             sys.exit(130)
-        except expected_errors() as e:
+        except WsicodecError as e:
             raise UserError(str(e)) from None
-        except OSError as e:
-            raise UserError(f"{getattr(e, 'filename', '') or ''}: {e.strerror or e}") from None
 
 
 class DefaultGroup(ErrorGroup):
@@ -54,3 +49,34 @@ class DefaultGroup(ErrorGroup):
         if not args or (args[0] not in self.commands and args[0] not in ("--help", "-h")):
             args = [self.default_command, *args]
         return super().parse_args(ctx, args)
+
+
+def _storage_options_callback(ctx: click.Context, param: click.Parameter, value: tuple[str, ...]) -> None:
+    try:
+        options = remote.parse_storage_options(value)
+    except WsicodecError as e:
+        raise click.BadParameter(str(e).removeprefix("--storage-option: "), param_hint="--storage-option") from None
+    ctx.call_on_close(remote.set_options(options or None))  # the options hold for this command only
+
+
+def storage_option_flag(f: Callable) -> Callable:
+    """The CLI's ``--storage-option KEY=VALUE`` (repeatable): options for every URL of the command."""
+    return click.option("--storage-option", "storage_options", multiple=True, metavar="KEY=VALUE",
+                        expose_value=False, callback=_storage_options_callback, is_eager=True,
+                        help="fsspec storage option for URL inputs/outputs (repeatable), e.g. "
+                             "endpoint_url=http://127.0.0.1:9000 or anon=true.")(f)
+
+
+class PathOrURL(click.ParamType):
+    """A CLI argument that is a local path (``pathlib.Path``) or an fsspec URL
+    (:class:`~wsicodec.remote.RemotePath`)."""
+
+    name = "path_or_url"
+
+    def convert(self, value: Any, param: Any, ctx: Any) -> Path | remote.RemotePath:
+        if isinstance(value, (Path, remote.RemotePath)):
+            return value
+        return remote.as_path(value)
+
+
+PATH_OR_URL = PathOrURL()

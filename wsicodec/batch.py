@@ -3,13 +3,14 @@ or an existing scheduler), failures retried and reported, complete outputs skipp
 from __future__ import annotations
 
 import time
-from dataclasses import asdict, dataclass
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
+from wsicodec.errors import StoreError
 from wsicodec.errors import first_line as _one_line
 from wsicodec.remote import as_path, current_options
-from wsicodec.store import StoreError
 
 
 @dataclass
@@ -21,9 +22,6 @@ class JobResult:
     bytes: int = 0
     bpp: float = 0.0
     error: str = ""
-
-    def as_dict(self) -> dict[str, Any]:
-        return asdict(self)
 
 
 def read_manifest(path: str | Path) -> list[str]:
@@ -72,9 +70,8 @@ def compress_one(inp: str, out: str, kwargs: dict[str, Any], threads: int = 0) -
     """One slide; raises on failure (so a scheduler can retry it)."""
     import torch
 
-    from wsicodec.pipeline import compress
-
     from wsicodec.models import ModelError
+    from wsicodec.pipeline import compress
     from wsicodec.slide import SlideError
 
     if threads:
@@ -110,7 +107,7 @@ def compress_many(inputs: list[str], out_dir: str | Path, workers: int = 0, sche
         return results
     if workers <= 0 and not scheduler:
         for inp, out in todo:
-            r = _attempts(lambda: compress_one(inp, str(out), kwargs), retries, inp, out)
+            r = _attempts(lambda inp=inp, out=out: compress_one(inp, str(out), kwargs), retries, inp, out)
             results.append(r)
             on_result(r)
         return results

@@ -34,19 +34,19 @@ def seam_check(image: str | Path, model: str | None = None, tile: int = 256,
             canvas = np.empty((ch, cw, 3), np.uint8)
             canvas[:] = s.glass
             canvas[:H, :W] = rgb
-            coder = s.coder
-            q_whole = coder.analysis(canvas[None])[0]
+            transforms = s.transforms
+            q_whole = transforms.analysis(canvas[None])[0]
             rows, cols = s.grid.latent_shape  # a hyperprior store's array holds whole chunks
             q_tiled = np.asarray(s.latents[:, :rows, :cols]).astype(np.int32)
-            if coder.offset is None:
+            if transforms.offset is None:
                 # a hyperprior store holds ŷ = μ + round(y − μ) (fixed point), μ from each chunk's
                 # side information: within half a step of the whole image's y where the tiled
                 # analysis equals it; the whole reference decodes those latents in one piece
-                differing = float(np.mean(np.abs(q_tiled - q_whole) > coder.unit / 2))
-                whole = coder.synthesis(q_tiled[None])[0][:H, :W]
+                differing = float(np.mean(np.abs(q_tiled - q_whole) > transforms.unit / 2))
+                whole = transforms.synthesis(q_tiled[None])[0][:H, :W]
             else:
                 differing = float(np.mean(q_whole != q_tiled))
-                whole = coder.synthesis(q_whole[None])[0][:H, :W]
+                whole = transforms.synthesis(q_whole[None])[0][:H, :W]
             tiled = s.read_level0(0, 0, W, H)
             rx, ry, rw, rh = W // 5 + 3, H // 7 + 5, W // 2, H // 2
             region = s.read_level0(rx, ry, rw, rh)

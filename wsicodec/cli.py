@@ -7,8 +7,7 @@ from pathlib import Path
 import click
 
 from wsicodec import __version__
-from wsicodec._click import ErrorGroup, UserError
-from wsicodec.remote import PATH_OR_URL, storage_option_flag
+from wsicodec._click import PATH_OR_URL, ErrorGroup, UserError, storage_option_flag
 
 
 @click.group(cls=ErrorGroup)
@@ -35,7 +34,7 @@ def main() -> None:
               help="The analysis's arithmetic: auto = fp16 on CUDA, bf16 on a CPU with native bf16 "
                    "(AVX512-BF16 / AMX), else fp32. Half precision is faster and changes ~0.1-1.3% of "
                    "latents by 1; the store decodes the same everywhere.")
-@click.option("--coder-processes", type=click.IntRange(0, 256), default=None,
+@click.option("--writer-processes", type=click.IntRange(0, 256), default=None,
               help="Processes that entropy-code and write tiles  [default: on CUDA a quarter of the cores, else 0]")
 @click.option("--read-threads", type=click.IntRange(1, 256), default=None,
               help="Threads reading the slide  [default: on CUDA 3/4 of the cores, else 1/4]")
@@ -49,7 +48,7 @@ def main() -> None:
               help="Drop the label and macro images and identifying metadata (names, dates, IDs).")
 @click.option("--quiet", "-q", is_flag=True, help="No progress bar or summary.")
 def compress(paths, out_dir, manifest, workers, scheduler, retries, model, device, batch_size, precision,
-             coder_processes, read_threads, tile, keep_glass, overwrite, resume, deidentify, quiet):
+             writer_processes, read_threads, tile, keep_glass, overwrite, resume, deidentify, quiet):
     """Compress level 0 of a slide or image into a Zarr store.
 
     \b
@@ -59,7 +58,7 @@ def compress(paths, out_dir, manifest, workers, scheduler, retries, model, devic
     from wsicodec.pipeline import compress as run
 
     opts = dict(model=model, device=device, batch_size=batch_size, tile=tile, overwrite=overwrite,
-                skip_glass=not keep_glass, precision=precision, coder_processes=coder_processes,
+                skip_glass=not keep_glass, precision=precision, writer_processes=writer_processes,
                 read_threads=read_threads)
     if resume:
         opts["resume"] = True
@@ -68,7 +67,9 @@ def compress(paths, out_dir, manifest, workers, scheduler, retries, model, devic
     if out_dir is not None or manifest is not None:
         if out_dir is None:
             raise UserError("--manifest needs --out-dir")
-        inputs = [str(p) for p in paths] + (read_manifest_lines(manifest) if manifest else [])
+        from wsicodec.batch import read_manifest
+
+        inputs = [str(p) for p in paths] + (read_manifest(manifest) if manifest else [])
         if not inputs:
             raise UserError("no inputs given")
         _compress_many(inputs, out_dir, workers, scheduler, retries, quiet, opts)
@@ -85,12 +86,6 @@ def compress(paths, out_dir, manifest, workers, scheduler, retries, model, devic
         click.echo(f"{r.output}: {r.bytes:,} bytes, {r.bpp:.3f} bits/pixel ({r.latent_bpp:.3f} for the image alone), "
                    f"{r.tiles} tiles "
                    f"({r.glass_tiles} glass), {r.seconds:.1f} s, {mpix / max(r.seconds, 1e-9):.2f} Mpx tissue/s")
-
-
-def read_manifest_lines(path: Path) -> list[str]:
-    from wsicodec.batch import read_manifest
-
-    return read_manifest(path)
 
 
 def _compress_many(inputs, out_dir, workers, scheduler, retries, quiet, opts) -> None:
@@ -155,7 +150,7 @@ def decompress(store, output, tile, compression, quality, region, device, batch_
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 def info(path, as_json):
     """Describe a store or a slide: size, MPP, model, bytes, bits per pixel."""
-    from wsicodec.inspect import describe
+    from wsicodec.info import describe
 
     d = describe(path)
     if as_json:
@@ -181,9 +176,8 @@ def info(path, as_json):
 def verify(store, against, device, as_json):
     """Check that STORE is whole: metadata, model, tile map, every chunk's checksum and entropy
     decoding, associated images. Exit status 1 if anything is wrong."""
-    from wsicodec.verify import verify_store
-
     from wsicodec.remote import local_input
+    from wsicodec.verify import verify_store
 
     with local_input(store) as local, local_input(against) as local_against:  # a URL is fetched first
         rep = verify_store(local, against=local_against, device=device)
@@ -227,7 +221,8 @@ def models(as_json):
     default = default_model_name() if cards else ""
     from rich import box
 
-    t = Table(title="shipped models", caption="* default model; bpp, PSNR, MS-SSIM: validation figures of the model card",
+    t = Table(title="shipped models",
+              caption="* default model; bpp, PSNR, MS-SSIM: validation figures of the model card",
               box=box.SIMPLE_HEAD)
     rows = []
     for c in cards:

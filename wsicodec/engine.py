@@ -1,6 +1,7 @@
 """Batched device inference: pixels -> integer latents (analysis) and latents -> pixels
-(synthesis), on CUDA when present and on the CPU otherwise, plus the streaming tile pipelines
-that feed them."""
+(synthesis), on CUDA when present and on the CPU otherwise (:class:`Transforms`), and
+:func:`encode_tiles`, the tile pipeline that feeds the analysis (its threading helpers are in
+:mod:`wsicodec.streaming`)."""
 from __future__ import annotations
 
 import contextlib
@@ -8,24 +9,24 @@ import ctypes
 import ctypes.util
 import functools
 import os
-import queue
 import sys
-import threading
 from collections import defaultdict, deque
-from concurrent.futures import ThreadPoolExecutor
-from typing import Any, Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
+from typing import Any
 
 import numpy as np
 import torch
 from torch import nn
 
+from wsicodec.errors import WsicodecError
 from wsicodec.models import ModelCard
 from wsicodec.models.networks import GDN, divisive_normalization
+from wsicodec.streaming import prefetch
 from wsicodec.tiling import TileGrid, is_background
 
 
-class EngineError(RuntimeError):
-    pass
+class EngineError(WsicodecError):
+    """A device that cannot be used as asked."""
 
 
 PRECISIONS = ("auto", "fp32", "fp16", "bf16")
@@ -34,7 +35,8 @@ PRECISIONS = ("auto", "fp32", "fp16", "bf16")
 @functools.lru_cache(maxsize=1)
 def native_bf16() -> bool:
     """Whether this CPU computes bf16 itself (AVX512-BF16 or AMX): there oneDNN's bf16
-    convolutions run the analysis 3-4x as fast as fp32; elsewhere bf16 is emulated, and slower."""
+    convolutions run the analysis several times as fast as fp32 (docs/performance.md); elsewhere
+    bf16 is emulated, and slower."""
     try:
         cpu = torch.cpu
         return bool(cpu._is_avx512_bf16_supported() or getattr(cpu, "_is_amx_tile_supported", lambda: False)())
@@ -62,8 +64,8 @@ def keep_freed_memory() -> bool:
     """On Linux with glibc: serve large blocks from the heap and keep freed memory for reuse
     (``mallopt`` M_MMAP_THRESHOLD and M_TRIM_THRESHOLD at 1 GiB). Without it every CPU layer's
     output (~100 MB for a batch of 4 encode windows) is fresh ``mmap``'d memory whose pages the
-    kernel faults in and zeroes, then unmaps again; measured +40 % encode throughput
-    (docs/performance.md). Process-wide and once per process. A kept heap fragments as batches of
+    kernel faults in and zeroes, then unmaps again, which costs a good part of the encode
+    throughput (docs/performance.md). Process-wide and once per process. A kept heap fragments as batches of
     different shapes come and go, so :func:`bound_heap` hands free memory back (``malloc_trim``)
     whenever the process's resident memory passes ``WSICODEC_MAX_RSS_MB`` (default 1536).
     ``WSICODEC_MALLOC=system`` turns all of it off. True when applied."""
@@ -181,7 +183,7 @@ class DeviceHyperSymbols:
         self.h_s = DeviceHyperDecoder(hm.h_s, device)
 
     @classmethod
-    def checked(cls, model: nn.Module, card: ModelCard, device: torch.device) -> "DeviceHyperSymbols | None":
+    def checked(cls, model: nn.Module, card: ModelCard, device: torch.device) -> DeviceHyperSymbols | None:
         """An instance whose integer hyper-decoder matched the CPU's on this device, else None
         (with a warning: the chunk writers then compute the side information themselves)."""
         hyper = cls(model, card, device)
@@ -206,10 +208,11 @@ class DeviceHyperSymbols:
         index = torch.searchsorted(self.thresholds, out[:, : self.M].contiguous())
         sym = torch.div(y_fp.to(torch.int64) - out[:, self.M :] + int(self.unit) // 2, int(self.unit),
                         rounding_mode="floor")
-        return [t.to(dtype).contiguous() for t, dtype in ((z_sym, torch.int32), (sym, torch.int32), (index, torch.uint8))]
+        parts = ((z_sym, torch.int32), (sym, torch.int32), (index, torch.uint8))
+        return [t.to(dtype).contiguous() for t, dtype in parts]
 
 
-class LatentCoder:
+class Transforms:
     """A model's transforms on one device: ``analysis`` gives the integer latents the store keeps
     (factorized: symbols relative to the entropy model's medians; hyperprior: ``round(y·2^A)``,
     which the hyperprior codec quantizes); ``synthesis`` turns stored latents back into pixels.
@@ -224,16 +227,16 @@ class LatentCoder:
       process setting (torch's default: one thread per core; ``OMP_NUM_THREADS`` is respected).
     * ``half_synthesis``: run the synthesis transform under fp16 (CUDA) / bf16 (CPU) autocast
       (pixels only; the latents are not affected). None: on for CUDA and for a CPU with native
-      bf16 (:func:`native_bf16`; 3.2x as fast there, decoded pixels within 2 levels of fp32's,
-      no measurable PSNR change), off elsewhere. A batch whose half-precision output is not finite is run again
+      bf16 (:func:`native_bf16`; several times as fast there, decoded pixels within 2 levels of
+      fp32's, docs/performance.md), off elsewhere. A batch whose half-precision output is not finite is run again
       in fp32.
     * ``keep_heap``: :func:`keep_freed_memory` (None: on for the CPU).
     * ``precision``: ``"auto"`` (default: fp16 on CUDA; bf16 on a CPU that computes bf16 itself,
       :func:`native_bf16`; else fp32), ``"fp32"``, ``"fp16"`` (CUDA only) or ``"bf16"``: the
-      analysis under fp16 / bf16 autocast, 1.3x as fast on an H200 (fp16, network alone) and
-      3-4x on an AVX512-BF16 CPU (bf16). The store stays decodable everywhere (it
-      holds integers, and decoding never reruns the analysis); what changes is which latents a
-      tile gets: more of them differ by ±1 from fp32's (fp16: 0.09 %, bf16: 0.1-1.3 % on H&E). A
+      analysis under fp16 / bf16 autocast, faster on a GPU and on an AVX512-BF16 CPU
+      (docs/performance.md). The store stays decodable everywhere (it holds integers, and
+      decoding never reruns the analysis); what changes is which latents a tile gets: a small
+      share of them differ by ±1 from fp32's. A
       batch whose half-precision latents are not finite is run again in fp32.
 
     * ``hyper_on_device``: a hyperprior model's side information (hyper-encoder, integer
@@ -361,7 +364,7 @@ class LatentCoder:
         if not self.cuda:
             return out, finite, None
         host = [torch.empty(t.shape, dtype=t.dtype, pin_memory=True) for t in out]
-        for h, t in zip(host, out):
+        for h, t in zip(host, out, strict=True):
             h.copy_(t, non_blocking=True)
         event = torch.cuda.Event()
         event.record()
@@ -419,127 +422,24 @@ class LatentCoder:
         return q[:, mid, mid].copy()
 
 
-def prefetch(items: Iterable, fn: Callable, depth: int, threads: int = 1) -> Iterator:
-    """Map ``fn`` over ``items`` in the background, results in order, at most ``depth`` ahead;
-    ``threads`` > 1 runs that many calls at once (for work that releases the GIL, such as reading
-    a slide). Closing the generator early stops the threads."""
-    q: queue.Queue = queue.Queue(maxsize=depth)
-    done = object()
-    stop = threading.Event()
-
-    def put(x) -> bool:
-        while not stop.is_set():
-            try:
-                q.put(x, timeout=0.1)
-                return True
-            except queue.Full:
-                pass
-        return False
-
-    def results() -> Iterator:
-        if threads <= 1:
-            for it in items:
-                yield it, fn(it)
-            return
-        with ThreadPoolExecutor(threads, thread_name_prefix="wsicodec-prefetch-pool") as pool:
-            running: deque = deque()
-            try:
-                for it in items:
-                    running.append((it, pool.submit(fn, it)))
-                    if len(running) >= threads:
-                        it0, fut = running.popleft()
-                        yield it0, fut.result()
-                while running:
-                    it0, fut = running.popleft()
-                    yield it0, fut.result()
-            finally:
-                for _, fut in running:
-                    fut.cancel()
-
-    def work():
-        try:
-            for it, res in results():
-                if stop.is_set() or not put((it, res, None)):
-                    return
-        except BaseException as e:  # handed to the consumer
-            put((None, None, e))
-        put(done)
-
-    t = threading.Thread(target=work, daemon=True, name="wsicodec-prefetch")
-    t.start()
-    try:
-        while True:
-            got = q.get()
-            if got is done:
-                break
-            it, res, err = got
-            if err is not None:
-                raise err
-            yield it, res
-    finally:
-        stop.set()
-        t.join()
-
-
-class BackgroundSink:
-    """Run ``fn(*item)`` for each :meth:`put` item on ``workers`` threads, at most ``depth`` items
-    in flight (``put`` blocks beyond that, so memory stays bounded). The first error is raised
-    from the next :meth:`put` or from :meth:`close`; once one item failed, the rest are skipped.
-
-    The compressor uses it to entropy-code and write tiles while the network runs the next batch."""
-
-    def __init__(self, fn: Callable, workers: int = 2, depth: int = 16):
-        self._fn = fn
-        self._pool = ThreadPoolExecutor(max(1, workers), thread_name_prefix="wsicodec-sink")
-        self._slots = threading.BoundedSemaphore(max(1, depth))
-        self._error: BaseException | None = None
-
-    def _run(self, item: tuple) -> None:
-        try:
-            if self._error is None:
-                self._fn(*item)
-        except BaseException as e:
-            if self._error is None:
-                self._error = e
-        finally:
-            self._slots.release()
-
-    def put(self, *item) -> None:
-        if self._error is not None:
-            raise self._error
-        self._slots.acquire()
-        self._pool.submit(self._run, item)
-
-    def close(self) -> None:
-        """Wait for every item; raise the first error."""
-        self._pool.shutdown(wait=True)
-        if self._error is not None:
-            raise self._error
-
-    def __enter__(self) -> "BackgroundSink":
-        return self
-
-    def __exit__(self, exc_type, *exc) -> None:
-        if exc_type is None:
-            self.close()
-        else:  # already failing: drop what is queued, keep the original error
-            self._error = self._error or exc[0]
-            self._pool.shutdown(wait=True, cancel_futures=True)
+#: the former name of :class:`Transforms` ("coder" now means only the entropy coder), kept so that
+#: code written against it runs unchanged
+LatentCoder = Transforms
 
 
 def encode_tiles(read_rgb: Callable[[int, int, int, int], np.ndarray], grid: TileGrid,
-                 coder: LatentCoder, glass: tuple[int, int, int] | None,
+                 transforms: Transforms, glass: tuple[int, int, int] | None,
                  tiles: Iterable[tuple[int, int]] | None = None,
                  read_ahead: int = 8, read_threads: int = 1) -> Iterator[tuple[int, int, Any]]:
     """Yield ``(tx, ty, latents)`` for each tile (``latents`` None for empty glass; a whole
-    tile's :class:`~wsicodec.codec.HyperSymbols` when the coder makes them, see
-    ``LatentCoder.hyper_on_device``), reading ahead
+    tile's :class:`~wsicodec.codec.HyperSymbols` when the transforms make them, see
+    ``Transforms.hyper_on_device``), reading ahead
     on ``read_threads`` threads and running the network in batches of windows of the same shape
     (on CUDA with the next batch queued while the last one's latents are handed on).
 
     ``read_rgb(x0, y0, w, h)`` returns canvas pixels (background colour beyond level 0)."""
-    halo = coder.spec.encode_halo
-    s = coder.spec.stride
+    halo = transforms.spec.encode_halo
+    s = transforms.spec.stride
     glass_tiles: list[tuple[int, int]] = []
 
     def read(t):
@@ -573,17 +473,17 @@ def encode_tiles(read_rgb: Callable[[int, int, int, int], np.ndarray], grid: Til
                 continue
             group = pending[win.shape[:2]]
             group.append((tx, ty, origin, win))
-            if len(group) >= coder.batch_size:
+            if len(group) >= transforms.batch_size:
                 yield list(group), [b[3] for b in group], [whole_tile(*b[:3]) for b in group]
                 group.clear()
         for group in pending.values():
             if group:
                 yield group, [b[3] for b in group], [whole_tile(*b[:3]) for b in group]
 
-    for batch, q, symbols in coder.analysis_stream(batches(), chunk=c):
+    for batch, q, symbols in transforms.analysis_stream(batches(), chunk=c):
         while glass_tiles:
             yield (*glass_tiles.pop(), None)
-        for i, ((tx, ty, origin, _), lat) in enumerate(zip(batch, q)):
+        for i, ((tx, ty, origin, _), lat) in enumerate(zip(batch, q, strict=True)):
             if symbols is not None and symbols[i] is not None:
                 yield tx, ty, symbols[i]  # coded on the device up to the range coder
                 continue
@@ -591,8 +491,3 @@ def encode_tiles(read_rgb: Callable[[int, int, int, int], np.ndarray], grid: Til
             yield tx, ty, lat[:, oy : oy + h, ox : ox + w]
     while glass_tiles:
         yield (*glass_tiles.pop(), None)
-
-
-def decode_window(coder: LatentCoder, latents: np.ndarray) -> np.ndarray:
-    """Pixels of one latent window (M, h, w) -> uint8 (h*stride, w*stride, 3)."""
-    return coder.synthesis(latents[None])[0]

@@ -3,24 +3,29 @@
 from __future__ import annotations
 
 import errno
+import functools
 import os
 import time
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterable, Iterator
+from typing import Any
 
 import numpy as np
 
 from wsicodec import __version__
 from wsicodec.codec import store_codec
-from wsicodec.engine import BackgroundSink, LatentCoder, encode_tiles
+from wsicodec.engine import Transforms, encode_tiles
+from wsicodec.errors import StoreError, first_line
 from wsicodec.models import load_model
 from wsicodec.models.registry import default_model_name
-from wsicodec.remote import compress_urls, decompress_urls
+from wsicodec.remote_jobs import compress_urls, decompress_urls
 from wsicodec.slide import SlideSource, open_input
-from wsicodec.store import FORMAT_NAME, StoreError, StoreWriter, WsiStore, format_version, now_iso, store_size
+from wsicodec.store import FORMAT_NAME, StoreWriter, WsiStore, check_output_path, format_version, now_iso, store_size
+from wsicodec.streaming import BackgroundSink
 from wsicodec.tiling import TileGrid, measure_glass
+from wsicodec.writers import ChunkWriterProcesses
 
 
 @dataclass
@@ -61,6 +66,18 @@ def _progress(enabled: bool, label: str, total: int) -> Iterator[Callable[[int],
         yield lambda n=1: bar.advance(task, n)
 
 
+@contextmanager
+def _os_errors_name(path: Path) -> Iterator[None]:
+    """An operating-system error while writing an output (no space left, no permission, ...) is
+    the user's to fix: a :class:`StoreError` naming the file and the problem."""
+    try:
+        yield
+    except OSError as e:
+        if isinstance(e, (BrokenPipeError, ConnectionError, TimeoutError)):
+            raise
+        raise StoreError(f"{e.filename or path}: {e.strerror or first_line(e)}") from e
+
+
 def canvas_reader(src: SlideSource, glass: tuple[int, int, int]) -> Callable[[int, int, int, int], np.ndarray]:
     """Reads canvas pixels: level 0 inside the slide, the glass colour beyond it."""
     W, H = src.dimensions
@@ -79,13 +96,12 @@ def canvas_reader(src: SlideSource, glass: tuple[int, int, int]) -> Callable[[in
 
 
 def host_split(cuda: bool, cores: int | None = None) -> tuple[int, int]:
-    """The default ``(coder processes, reading threads)`` for ``cores`` host cores (default: all).
+    """The default ``(writer processes, reading threads)`` for ``cores`` host cores (default: all).
     On CUDA the host's cores read (decoding the slide's JPEG tiles is its largest cost) and code:
-    a quarter code in worker processes, three quarters read (the best of three splits measured
-    on an H200's host, docs/performance.md "GPU"). On the CPU the network takes the cores and
-    the writer threads code in-process: one reading thread reads ~37 Mpx/s (7.1 ms a 576-px
-    window with its glass check, development machine) and a core runs the bf16 network at
-    ~13 Mpx/s, so a quarter of the cores read."""
+    a quarter code in worker processes, three quarters read (the best of the splits measured,
+    docs/performance.md "GPU"). On the CPU the network takes the cores and the writer threads
+    code in-process: one reading thread keeps up with about three cores running the network,
+    so a quarter of the cores read."""
     cores = cores or os.cpu_count() or 1
     if cuda:
         return max(1, cores // 4), max(2, 3 * cores // 4)
@@ -117,8 +133,6 @@ def write_tiles(tiles: Iterable[tuple[int, int, np.ndarray | None]], writer: Sto
 
 def check_paths(input_path: Path, output: Path, overwrite: bool) -> None:
     """Refuse outputs that would write into or over the input, or through a symbolic link."""
-    from wsicodec.store import check_output_path
-
     if output.is_symlink():
         raise StoreError(f"{output}: is a symbolic link; refusing to write through it (give the real path)")
     src, out = input_path.resolve(), output.resolve()
@@ -131,7 +145,7 @@ def check_paths(input_path: Path, output: Path, overwrite: bool) -> None:
     check_output_path(output, overwrite)
 
 
-def store_metadata(src: SlideSource, input_path: Path, card, coder: LatentCoder, glass: tuple[int, int, int],
+def store_metadata(src: SlideSource, input_path: Path, card, transforms: Transforms, glass: tuple[int, int, int],
                    tile: int, skip_glass: bool, deidentify: bool) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
     """The group metadata of a new store (docs/format.md) and the associated images to keep."""
     W, H = src.dimensions
@@ -145,7 +159,8 @@ def store_metadata(src: SlideSource, input_path: Path, card, coder: LatentCoder,
         source["file_name"] = None
         deid = {"removed_properties": removed, "removed_associated": dropped, "removed_source": ["file_name"]}
     meta: dict[str, Any] = {
-        "format": FORMAT_NAME, "format_version": format_version(card.spec.entropy_model), "wsicodec_version": __version__,
+        "format": FORMAT_NAME, "format_version": format_version(card.spec.entropy_model),
+        "wsicodec_version": __version__,
         "created": now_iso(),
         "model": {"name": card.name, "sha256": card.sha256, "architecture": card.architecture,
                   "params": card.params, "entropy_model": card.spec.entropy_model},
@@ -153,12 +168,12 @@ def store_metadata(src: SlideSource, input_path: Path, card, coder: LatentCoder,
         "level0": {"width": W, "height": H}, "tile_size": tile, "stride": card.stride,
         "mpp": list(src.mpp), "objective_power": src.objective_power, "vendor": src.vendor,
         "properties": props,
-        "background": {"colour": list(glass), "latents": coder.background_latents(glass).tolist(),
+        "background": {"colour": list(glass), "latents": transforms.background_latents(glass).tolist(),
                        "detection": "tile is glass when <=0.1% of its pixels differ by >20 levels"
                                     if skip_glass else "off"},
         "associated": [], "deidentified": bool(deidentify),
         # provenance: which arithmetic chose the latents (a resumed run records its own)
-        "encoder": {"device": coder.device.type, "precision": coder.precision},
+        "encoder": {"device": transforms.device.type, "precision": transforms.precision},
     }
     if deid is not None:
         meta["deidentification"] = deid
@@ -169,7 +184,7 @@ def store_metadata(src: SlideSource, input_path: Path, card, coder: LatentCoder,
 def compress(input_path: str | Path, output: str | Path, model: str | None = None, device: str = "auto",
              batch_size: int | None = None, tile: int = 512, overwrite: bool = False, skip_glass: bool = True,
              progress: bool = False, model_dir: Path | None = None, resume: bool = False,
-             deidentify: bool = False, io_threads: int = 2, coder_processes: int | None = None,
+             deidentify: bool = False, io_threads: int = 2, writer_processes: int | None = None,
              read_threads: int | None = None, precision: str = "auto") -> CompressResult:
     """Compress level 0 of a slide or image into a store at ``output``.
 
@@ -177,32 +192,35 @@ def compress(input_path: str | Path, output: str | Path, model: str | None = Non
     beside ``output`` (without it, such a store is discarded and the run starts over); the result
     is the same store an uninterrupted run writes. ``deidentify``: drop the label and macro
     images and the identifying metadata (see :mod:`wsicodec.deidentify`). ``io_threads``: threads
-    that entropy-code and write tiles while the network runs; ``coder_processes``: worker
+    that entropy-code and write tiles while the network runs; ``writer_processes``: worker
     processes that do the entropy coding and writing instead (None: on CUDA a quarter of the
     cores, else none); ``read_threads``: threads reading the slide (None: on CUDA three quarters
     of the cores, else a quarter); see :func:`host_split`.
     The store's bytes depend on none of these. ``precision``: the analysis's arithmetic (``"auto"``:
-    fp16 on CUDA, bf16 on a CPU with native bf16, else fp32; see :class:`~wsicodec.engine.LatentCoder`)."""
+    fp16 on CUDA, bf16 on a CPU with native bf16, else fp32; see :class:`~wsicodec.engine.Transforms`)."""
     input_path, output = Path(input_path), Path(output)
     check_paths(input_path, output, overwrite)
     name = model or default_model_name(model_dir)
     net, card = load_model(name, model_dir)
-    coder = LatentCoder(net, card, device, batch_size, precision=precision)
-    default_processes, default_reads = host_split(coder.cuda)
-    coder_processes = max(0, int(default_processes if coder_processes is None else coder_processes))
+    transforms = Transforms(net, card, device, batch_size, precision=precision)
+    default_processes, default_reads = host_split(transforms.cuda)
+    writer_processes = max(0, int(default_processes if writer_processes is None else writer_processes))
     read_threads = default_reads if read_threads is None else read_threads
     t0 = time.time()  # the slide's own time, after the one-off model load
     codec = store_codec(net, card)
     if tile % (card.stride * card.spec.chunk_multiple):
         raise StoreError(f"{output}: tile size {tile} must be a multiple of {card.stride * card.spec.chunk_multiple} "
                          f"for model {card.name}")
-    with open_input(input_path) as src:
+    with open_input(input_path) as src, _os_errors_name(output):
         W, H = src.dimensions
         grid = TileGrid(W, H, tile, card.stride)
         glass = measure_glass(src.thumbnail(1024))
-        meta, assoc = store_metadata(src, input_path, card, coder, glass, tile, skip_glass, deidentify)
+        meta, assoc = store_metadata(src, input_path, card, transforms, glass, tile, skip_glass, deidentify)
+        chunk_writers = None
+        if writer_processes > 0:  # entropy coding + chunk writes off this process's GIL
+            chunk_writers = functools.partial(ChunkWriterProcesses, n=writer_processes, model_dir=model_dir)
         writer = StoreWriter(output, meta, grid, codec, card.latent_channels, overwrite, resume=resume,
-                             processes=coder_processes, model_dir=model_dir)
+                             chunk_writers=chunk_writers)
         try:
             writer.write_associated(assoc)
             writer.meta["associated"] = sorted(assoc)
@@ -211,9 +229,10 @@ def compress(input_path: str | Path, output: str | Path, model: str | None = Non
             with _progress(progress, f"compress {input_path.name}", len(grid)) as advance:
                 advance(len(grid) - len(todo))
 
-                write_tiles(encode_tiles(read, grid, coder, glass if skip_glass else None, tiles=todo,
+                write_tiles(encode_tiles(read, grid, transforms, glass if skip_glass else None, tiles=todo,
                                          read_threads=read_threads),
-                            writer, max(io_threads, coder_processes), coder.batch_size, coder_processes > 0, advance)
+                            writer, max(io_threads, writer_processes), transforms.batch_size, writer_processes > 0,
+                            advance)
             n_glass = int((writer.state == 2).sum())
             writer.meta["tiles"] = {"total": len(grid), "glass": n_glass}
             final = writer.finish(overwrite)
@@ -251,12 +270,12 @@ def decompress(store_path: str | Path, output: str | Path, tile: int = 256, comp
         raise StoreError(f"{output}: is a folder; refusing to replace it")
     with WsiStore(store_path, device=device, batch_size=batch_size, model_dir=model_dir, precision=precision) as store:
         W, H = store.dimensions
-        store.coder  # load and verify the model before any output starts
+        store.load_model()  # load and verify the model before any output starts
         x, y, w, h = region if region else (0, 0, W, H)
         if w <= 0 or h <= 0 or x < 0 or y < 0 or x + w > W or y + h > H:
             raise StoreError(f"{store_path}: region {x} {y} {w} {h} is not inside the slide ({W}x{H})")
         with _progress(progress, f"decompress {Path(store_path).name}",
-                       len(store.grid.tiles_touching(x, y, w, h))) as advance:
+                       len(store.grid.tiles_touching(x, y, w, h))) as advance, _os_errors_name(output):
             write_pyramid(store, output, (x, y, w, h), tile=tile, compression=compression,
                           quality=quality, advance=advance)
     return output

@@ -12,6 +12,7 @@ from typing import Any
 
 import numpy as np
 
+from wsicodec.errors import WsicodecError
 from wsicodec.errors import first_line as _short
 
 #: Largest accepted level-0 side, checked before any pixel is allocated.
@@ -22,7 +23,7 @@ MAX_IMAGE_PIXELS = 1 << 30
 MAX_THUMBNAIL_READ = 1 << 22
 
 
-class SlideError(Exception):
+class SlideError(WsicodecError):
     """An input that cannot be used; the message names the file and the problem."""
 
     def __init__(self, path: str | os.PathLike, problem: str):
@@ -64,8 +65,8 @@ def flatten_rgba(rgba: np.ndarray, background: tuple[int, int, int]) -> np.ndarr
 
 def image_rgb(im: Any, background: tuple[int, int, int]) -> np.ndarray:
     """A PIL image as RGB pixels (see :func:`flatten_rgba`). An opaque RGBA region (a slide's
-    usual case) is converted by Pillow without holding the GIL: 0.85 against 1.65 ms a 576-px
-    window in numpy (development machine); every window of a slide goes through here."""
+    usual case) is converted by Pillow without holding the GIL, about twice as fast as numpy
+    (``benchmarks/host_ceiling.py``); every window of a slide goes through here."""
     if im.mode == "RGBA" and im.getchannel("A").histogram()[255] == im.width * im.height:
         return np.array(im.convert("RGB"))  # writable, like every other read
     return flatten_rgba(np.asarray(im), background)
@@ -114,7 +115,7 @@ class SlideSource:
     def close(self) -> None:
         pass
 
-    def __enter__(self) -> "SlideSource":
+    def __enter__(self) -> SlideSource:
         return self
 
     def __exit__(self, *exc: object) -> None:

@@ -6,12 +6,13 @@ from __future__ import annotations
 import math
 import os
 import tempfile
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Callable, Iterator
 
 import numpy as np
 
-from wsicodec.store import StoreError, box_reduce, pyramid_downsamples
+from wsicodec.errors import StoreError
+from wsicodec.pyramid import box_reduce, pyramid_downsamples
 
 COMPRESSIONS = {"jpeg": "jpeg", "deflate": "zlib", "zstd": "zstd", "none": None}
 

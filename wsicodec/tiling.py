@@ -60,7 +60,7 @@ class TileGrid:
         order compress reads a slide in. A window's halo reaches into the slide's own tiles above
         and below; in row-major order across a wide slide those have left OpenSlide's tile cache
         before the next row needs them and are decoded again, within a strip they are still
-        cached (16384² JPEG-tiled synthetic slide, one thread: 6.96 -> 5.53 ms a window)."""
+        cached (``benchmarks/host_ceiling.py`` measures both orders)."""
         return sorted(self, key=lambda t: (t[0] // strip, t[1], t[0]))
 
     def tile_box(self, tx: int, ty: int) -> tuple[int, int, int, int]:
@@ -110,10 +110,10 @@ def is_background(pixels: np.ndarray, glass: tuple[int, int, int], tolerance: in
     """True when a tile is empty glass: at most ``max_fraction`` of its pixels differ from the
     glass colour by more than ``tolerance`` grey levels in any channel.
 
-    Done by Pillow without holding the GIL, 6x faster than in numpy (0.68 against 4.42 ms a 512-px
-    tile on the development machine; every tile of a slide is checked, on the reading threads):
-    a per-channel table marks each value 0 (near the glass colour) or 255, and the grey
-    conversion of the result is 0 exactly where all three channels are 0."""
+    Done by Pillow without holding the GIL, several times faster than in numpy (every tile of a
+    slide is checked, on the reading threads; ``benchmarks/host_ceiling.py``): a per-channel
+    table marks each value 0 (near the glass colour) or 255, and the grey conversion of the
+    result is 0 exactly where all three channels are 0."""
     from PIL import Image
 
     rgb = np.ascontiguousarray(pixels, np.uint8)

@@ -23,8 +23,18 @@ from typing import Any
 
 import numpy as np
 
-from wsicodec.store import (FORMAT_NAME, TILE_CODED, TILE_GLASS, StoreError, TileGrid, WsiStore, _first_line,
-                            check_arrays, check_meta, chunk_crc_ok, is_partial_name, entropy_model, partial_path)
+from wsicodec.errors import first_line
+from wsicodec.store import (
+    TILE_CODED,
+    TILE_GLASS,
+    WsiStore,
+    check_arrays,
+    chunk_crc_ok,
+    entropy_model,
+    json_roundtrip,
+    open_store,
+)
+from wsicodec.tiling import TileGrid
 
 
 @dataclass
@@ -66,25 +76,9 @@ def verify_store(path: str | os.PathLike, against: str | os.PathLike | None = No
                  check_model: bool = True) -> VerifyReport:
     """Check a store (see the module docstring). Raises :class:`StoreError` only when ``path`` is
     not a readable, complete wsicodec store at all; everything else is listed in the report."""
-    import zarr
-
     path = Path(path)
     rep = VerifyReport(str(path))
-    if not path.exists():
-        hint = f" (an unfinished one is at {partial_path(path)})" if partial_path(path).is_dir() else ""
-        raise StoreError(f"{path}: no such store{hint}")
-    if is_partial_name(path):
-        raise StoreError(f"{path}: incomplete store (an unfinished compression; "
-                         f"`wsicodec compress ... --resume` continues it)")
-    try:
-        group = zarr.open_group(str(path), mode="r")
-        meta = group.attrs[FORMAT_NAME]
-    except Exception as e:
-        raise StoreError(f"{path}: not a wsicodec store ({_first_line(e)})") from None
-    problem = check_meta(meta)
-    if problem:
-        raise StoreError(f"{path}: {problem}")
-    meta = dict(meta)
+    path, group, meta = open_store(path)  # raises StoreError: not a complete, readable store
     lv = meta["level0"]
     grid = TileGrid(lv["width"], lv["height"], meta["tile_size"], meta["stride"])
     rep.tiles = len(grid)
@@ -94,7 +88,7 @@ def verify_store(path: str | os.PathLike, against: str | os.PathLike | None = No
     try:
         latents, tiles = group["latents"], group["tiles"]
     except Exception as e:
-        rep.add("metadata", f"cannot open the latent / tile arrays ({_first_line(e)})")
+        rep.add("metadata", f"cannot open the latent / tile arrays ({first_line(e)})")
         return rep
     problem = check_arrays(latents, tiles, grid, channels, entropy_model(meta))
     if problem:
@@ -115,12 +109,12 @@ def verify_store(path: str | os.PathLike, against: str | os.PathLike | None = No
     try:
         state = np.asarray(tiles[...])
     except Exception as e:
-        rep.add("tiles", f"tile map cannot be read ({_first_line(e)})")
+        rep.add("tiles", f"tile map cannot be read ({first_line(e)})")
         state = None
     if state is not None:
         rep.coded = int((state == TILE_CODED).sum())
         rep.glass = int((state == TILE_GLASS).sum())
-        for ty, tx in zip(*np.nonzero((state != TILE_CODED) & (state != TILE_GLASS))):
+        for ty, tx in zip(*np.nonzero((state != TILE_CODED) & (state != TILE_GLASS)), strict=True):
             rep.add("tiles", f"state {int(state[ty, tx])} (not written)" if state[ty, tx] == 0
                     else f"invalid state {int(state[ty, tx])}", (int(tx), int(ty)))
         counts = meta.get("tiles")
@@ -152,7 +146,7 @@ def verify_store(path: str | os.PathLike, against: str | os.PathLike | None = No
             np.asarray(latents[:, ly0:ly1, lx0:lx1])
             rep.chunks_decoded += 1
         except Exception as e:
-            rep.add("chunk", f"{f.relative_to(path)} does not decode ({_first_line(e)})", (tx, ty))
+            rep.add("chunk", f"{f.relative_to(path)} does not decode ({first_line(e)})", (tx, ty))
 
     # -- stray files -----------------------------------------------------------------------------
     _check_files(rep, path, grid, meta)
@@ -166,7 +160,7 @@ def verify_store(path: str | os.PathLike, against: str | os.PathLike | None = No
             np.asarray(arr[...])
             rep.associated.append(name)
         except Exception as e:
-            rep.add("associated", f"{name!r} cannot be read ({_first_line(e)})")
+            rep.add("associated", f"{name!r} cannot be read ({first_line(e)})")
 
     if against is not None:
         if not rep.ok:
@@ -183,7 +177,6 @@ def _chunk_path(root: Path, latents: Any, tx: int, ty: int) -> Path:
 def _check_model(rep: VerifyReport, latents: Any, m: dict[str, Any], model_dir: Path | None) -> None:
     from wsicodec.codec import store_codec
     from wsicodec.models import ModelError, load_model
-    from wsicodec.store import json_roundtrip
 
     try:
         net, card = load_model(m["name"], model_dir, expect_sha256=m["sha256"])
@@ -198,7 +191,7 @@ def _check_model(rep: VerifyReport, latents: Any, m: dict[str, Any], model_dir: 
     try:
         stored = latents.metadata.to_dict()["codecs"][0]
     except Exception as e:
-        rep.add("model", f"the store's latent codec cannot be read ({_first_line(e)})")
+        rep.add("model", f"the store's latent codec cannot be read ({first_line(e)})")
         return
     if stored != json_roundtrip(store_codec(net, card).to_dict()):
         rep.add("model", f"the store's entropy model differs from model {m['name']!r}'s")
@@ -274,7 +267,7 @@ def _compare(rep: VerifyReport, path: Path, against: Path, model_dir: Path | Non
                     ssim_sum += s * w * h
                     ssim_px += w * h
         except Exception as e:
-            rep.add("pixels", f"decoding failed ({_first_line(e)})")
+            rep.add("pixels", f"decoding failed ({first_line(e)})")
             return
         rep.quality = {
             "against": str(against),

@@ -1,12 +1,12 @@
 """Entropy coding and chunk writing in worker processes.
 
-The range coder holds the GIL, so threads cannot run it side by side: one process codes about
-400 Mpx/s of a factorized model's latents and about 12 Mpx/s of a hyperprior's (its chunk codec
-also runs the hyper-encoder and the integer hyper-decoder; ~245 Mpx/s when the GPU made those
-symbols, :class:`wsicodec.engine.DeviceHyperSymbols`), less than a GPU analyses (development
-machine, one core, session 8; ``benchmarks/throughput.py``).
+The range coder holds the GIL, so threads cannot run it side by side, and one process codes
+less than a GPU analyses, above all for a hyperprior, whose chunk codec also runs the
+hyper-encoder and the integer hyper-decoder unless the GPU made those symbols
+(:class:`wsicodec.engine.DeviceHyperSymbols`); figures in ``docs/performance.md``
+(``benchmarks/throughput.py``).
 :class:`ChunkWriterProcesses` runs ``n`` worker processes, each with the store's latent chunk
-files open for writing (:class:`wsicodec.store.LatentChunkFiles`), and hands each one a group of
+files open for writing (:class:`wsicodec.store.chunks.LatentChunkFiles`), and hands each one a group of
 tiles' latents at a time: the parent only stacks them and writes them into a pipe (one frame per
 group: few wake-ups and GIL hand-offs per tile); range checks, casting, coding and the file
 writes all happen in the workers.
@@ -30,12 +30,14 @@ import queue
 import struct
 import subprocess
 import sys
+from collections.abc import Sequence
 from pathlib import Path
-from typing import IO, Any, Sequence
+from typing import IO, Any
 
 import numpy as np
 
-from wsicodec.store import StoreError
+from wsicodec.errors import StoreError, first_line
+from wsicodec.store.chunks import LatentChunkFiles
 
 _LEN = struct.Struct("<I")
 _FRAME = struct.Struct("<III")
@@ -112,7 +114,7 @@ def _receive_tiles(f: IO[bytes]) -> tuple[list, Sequence] | None:
     if kind == "hyper" and len(arrays) == 3:
         from wsicodec.codec import HyperSymbols
 
-        return tiles, [HyperSymbols(*parts) for parts in zip(*arrays)]
+        return tiles, [HyperSymbols(*parts) for parts in zip(*arrays, strict=True)]
     raise ValueError(f"malformed frame (kind {kind!r})")
 
 
@@ -147,7 +149,7 @@ class ChunkWriterProcesses:
 
     def write(self, tiles: Sequence[tuple[int, int]], chunks: np.ndarray | Sequence[Any]) -> None:
         """Code and write whole chunks: ``chunks[i]`` (any integer dtype; values outside the
-        store's are an error) is tile ``tiles[i]``'s (see :class:`wsicodec.store.LatentChunkFiles`);
+        store's are an error) is tile ``tiles[i]``'s (see :class:`wsicodec.store.chunks.LatentChunkFiles`);
         or ``chunks`` is a list of the tiles' :class:`~wsicodec.codec.HyperSymbols`."""
         tiles = [(int(tx), int(ty)) for tx, ty in tiles]
         if isinstance(chunks, np.ndarray):
@@ -191,7 +193,7 @@ class ChunkWriterProcesses:
                 p.stdout.close()
         self._procs = []
 
-    def __enter__(self) -> "ChunkWriterProcesses":
+    def __enter__(self) -> ChunkWriterProcesses:
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -209,9 +211,6 @@ def _serve(path: str, model_dir: str | None) -> int:
         os.environ["WSICODEC_MODELS"] = model_dir
     # no torch here unless the codec needs it (a hyperprior's hyper-encoder, one thread: the
     # parent set OMP_NUM_THREADS=1): a factorized model's worker starts in a fraction of a second
-    from wsicodec.errors import first_line
-    from wsicodec.store import LatentChunkFiles
-
     stdin = sys.stdin.buffer
     stdout = os.fdopen(os.dup(1), "wb")  # the pipe to the parent, kept for the frames alone:
     os.dup2(2, 1)  # anything a library prints goes to stderr instead
@@ -233,7 +232,7 @@ def _serve(path: str, model_dir: str | None) -> int:
             _send(stdout, failed.encode())
             continue
         try:
-            for (tx, ty), values in zip(*frame):
+            for (tx, ty), values in zip(*frame, strict=True):
                 chunks.write(tx, ty, values)  # range-checked, cast, coded; atomic: temp file + rename
             _send(stdout, b"")
         except Exception as e:  # reported to the parent, which raises it

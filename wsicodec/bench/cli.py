@@ -18,7 +18,8 @@ from wsicodec._click import DefaultGroup
 DEFAULT_COMMAND = "run"
 
 
-@click.group(cls=DefaultGroup, default_command=DEFAULT_COMMAND, context_settings={"help_option_names": ["--help", "-h"]})
+@click.group(cls=DefaultGroup, default_command=DEFAULT_COMMAND,
+             context_settings={"help_option_names": ["--help", "-h"]})
 def command() -> None:
     """Benchmark wsicodec against JPEG, WebP, JPEG-XL, AVIF and JPEG 2000.
 
@@ -77,7 +78,8 @@ def run(inputs, out, codecs, metrics, tiles, tile_size, seed, device, threads, p
 @command.command("distortions")
 @click.argument("inputs", nargs=-1, required=True, type=click.Path(path_type=Path), metavar="IMAGES...")
 @click.option("--out", "-o", required=True, type=click.Path(path_type=Path), help="Folder for the results.")
-@click.option("--metrics", default=None, metavar="LIST", help="Comma-separated: psnr,ms_ssim,lpips,st_lpips,st_lpips_vgg.")
+@click.option("--metrics", default=None, metavar="LIST",
+              help="Comma-separated: psnr,ms_ssim,lpips,st_lpips,st_lpips_vgg.")
 @click.option("--tiles", type=click.IntRange(1, 100000), default=4, show_default=True,
               help="Tissue tiles sampled from each slide.")
 @click.option("--tile-size", type=click.IntRange(16, 8192), default=512, show_default=True)

@@ -11,11 +11,14 @@ from __future__ import annotations
 
 import tempfile
 import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any
 
 import numpy as np
+
+from wsicodec.errors import BenchError
 
 CLASSICAL = ("jpeg", "webp", "jxl", "avif", "j2k")
 ALL_CODECS = CLASSICAL + ("wsicodec",)
@@ -64,7 +67,7 @@ class ImagecodecsCodec(Codec):
         self._encode, self._decode, self._defaults = encode, decode, list(defaults)
         self.setting_label = setting_label
         if not check():
-            raise ValueError(f"codec {name!r} is not available in this imagecodecs build")
+            raise BenchError(f"codec {name!r} is not available in this imagecodecs build")
         super().__init__(settings)
 
     def default_settings(self) -> list[Any]:
@@ -106,7 +109,7 @@ def classical_codec(name: str, settings: Sequence[Any] | None = None) -> Imageco
                 (24, 27, 30, 33, 36, 39, 42, 45, 48), "target PSNR (dB)", lambda: ic.JPEG2K.available),
     }
     if name not in table:
-        raise ValueError(f"unknown classical codec {name!r} (known: {', '.join(CLASSICAL)})")
+        raise BenchError(f"unknown classical codec {name!r} (known: {', '.join(CLASSICAL)})")
     enc, dec, defaults, label, check = table[name]
     return ImagecodecsCodec(name, enc, dec, defaults, label, check, settings)
 
@@ -141,7 +144,7 @@ class WsicodecCodec(Codec):
         if not self.settings:
             from wsicodec.models import model_dir as default_dir
 
-            raise ValueError(f"codec 'wsicodec': no shipped models in {self.model_dir or default_dir()}")
+            raise BenchError(f"codec 'wsicodec': no shipped models in {self.model_dir or default_dir()}")
 
     def default_settings(self) -> list[str]:
         from wsicodec.models import list_models
@@ -190,4 +193,4 @@ def make_codec(name: str, settings: Sequence[Any] | None = None, model_dir: Path
         return WsicodecCodec(settings, model_dir=model_dir, device=device, precision=precision)
     if name in CLASSICAL:
         return classical_codec(name, settings)
-    raise ValueError(f"unknown codec {name!r} (known: {', '.join(ALL_CODECS)})")
+    raise BenchError(f"unknown codec {name!r} (known: {', '.join(ALL_CODECS)})")

@@ -9,12 +9,13 @@ from __future__ import annotations
 
 import csv
 import json
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 
 from wsicodec.bench.metrics import ALL_METRICS, DEFAULT_METRICS, LABELS, MetricSet
+from wsicodec.errors import BenchError
 
 JPEG_QUALITIES = (90, 80, 70, 60, 50, 40, 30, 20, 10)
 LAB_SHIFTS = (0, 5, 10, 15, 20, 25, 30, 35, 40, 45, 50)
@@ -72,13 +73,13 @@ def run_distortions(inputs: Sequence[str | Path], out: str | Path, metrics: str 
     from rich.console import Console
 
     from wsicodec.bench.plots import distortion_plot, image_strip
-    from wsicodec.bench.runner import _parse_list, _progress, collect_images
+    from wsicodec.bench.runner import collect_images, parse_list, progress_bar
 
     console = console or Console(quiet=not progress)
     out = Path(out)
     if out.exists() and not out.is_dir():
-        raise ValueError(f"{out}: exists and is not a folder")
-    names = _parse_list(metrics, ALL_METRICS, "metric") or list(DEFAULT_METRICS)
+        raise BenchError(f"{out}: exists and is not a folder")
+    names = parse_list(metrics, ALL_METRICS, "metric") or list(DEFAULT_METRICS)
     names = ["mse" if n == "psnr" else n for n in names]
     if "mse" in names:
         names.insert(names.index("mse") + 1, "psnr")
@@ -97,7 +98,7 @@ def run_distortions(inputs: Sequence[str | Path], out: str | Path, metrics: str 
     }
     rows: list[dict] = []
     total = len(images) * sum(len(k["levels"]) for k in kinds.values())
-    with _progress(progress, console) as bar:
+    with progress_bar(progress, console) as bar:
         task = bar.add_task("distortions", total=total) if bar else None
         for im in images:
             for kind, spec in kinds.items():
@@ -145,7 +146,7 @@ def run_distortions(inputs: Sequence[str | Path], out: str | Path, metrics: str 
 def _print(console, summary: dict, names: Sequence[str]) -> None:
     from rich.table import Table
 
-    for kind, s in summary.items():
+    for s in summary.values():
         t = Table(title=f"{s['title']} (mean over images)")
         t.add_column(s["short"])
         for m in names:

@@ -21,12 +21,13 @@ Lower is better for the LPIPS metrics; higher is better for PSNR and MS-SSIM.
 from __future__ import annotations
 
 import math
-import os
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
+
+from wsicodec.errors import BenchError, first_line
 
 PSNR_CAP = 100.0
 #: metric name -> True when higher is better
@@ -112,7 +113,8 @@ class _Perceptual:
                 self._net = self._load()
             except Exception as e:  # missing package, missing weights, no network
                 self._net = None
-                self.reason = self.reason or f"{type(e).__name__}: {str(e).strip().splitlines()[0] if str(e).strip() else ''}"
+                detail = first_line(e) if str(e).strip() else ''
+                self.reason = self.reason or f"{type(e).__name__}: {detail}"
         return self._net is not None
 
     def __call__(self, a: np.ndarray, b: np.ndarray) -> float:
@@ -144,10 +146,10 @@ class LPIPS(_Perceptual):
             self.reason = (f"LPIPS-AlexNet needs torchvision's AlexNet weights {weights}, which are not "
                            "cached here (no download is attempted); the lpips column is left empty")
             raise FileNotFoundError(self.reason)
+        import warnings
+
         import lpips
         import torch
-
-        import warnings
 
         with warnings.catch_warnings():  # torchvision's deprecation notice for ``pretrained=``
             warnings.simplefilter("ignore", UserWarning)
@@ -219,7 +221,7 @@ class MetricSet:
     def __post_init__(self) -> None:
         unknown = [n for n in self.names if n not in ALL_METRICS + ("mse",)]
         if unknown:
-            raise ValueError(f"unknown metric {unknown[0]!r} (known: {', '.join(ALL_METRICS)})")
+            raise BenchError(f"unknown metric {unknown[0]!r} (known: {', '.join(ALL_METRICS)})")
         if "lpips" in self.names:
             self._nets["lpips"] = LPIPS()
         if "st_lpips" in self.names:
@@ -236,11 +238,3 @@ class MetricSet:
             "psnr": psnr, "ms_ssim": ms_ssim, "mse": mse, **self._nets}
         return {n: funcs[n](ref, test) for n in self.names}
 
-
-def set_threads(n: int | None = None) -> None:
-    """Limit torch's CPU threads (``$WSICODEC_THREADS`` or ``n``)."""
-    import torch
-
-    n = n or int(os.environ.get("WSICODEC_THREADS", "0") or 0)
-    if n > 0:
-        torch.set_num_threads(n)

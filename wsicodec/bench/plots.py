@@ -2,8 +2,8 @@
 study (Fig. 1): metric responses and an example image strip. matplotlib, Agg backend."""
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 
@@ -102,7 +102,7 @@ def image_strip(images: Sequence[np.ndarray], labels: Sequence[str], path: Path,
     plt = _plt()
     n = len(images)
     fig, axes = plt.subplots(1, n, figsize=(2.2 * n, 2.5), dpi=120, squeeze=False)
-    for ax, im, lab in zip(axes[0], images, labels):
+    for ax, im, lab in zip(axes[0], images, labels, strict=True):
         h, w = im.shape[:2]
         y0, x0 = max(0, (h - size) // 2), max(0, (w - size) // 2)
         ax.imshow(im[y0 : y0 + size, x0 : x0 + size])

@@ -3,7 +3,7 @@ the rate needed to reach a quality target. numpy only."""
 from __future__ import annotations
 
 import math
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 

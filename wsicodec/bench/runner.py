@@ -8,15 +8,17 @@ import json
 import math
 import platform
 import time
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable, Sequence
+from typing import Any
 
 import numpy as np
 
 from wsicodec.bench.codecs import ALL_CODECS, CLASSICAL, Codec, make_codec
 from wsicodec.bench.metrics import ALL_METRICS, DEFAULT_METRICS, HIGHER_IS_BETTER, LABELS, PSNR_CAP, MetricSet
 from wsicodec.bench.rd import average_curves, bd_rate, curve, is_monotone, rate_at_quality
+from wsicodec.errors import BenchError
 
 CSV_COLUMNS = ["image", "codec", "setting", "bytes", "pixels", "bpp", "psnr", "ms_ssim", "lpips", "st_lpips",
                "st_lpips_vgg", "encode_mpix_s", "decode_mpix_s"]
@@ -34,14 +36,14 @@ class TestImage:
     source: str
 
 
-def _parse_list(value: str | Sequence[str] | None, known: Sequence[str], what: str) -> list[str] | None:
+def parse_list(value: str | Sequence[str] | None, known: Sequence[str], what: str) -> list[str] | None:
     if value is None:
         return None
     items = value.split(",") if isinstance(value, str) else [v for part in value for v in str(part).split(",")]
     items = [i.strip() for i in items if i.strip()]
     for i in items:
         if i not in known:
-            raise ValueError(f"unknown {what} {i!r} (known: {', '.join(known)})")
+            raise BenchError(f"unknown {what} {i!r} (known: {', '.join(known)})")
     return list(dict.fromkeys(items))
 
 
@@ -55,11 +57,11 @@ def collect_images(inputs: Sequence[str | Path], tiles: int = 8, tile_size: int 
     from wsicodec.train.data import find_inputs
 
     if tiles < 1 or tile_size < 16:
-        raise ValueError(f"need --tiles >= 1 and --tile-size >= 16 (got {tiles}, {tile_size})")
+        raise BenchError(f"need --tiles >= 1 and --tile-size >= 16 (got {tiles}, {tile_size})")
     notes = notes if notes is not None else []
     paths = find_inputs(list(inputs))
     if not paths:
-        raise FileNotFoundError(f"{', '.join(map(str, inputs))}: no images or slides found")
+        raise BenchError(f"{', '.join(map(str, inputs))}: no images or slides found")
     out: list[TestImage] = []
     used: set[str] = set()
 
@@ -113,7 +115,7 @@ def _fmt(v: Any, digits: int = 4) -> str:
     return str(v)
 
 
-def _progress(enabled: bool, console):
+def progress_bar(enabled: bool, console):
     from contextlib import nullcontext
 
     if not enabled:
@@ -139,29 +141,30 @@ def run_benchmark(inputs: Sequence[str | Path], out: str | Path, codecs: str | S
     console = console or Console(quiet=not progress)
     out = Path(out)
     if out.exists() and not out.is_dir():
-        raise ValueError(f"{out}: exists and is not a folder")
-    codec_names = _parse_list(codecs, ALL_CODECS, "codec")
-    metric_names = _parse_list(metrics, ALL_METRICS, "metric") or list(DEFAULT_METRICS)
+        raise BenchError(f"{out}: exists and is not a folder")
+    codec_names = parse_list(codecs, ALL_CODECS, "codec")
+    metric_names = parse_list(metrics, ALL_METRICS, "metric") or list(DEFAULT_METRICS)
     notes: list[str] = []
     explicit = codec_names is not None
     codec_names = codec_names or list(ALL_CODECS)
     settings = settings or {}
     for k in settings:
         if k not in ALL_CODECS:
-            raise ValueError(f"unknown codec {k!r} in settings (known: {', '.join(ALL_CODECS)})")
+            raise BenchError(f"unknown codec {k!r} in settings (known: {', '.join(ALL_CODECS)})")
 
     images = collect_images(inputs, tiles, tile_size, seed, notes)
     built: list[Codec] = []
     try:
         for name in codec_names:
             try:
-                built.append(make_codec(name, settings.get(name), model_dir=model_dir, device=device, precision=precision))
+                built.append(make_codec(name, settings.get(name), model_dir=model_dir, device=device,
+                                        precision=precision))
             except ValueError as e:
                 if explicit:
                     raise
                 notes.append(f"{e}; skipped")
         if not built:
-            raise ValueError("no codec to benchmark")
+            raise BenchError("no codec to benchmark")
         mset = MetricSet(tuple(metric_names))
         for m, why in mset.unavailable().items():
             notes.append(f"metric {m} unavailable: {why}")
@@ -170,7 +173,8 @@ def run_benchmark(inputs: Sequence[str | Path], out: str | Path, codecs: str | S
 
         rows = _measure(images, built, mset, progress, console)
         if reuse:
-            kept = reused_rows(reuse, {im.name for im in images}, {(c.curve(x), str(x)) for c in built for x in c.settings})
+            points = {(c.curve(x), str(x)) for c in built for x in c.settings}
+            kept = reused_rows(reuse, {im.name for im in images}, points)
             notes.append(f"{len(kept)} measurements of {', '.join(sorted({r['codec'] for r in kept})) or 'no codec'} "
                          f"reused from {reuse}")
             rows += kept
@@ -230,7 +234,7 @@ def reused_rows(path: str | Path, images: set[str], measured: set[tuple[str, str
 def _measure(images: list[TestImage], codecs: list[Codec], mset: MetricSet, progress: bool, console) -> list[dict]:
     rows: list[dict] = []
     total = len(images) * sum(len(c.settings) for c in codecs)
-    with _progress(progress, console) as bar:
+    with progress_bar(progress, console) as bar:
         task = bar.add_task("bench", total=total) if bar else None
         for im in images:
             h, w = im.rgb.shape[:2]

@@ -140,7 +140,7 @@ class DeviceHyperDecoder:
     @torch.inference_mode()
     def __call__(self, z: torch.Tensor) -> torch.Tensor:
         a = z.to(self.device, torch.int64).clamp(-ACT_LIMIT, ACT_LIMIT)
-        for layer, wb in zip(self.layers, self.params):
+        for layer, wb in zip(self.layers, self.params, strict=True):
             if layer.kind == "leaky":
                 a = torch.where(a < 0, torch.div(a, 100, rounding_mode="floor"), a)
             elif layer.kind == "relu":

@@ -11,7 +11,7 @@ through zarr) for nothing a trained model runs. Training builds compressai's mod
 """
 from __future__ import annotations
 
-from typing import Mapping
+from collections.abc import Mapping
 
 import torch
 from torch import nn

@@ -12,10 +12,13 @@ import hashlib
 import json
 import os
 import warnings
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from importlib import resources
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable
+from typing import TYPE_CHECKING, Any
+
+from wsicodec.errors import WsicodecError
 
 if TYPE_CHECKING:
     from torch import nn
@@ -23,7 +26,7 @@ if TYPE_CHECKING:
 warnings.filterwarnings("ignore", message=".*torch.jit.script.*", category=FutureWarning)
 
 
-class ModelError(Exception):
+class ModelError(WsicodecError):
     """A model cannot be found, built or verified."""
 
 
@@ -95,7 +98,7 @@ class ModelCard:
         return ARCHITECTURES[self.architecture].stride
 
     @property
-    def spec(self) -> "Architecture":
+    def spec(self) -> Architecture:
         return ARCHITECTURES[self.architecture]
 
     @property
@@ -116,7 +119,7 @@ def build_model(architecture: str, **params: Any) -> nn.Module:
 
 
 def model_dir() -> Path:
-    """The folder of shipped weights: $WSICODEC_MODELS, the installed package data, or ./models."""
+    """The folder of shipped weights: $WSICODEC_MODELS, the installed package data, or ./weights."""
     env = os.environ.get("WSICODEC_MODELS")
     if env:
         return Path(env)
@@ -126,7 +129,7 @@ def model_dir() -> Path:
             return installed
     except (ModuleNotFoundError, TypeError):
         pass
-    return Path(__file__).resolve().parents[2] / "models"
+    return Path(__file__).resolve().parents[2] / "weights"
 
 
 def sha256_file(path: Path) -> str:
@@ -206,7 +209,8 @@ def load_model(
     try:
         model = networks.load_weights(arch.build_inference(**card.params), state)
     except (ValueError, TypeError, RuntimeError) as e:
-        raise ModelError(f"model {name!r}: weights do not fit its card's {card.architecture} {card.params}: {e}") from None
+        raise ModelError(f"model {name!r}: weights do not fit its card's {card.architecture} {card.params}: "
+                         f"{e}") from None
     return model, card
 
 

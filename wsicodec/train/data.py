@@ -7,6 +7,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from wsicodec.errors import TrainError
+
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".tif", ".tiff", ".webp", ".bmp"}
 
 # Ruifrok & Johnston H&E-DAB optical-density stain vectors (rows: H, E, DAB).
@@ -21,11 +23,12 @@ def find_inputs(paths: list[str | Path]) -> list[Path]:
     found: list[Path] = []
     for p in map(Path, paths):
         if p.is_dir():
-            found += sorted(q for q in p.rglob("*") if q.suffix.lower() in IMAGE_SUFFIXES | {".svs", ".ndpi", ".mrxs", ".scn", ".dcm"})
+            suffixes = IMAGE_SUFFIXES | {".svs", ".ndpi", ".mrxs", ".scn", ".dcm"}
+            found += sorted(q for q in p.rglob("*") if q.suffix.lower() in suffixes)
         elif p.exists():
             found.append(p)
         else:
-            raise FileNotFoundError(f"{p}: no such file or folder")
+            raise TrainError(f"{p}: no such file or folder")
     return found
 
 
@@ -59,7 +62,7 @@ class CropSampler:
                  stain_jitter: float = 0.05, colour_jitter: float = 0.05):
         self.images = [im for im in images if im.shape[0] >= patch and im.shape[1] >= patch]
         if not self.images:
-            raise ValueError(f"no training image is at least {patch}x{patch} pixels")
+            raise TrainError(f"no training image is at least {patch}x{patch} pixels")
         areas = np.array([im.shape[0] * im.shape[1] for im in self.images], dtype=np.float64)
         self.weights = areas / areas.sum()
         self.patch = patch

@@ -11,11 +11,13 @@ Each returns ``distance(x, x_hat) -> scalar tensor`` for images in [0, 1]; the n
 """
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import torch
 from torch import nn
+
+from wsicodec.errors import WsicodecError
 
 Distance = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
@@ -23,8 +25,8 @@ _IMAGENET_MEAN = (0.485, 0.456, 0.406)
 _IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
-class FeatureNetError(ValueError):
-    pass
+class FeatureNetError(WsicodecError, ValueError):
+    """Feature-network weights that cannot be used."""
 
 
 def _frozen(net: nn.Module) -> nn.Module:

@@ -18,14 +18,15 @@ import os
 import random
 import signal
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 import torch
 from torch import nn
 
+from wsicodec.errors import TrainError
 from wsicodec.models import ModelCard, build_model, save_model
 from wsicodec.train.data import CropSampler, find_inputs, load_rgb
 
@@ -77,8 +78,8 @@ class _Bf16Transform(nn.Sequential):
     """A transform (g_a, g_s) whose training forward and backward run under bf16 autocast: its
     weights, the entropy models, the hyper-networks and the loss stay fp32, and evaluation
     (validation, export) is plain fp32. The convolutions of g_a / g_s are most of a step's time:
-    on a CPU with AVX512-BF16, fine-tuning the N=64 hyperprior made 1.29x the steps per CPU
-    minute at the same validation objective (docs/training.md, session 6)."""
+    on a CPU with AVX512-BF16 it makes more steps per CPU minute at the same validation objective
+    (docs/training.md)."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if not self.training:
@@ -89,7 +90,7 @@ class _Bf16Transform(nn.Sequential):
 
 def _set_precision(model: nn.Module, precision: str) -> None:
     if precision not in PRECISIONS:
-        raise ValueError(f"unknown training precision {precision!r} ({' or '.join(PRECISIONS)})")
+        raise TrainError(f"unknown training precision {precision!r} ({' or '.join(PRECISIONS)})")
     for name in ("g_a", "g_s"):
         t = getattr(model, name)
         if type(t) in (nn.Sequential, _Bf16Transform):  # the same modules and state dict keys
@@ -222,14 +223,14 @@ class Trainer:
         self.start_step = st.get("start_step", 0)
 
     @classmethod
-    def from_checkpoint(cls, run_dir: Path, **overrides) -> "Trainer":
+    def from_checkpoint(cls, run_dir: Path, **overrides) -> Trainer:
         """The trainer of a run folder, restored from its checkpoint, or from its ``weights.pt``
         alone (a run carried across machines: weights, step and config, no optimiser state)."""
         run_dir = Path(run_dir)
         ckpt = run_dir / "checkpoint.pt"
         src = ckpt if ckpt.exists() else run_dir / "weights.pt"
         if not src.exists():
-            raise FileNotFoundError(f"{run_dir}: no checkpoint.pt or weights.pt")
+            raise TrainError(f"{run_dir}: no checkpoint.pt or weights.pt")
         st = torch.load(src, map_location="cpu", weights_only=False)
         t = cls(TrainConfig(**{**st["config"], "out": str(run_dir), **overrides}))  # the folder may have moved
         if src == ckpt:
@@ -257,7 +258,7 @@ class Trainer:
         taken = {k: v for k, v in weights.items()
                  if k.startswith(("g_a.", "g_s.")) and k in own and own[k].shape == v.shape}
         if not taken:
-            raise ValueError(f"{path}: no tensor matches the {self.cfg.architecture} model")
+            raise TrainError(f"{path}: no tensor matches the {self.cfg.architecture} model")
         nn.Module.load_state_dict(self.model, taken, strict=False)  # not compressai's buffer-resizing override
         self.log(f"init from {path}: {len(taken)} of {len(own)} tensors (same name and shape)")
         return list(taken)

@@ -4,7 +4,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from wsicodec.store import StoreError, WsiStore, store_size
+from wsicodec.errors import StoreError
+from wsicodec.store import WsiStore, store_size
 
 
 def describe(path: str | Path) -> dict[str, Any]:
