@@ -86,8 +86,9 @@ def main() -> None:
                          "tissue_mpx": round(tissue / 1e6, 1), "compress": c, "decompress": dcmp,
                          "compress_s_per_tissue_mpx": round(c["seconds"] / max(tissue / 1e6, 1e-9), 4),
                          "decompress_s_per_mpx": dcmp["seconds"] and round(dcmp["seconds"] / (W * H / 1e6), 4),
-                         "store_bytes": info.get("bytes"), "bpp": info.get("bits_per_pixel"),
-                         "latent_bpp": info.get("latent_bits_per_pixel")})
+                         "store_bytes": info.get("bytes"),
+                         "bpp": round(8 * info["bytes"] / (info["dimensions"][0] * info["dimensions"][1]), 4),
+                         "latent_bpp": info.get("image_bits_per_pixel")})
             print(json.dumps(rows[-1]), file=sys.stderr, flush=True)
             shutil.rmtree(store, ignore_errors=True)
             tif.unlink(missing_ok=True)

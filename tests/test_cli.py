@@ -37,7 +37,13 @@ def test_compress_info_decompress(run, tmp_path):
     r = run("info", store, "--json")
     d = json.loads(r.output)
     assert d["dimensions"] == [2220, 2967] and d["model"] == "tiny" and d["mpp"][0] == pytest.approx(0.499)
-    assert d["bits_per_pixel"] > 0 and d["ratio_to_source"] > 0
+    assert d["image_bits_per_pixel"] > 0 and d["times_smaller"] > 0
+    assert d["bytes"] == d["image_bytes"] + sum(a["bytes"] for a in d["associated"].values()) + d["other_bytes"]
+    assert set(d["associated"]) == {"label", "macro"}  # the thumbnail is made from the store's pyramid
+    assert d["associated"]["macro"]["kept_as"] == "the source's own JPEG"
+    assert "than the source" in d["summary"][0]
+    r = run("info", store)
+    assert r.exit_code == 0 and "bits per pixel" in r.output and "the rest: label" in r.output
     assert d["encoder"]["device"] == "cpu" and d["encoder"]["precision"] in ("fp32", "bf16")
     r = run("decompress", store, tif, "--compression", "zstd", "--precision", "fp32")
     assert r.exit_code == 0, r.output

@@ -177,9 +177,9 @@ def hyper_store(tiny_models, tmp_path_factory):
 
 def test_hyper_store_reads_like_a_slide_and_verifies(hyper_store, tiny_models, one_thread):
     with WsiStore(hyper_store.output, model_dir=tiny_models) as s:
-        assert s.meta["format_version"] == 2
+        assert s.meta["format_version"] == 3  # a hyperprior's layout (2) with encoded label and macro (3)
         assert s.meta["model"]["entropy_model"] == "gaussian-mean-scale"
-        assert s.properties["wsicodec.format-version"] == "2"
+        assert s.properties["wsicodec.format-version"] == "3"
         lat = np.asarray(s.latents[...])
         assert lat.dtype == np.int32 and np.abs(lat).max() > 2**ACT_BITS
         # chunks are coded whole: beyond the canvas (139 x 186 latents) lies the background (coded,

@@ -34,9 +34,11 @@ def test_example_slide_round_trip_metadata(cmu_store):
         assert s.dimensions == src.dimensions == (2220, 2967)
         assert s.properties["openslide.mpp-x"] == src.properties["openslide.mpp-x"]
         assert s.properties["openslide.vendor"] == "aperio"
-        assert set(s.meta["associated"]) == set(src.associated_images) == {"label", "macro", "thumbnail"}
-        for name, im in src.associated_images.items():  # lossless
-            assert np.array_equal(np.asarray(s.associated_images[name]), np.asarray(im.convert("RGB")))
+        # label and macro kept (the thumbnail is made from the store's pyramid), pixels as the source's
+        assert set(s.meta["associated"]) == {"label", "macro"} and s.meta["format_version"] == 3
+        for name in ("label", "macro"):
+            ref = np.asarray(src.associated_images[name].convert("RGB"))
+            assert np.array_equal(np.asarray(s.associated_images[name]), ref)
         assert s.meta["source"] == {"file_name": EXAMPLE.name, "file_size": EXAMPLE.stat().st_size,
                                     "vendor": "aperio"}
         assert s.meta["model"]["name"] == "tiny" and len(s.meta["model"]["sha256"]) == 64
@@ -184,7 +186,8 @@ def test_zarr_json_is_self_describing(cmu_store):
     assert names == ["wsicodec.latents", "crc32c"]
     assert len(meta["codecs"][0]["configuration"]["tables"]["freqs"]) == 8
     group = json.loads((cmu_store.output / "zarr.json").read_text())
-    assert group["attributes"]["wsicodec"]["format_version"] == 1
+    # a factorized model's store: version 1 layout, and version 3 for the label and macro it holds
+    assert group["attributes"]["wsicodec"]["format_version"] == 3
 
 
 def test_glass_detection_matches_its_definition():

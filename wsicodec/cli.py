@@ -149,7 +149,7 @@ def decompress(store, output, tile, compression, quality, region, device, batch_
 @storage_option_flag
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 def info(path, as_json):
-    """Describe a store or a slide: size, MPP, model, bytes, bits per pixel."""
+    """Describe a store or a slide: size against the source, bits per pixel, MPP, model."""
     from wsicodec.info import describe
 
     d = describe(path)
@@ -159,9 +159,11 @@ def info(path, as_json):
     from rich.console import Console
     from rich.table import Table
 
+    for line in d.get("summary", []):
+        click.echo(line)
     t = Table(show_header=False, title=str(path))
     for k, v in d.items():
-        if k != "properties":
+        if k not in ("properties", "summary"):
             t.add_row(k, str(v))
     Console().print(t)
 

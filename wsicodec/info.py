@@ -4,8 +4,61 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from wsicodec.errors import StoreError
-from wsicodec.store import WsiStore, store_size
+from wsicodec.errors import StoreError, first_line
+from wsicodec.store import ENCODED_ASSOCIATED, WsiStore, store_size
+
+_MEDIA_WORDS = {"image/tiff": "the source's own JPEG", "image/webp": "lossless WebP", "image/png": "lossless PNG"}
+
+
+def _describe_store(s: WsiStore, path: Any) -> dict[str, Any]:
+    m = s.meta
+    W, H = s.dimensions
+    size = store_size(path)
+    image = store_size(path / "latents")  # the coded image: latent chunks + their array metadata
+    associated = {}
+    for name in m.get("associated", []):
+        kind = "raw pixels"
+        if m["format_version"] >= ENCODED_ASSOCIATED:
+            try:
+                kind = _MEDIA_WORDS[s.group[f"associated/{name}"].attrs["media_type"]]
+            except Exception as e:
+                raise StoreError(f"{path}: damaged associated image {name!r} ({first_line(e)})") from None
+        associated[name] = {"bytes": store_size(path / "associated" / name), "kept_as": kind}
+    associated_bytes = sum(a["bytes"] for a in associated.values())
+    source = m.get("source") or {}
+    source_bytes = source.get("file_size")
+    d: dict[str, Any] = {
+        "kind": "wsicodec store", "format_version": m["format_version"],
+        "dimensions": [W, H], "mpp": m.get("mpp"), "objective_power": m.get("objective_power"),
+        "vendor": m.get("vendor"), "model": m["model"]["name"], "model_sha256": m["model"]["sha256"],
+        "tile_size": m["tile_size"], "tiles": m.get("tiles"),
+        "bytes": size, "source_file": source.get("file_name"), "source_bytes": source_bytes,
+        "times_smaller": round(source_bytes / max(size, 1), 2) if source_bytes else None,
+        "image_bytes": image, "image_bits_per_pixel": round(8 * image / (W * H), 4),
+        "associated": associated, "other_bytes": size - image - associated_bytes,
+        "associated_images": m.get("associated", []), "deidentified": m.get("deidentified", False),
+        "created": m.get("created"), "encoder": m.get("encoder"),
+        "level_dimensions": [list(d) for d in s.level_dimensions],
+        "properties": s.properties,
+    }
+    d["summary"] = summary(d)
+    return d
+
+
+def summary(d: dict[str, Any]) -> list[str]:
+    """A store's sizes in words: the store against its source, the image, and what the rest is."""
+    lines = [f"store: {d['bytes']:,} bytes"]
+    if d["source_bytes"]:
+        ratio = d["source_bytes"] / max(d["bytes"], 1)
+        than = f"{ratio:.1f} x smaller" if ratio >= 1 else f"{1 / ratio:.1f} x larger"
+        lines[0] += f"; source {d['source_file'] or 'file'}: {d['source_bytes']:,} bytes; {than} than the source"
+    W, H = d["dimensions"]
+    lines.append(f"image ({W} x {H} pixels): {d['image_bytes']:,} bytes, "
+                 f"{d['image_bits_per_pixel']:.3f} bits per pixel")
+    rest = [f"{name} {a['bytes']:,} bytes ({a['kept_as']})" for name, a in d["associated"].items()]
+    rest.append(f"metadata and tile map {d['other_bytes']:,} bytes")
+    lines.append("the rest: " + ", ".join(rest))
+    return lines
 
 
 def describe(path: str | Path) -> dict[str, Any]:
@@ -16,24 +69,7 @@ def describe(path: str | Path) -> dict[str, Any]:
         raise StoreError(f"{path}: no such file or store")
     if path.is_dir() and (path / "zarr.json").exists():
         with WsiStore(path) as s:
-            m = s.meta
-            W, H = s.dimensions
-            size = store_size(path)
-            latent_size = store_size(path / "latents")  # the coded image, without associated images
-            return {
-                "kind": "wsicodec store", "format_version": m["format_version"],
-                "dimensions": [W, H], "mpp": m.get("mpp"), "objective_power": m.get("objective_power"),
-                "vendor": m.get("vendor"), "model": m["model"]["name"], "model_sha256": m["model"]["sha256"],
-                "tile_size": m["tile_size"], "tiles": m.get("tiles"), "bytes": size,
-                "bits_per_pixel": round(8 * size / (W * H), 4),
-                "latent_bytes": latent_size, "latent_bits_per_pixel": round(8 * latent_size / (W * H), 4),
-                "source_file": m["source"]["file_name"], "source_bytes": m["source"]["file_size"],
-                "ratio_to_source": round(m["source"]["file_size"] / max(size, 1), 3),
-                "associated_images": m.get("associated", []), "deidentified": m.get("deidentified", False),
-                "created": m.get("created"), "encoder": m.get("encoder"),
-                "level_dimensions": [list(d) for d in s.level_dimensions],
-                "properties": s.properties,
-            }
+            return _describe_store(s, path)
     from wsicodec.slide import open_input
 
     with local_input(path) as local, open_input(local) as src:

@@ -15,6 +15,7 @@ from typing import Any
 import numpy as np
 
 from wsicodec import __version__
+from wsicodec.associated import EncodedImage, encode, original_bytes
 from wsicodec.codec import store_codec
 from wsicodec.engine import Transforms, encode_tiles
 from wsicodec.errors import StoreError, first_line
@@ -76,6 +77,12 @@ def _os_errors_name(path: Path) -> Iterator[None]:
         if isinstance(e, (BrokenPipeError, ConnectionError, TimeoutError)):
             raise
         raise StoreError(f"{e.filename or path}: {e.strerror or first_line(e)}") from e
+
+
+def encode_associated(src: SlideSource, input_path: Path, images: dict[str, np.ndarray]) -> dict[str, EncodedImage]:
+    """Each associated image as the store keeps it: the source's own compressed bytes where it has
+    them, else coded losslessly (:mod:`wsicodec.associated`)."""
+    return {name: original_bytes(input_path, src.vendor, name) or encode(pixels) for name, pixels in images.items()}
 
 
 def canvas_reader(src: SlideSource, glass: tuple[int, int, int]) -> Callable[[int, int, int, int], np.ndarray]:
@@ -147,7 +154,8 @@ def check_paths(input_path: Path, output: Path, overwrite: bool) -> None:
 
 def store_metadata(src: SlideSource, input_path: Path, card, transforms: Transforms, glass: tuple[int, int, int],
                    tile: int, skip_glass: bool, deidentify: bool) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
-    """The group metadata of a new store (docs/format.md) and the associated images to keep."""
+    """The group metadata of a new store (docs/format.md) and the associated images to keep (the
+    thumbnail is not kept: a reader makes it from the store's pyramid)."""
     W, H = src.dimensions
     props, assoc = src.properties, src.associated_images
     source: dict[str, Any] = {"file_name": input_path.name, "file_size": src.file_size, "vendor": src.vendor}
@@ -158,8 +166,9 @@ def store_metadata(src: SlideSource, input_path: Path, card, transforms: Transfo
         props, assoc, removed, dropped = scrub(props, assoc)
         source["file_name"] = None
         deid = {"removed_properties": removed, "removed_associated": dropped, "removed_source": ["file_name"]}
+    assoc = {name: pixels for name, pixels in assoc.items() if name != "thumbnail"}
     meta: dict[str, Any] = {
-        "format": FORMAT_NAME, "format_version": format_version(card.spec.entropy_model),
+        "format": FORMAT_NAME, "format_version": format_version(card.spec.entropy_model, associated=bool(assoc)),
         "wsicodec_version": __version__,
         "created": now_iso(),
         "model": {"name": card.name, "sha256": card.sha256, "architecture": card.architecture,
@@ -222,7 +231,7 @@ def compress(input_path: str | Path, output: str | Path, model: str | None = Non
         writer = StoreWriter(output, meta, grid, codec, card.latent_channels, overwrite, resume=resume,
                              chunk_writers=chunk_writers)
         try:
-            writer.write_associated(assoc)
+            writer.write_associated(encode_associated(src, input_path, assoc))
             writer.meta["associated"] = sorted(assoc)
             read = canvas_reader(src, glass)
             todo = [(tx, ty) for tx, ty in grid.reading_order() if writer.state[ty, tx] == 0]

@@ -25,9 +25,11 @@ import numpy as np
 
 from wsicodec.errors import first_line
 from wsicodec.store import (
+    ENCODED_ASSOCIATED,
     TILE_CODED,
     TILE_GLASS,
     WsiStore,
+    associated_pixels,
     check_arrays,
     chunk_crc_ok,
     entropy_model,
@@ -154,10 +156,7 @@ def verify_store(path: str | os.PathLike, against: str | os.PathLike | None = No
     # -- associated images -----------------------------------------------------------------------
     for name in meta.get("associated", []):
         try:
-            arr = group[f"associated/{name}"]
-            if len(arr.shape) != 3 or arr.shape[2] != 3 or np.dtype(arr.dtype) != np.uint8:
-                raise ValueError(f"shape {arr.shape} / dtype {arr.dtype}, expected (h, w, 3) uint8")
-            np.asarray(arr[...])
+            associated_pixels(group, meta, name)
             rep.associated.append(name)
         except Exception as e:
             rep.add("associated", f"{name!r} cannot be read ({first_line(e)})")
@@ -200,6 +199,8 @@ def _check_model(rep: VerifyReport, latents: Any, m: dict[str, Any], model_dir: 
 def _check_files(rep: VerifyReport, path: Path, grid: TileGrid, meta: dict[str, Any]) -> None:
     """Files that have no place in the layout (``docs/format.md``), e.g. chunks outside the grid."""
     names = set(meta.get("associated", []))
+    # one chunk per associated image: encoded bytes (1-D) from version 3 on, (h, w, 3) pixels before
+    associated_chunk = ("c", "0") if meta["format_version"] >= ENCODED_ASSOCIATED else ("c", "0", "0", "0")
 
     def index(v: str, n: int) -> bool:
         return v.isdigit() and str(int(v)) == v and int(v) < n
@@ -213,7 +214,7 @@ def _check_files(rep: VerifyReport, path: Path, grid: TileGrid, meta: dict[str, 
               or (len(rel) == 5 and rel[:3] == ("latents", "c", "0") and index(rel[3], grid.tiles_y)
                   and index(rel[4], grid.tiles_x))
               or (len(rel) >= 3 and rel[0] == "associated" and rel[1] in names
-                  and rel[2:] in {("zarr.json",), ("c", "0", "0", "0")}))
+                  and rel[2:] in {("zarr.json",), associated_chunk}))
         if not ok:
             rep.add("file", f"unexpected file {'/'.join(rel)}")
 

@@ -14,37 +14,40 @@ Layout::
       latents/             one chunk (M, tile/16, tile/16) per tile, codecs: wsicodec.latents or
                            wsicodec.hyperlatents (entropy coder + frozen tables), crc32c
       tiles/               uint8 (tiles_y, tiles_x): 0 = not written, 1 = coded, 2 = glass
-      associated/<name>/   uint8 (h, w, 3) label / macro / thumbnail, zstd (lossless) + crc32c
+      associated/<name>/   label / macro: the source's JPEG bytes (as a TIFF) or lossless WebP,
+                           a one-chunk uint8 array + crc32c (version 3; before: raw pixels)
 """
 from wsicodec.errors import StoreError
 from wsicodec.pyramid import box_reduce, pyramid_downsamples
 from wsicodec.store.chunks import LatentChunkFiles, chunk_crc_ok, chunk_file
 from wsicodec.store.format import (
-                                   FORMAT_NAME,
-                                   FORMAT_VERSION,
-                                   MAX_ASSOCIATED_PIXELS,
-                                   MAX_SIDE,
-                                   READ_VERSIONS,
-                                   TILE_CODED,
-                                   TILE_GLASS,
-                                   TILE_MISSING,
-                                   check_arrays,
-                                   check_meta,
-                                   entropy_model,
-                                   format_version,
-                                   json_roundtrip,
-                                   latent_array_shape,
-                                   now_iso,
-                                   read_store_meta,
+    ENCODED_ASSOCIATED,
+    FORMAT_NAME,
+    FORMAT_VERSION,
+    MAX_ASSOCIATED_PIXELS,
+    MAX_SIDE,
+    READ_VERSIONS,
+    TILE_CODED,
+    TILE_GLASS,
+    TILE_MISSING,
+    check_arrays,
+    check_meta,
+    entropy_model,
+    format_version,
+    json_roundtrip,
+    latent_array_shape,
+    now_iso,
+    read_store_meta,
 )
 from wsicodec.store.paths import check_output_path, is_partial_name, partial_path, store_size
-from wsicodec.store.reader import WsiStore, open_store
+from wsicodec.store.reader import WsiStore, associated_pixels, open_store
 from wsicodec.store.writer import ChunkWriters, StoreWriter
 
 __all__ = [
-    "FORMAT_NAME", "FORMAT_VERSION", "MAX_ASSOCIATED_PIXELS", "MAX_SIDE", "READ_VERSIONS", "TILE_CODED",
-    "TILE_GLASS", "TILE_MISSING", "ChunkWriters", "LatentChunkFiles", "StoreError", "StoreWriter", "WsiStore",
-    "box_reduce", "check_arrays", "check_meta", "check_output_path", "chunk_crc_ok", "chunk_file",
-    "entropy_model", "format_version", "is_partial_name", "json_roundtrip", "latent_array_shape", "now_iso",
-    "open_store", "partial_path", "pyramid_downsamples", "read_store_meta", "store_size",
+    "ENCODED_ASSOCIATED", "FORMAT_NAME", "FORMAT_VERSION", "MAX_ASSOCIATED_PIXELS", "MAX_SIDE", "READ_VERSIONS",
+    "TILE_CODED", "TILE_GLASS", "TILE_MISSING", "ChunkWriters", "LatentChunkFiles", "StoreError", "StoreWriter",
+    "WsiStore", "associated_pixels", "box_reduce", "check_arrays", "check_meta", "check_output_path",
+    "chunk_crc_ok", "chunk_file", "entropy_model", "format_version", "is_partial_name", "json_roundtrip",
+    "latent_array_shape", "now_iso", "open_store", "partial_path", "pyramid_downsamples", "read_store_meta",
+    "store_size",
 ]

@@ -16,19 +16,26 @@ from wsicodec.codec import LATENT_DTYPE
 from wsicodec.errors import first_line
 from wsicodec.tiling import TileGrid
 
-__all__ = ["FORMAT_NAME", "FORMAT_VERSION", "MAX_ASSOCIATED_PIXELS", "MAX_SIDE", "READ_VERSIONS", "TILE_CODED",
-           "TILE_GLASS", "TILE_MISSING", "check_arrays", "check_meta", "entropy_model", "format_version",
-           "json_roundtrip", "latent_array_shape", "now_iso", "read_store_meta"]
+__all__ = ["ENCODED_ASSOCIATED", "FORMAT_NAME", "FORMAT_VERSION", "MAX_ASSOCIATED_PIXELS", "MAX_SIDE",
+           "READ_VERSIONS", "TILE_CODED", "TILE_GLASS", "TILE_MISSING", "check_arrays", "check_meta",
+           "entropy_model", "format_version", "json_roundtrip", "latent_array_shape", "now_iso", "read_store_meta"]
 
 FORMAT_NAME = "wsicodec"
-FORMAT_VERSION = 2          #: the newest version this wsicodec reads and writes
-#: a store takes the lowest version that describes it: 1 = factorized entropy model only
-READ_VERSIONS = (1, 2)
+FORMAT_VERSION = 3          #: the newest version this wsicodec reads and writes
+#: a store takes the lowest version that describes it (docs/format.md, "Versions"): 1 =
+#: factorized entropy model, 2 = hyperprior, 3 = associated images kept encoded
+READ_VERSIONS = (1, 2, 3)
+#: the first version whose associated images are encoded bytes (:mod:`wsicodec.associated`)
+#: rather than raw pixels, and which keeps no thumbnail
+ENCODED_ASSOCIATED = 3
 
 
-def format_version(entropy_model: str) -> int:
-    """The format version of a store of a model with this entropy model kind."""
-    return 1 if entropy_model == "factorized" else FORMAT_VERSION
+def format_version(entropy_model: str, associated: bool = False) -> int:
+    """The format version of a store of a model with this entropy model kind, holding associated
+    images (``associated``) or not."""
+    if associated:
+        return ENCODED_ASSOCIATED
+    return 1 if entropy_model == "factorized" else 2
 
 
 TILE_MISSING, TILE_CODED, TILE_GLASS = 0, 1, 2

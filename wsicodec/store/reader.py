@@ -10,10 +10,12 @@ from typing import Any
 import numpy as np
 
 from wsicodec import remote
+from wsicodec.associated import MEDIA_TYPES, decode
 from wsicodec.codec import CodecError
 from wsicodec.errors import StoreError, first_line
 from wsicodec.pyramid import box_reduce, pyramid_downsamples
 from wsicodec.store.format import (
+    ENCODED_ASSOCIATED,
     FORMAT_NAME,
     MAX_ASSOCIATED_PIXELS,
     TILE_CODED,
@@ -25,7 +27,7 @@ from wsicodec.store.format import (
 from wsicodec.store.paths import is_partial_name, partial_path
 from wsicodec.tiling import TileGrid
 
-__all__ = ["WsiStore", "open_store"]
+__all__ = ["WsiStore", "associated_pixels", "open_store"]
 
 
 def open_store(path: str | os.PathLike, storage_options: dict[str, Any] | None = None) -> tuple[Any, Any, dict]:
@@ -52,6 +54,30 @@ def open_store(path: str | os.PathLike, storage_options: dict[str, Any] | None =
     if problem:
         raise StoreError(f"{path}: {problem}")
     return path, group, dict(meta)
+
+
+def associated_pixels(group: Any, meta: dict[str, Any], name: str) -> np.ndarray:
+    """The ``(h, w, 3)`` uint8 pixels of associated image ``name`` of an opened store: encoded
+    bytes from format version 3 on (:mod:`wsicodec.associated`), raw pixels before. Raises
+    ``ValueError`` (or the array's own error) when it is missing, damaged or too large."""
+    arr = group[f"associated/{name}"]
+    if meta["format_version"] >= ENCODED_ASSOCIATED:
+        attrs = dict(arr.attrs)
+        w, h = attrs.get("width"), attrs.get("height")
+        if len(arr.shape) != 1 or np.dtype(arr.dtype) != np.uint8 or attrs.get("media_type") not in MEDIA_TYPES:
+            raise ValueError(f"shape {arr.shape} / dtype {arr.dtype} / media type {attrs.get('media_type')!r}, "
+                             f"expected encoded bytes of {', '.join(MEDIA_TYPES)}")
+        if not (isinstance(w, int) and isinstance(h, int) and 0 < w * h <= MAX_ASSOCIATED_PIXELS):
+            raise ValueError(f"size {w}x{h} is missing or too large")
+        pixels = decode(attrs["media_type"], np.asarray(arr[...]).tobytes())
+        if pixels.shape[:2] != (h, w):
+            raise ValueError(f"decodes to {pixels.shape[1]}x{pixels.shape[0]}, the store says {w}x{h}")
+        return pixels
+    if len(arr.shape) != 3 or arr.shape[2] != 3 or np.dtype(arr.dtype) != np.uint8:
+        raise ValueError(f"shape {arr.shape} / dtype {arr.dtype}, expected (h, w, 3) uint8")
+    if arr.shape[0] * arr.shape[1] > MAX_ASSOCIATED_PIXELS:
+        raise ValueError(f"size {arr.shape[1]}x{arr.shape[0]} is too large")
+    return np.asarray(arr[...])
 
 
 class WsiStore:
@@ -124,17 +150,13 @@ class WsiStore:
 
     @property
     def associated_images(self) -> dict[str, Any]:
+        """The label, macro, ... as RGB PIL images (a thumbnail: :meth:`get_thumbnail`)."""
         from PIL import Image
 
         out = {}
         for name in self.meta.get("associated", []):
             try:
-                arr = self.group[f"associated/{name}"]
-                if len(arr.shape) != 3 or arr.shape[2] != 3 or np.dtype(arr.dtype) != np.uint8:
-                    raise StoreError(f"shape {arr.shape} / dtype {arr.dtype}, expected (h, w, 3) uint8")
-                if arr.shape[0] * arr.shape[1] > MAX_ASSOCIATED_PIXELS:
-                    raise StoreError(f"size {arr.shape[1]}x{arr.shape[0]} is too large")
-                out[name] = Image.fromarray(np.asarray(arr[...]))
+                out[name] = Image.fromarray(associated_pixels(self.group, self.meta, name))
             except Exception as e:
                 raise StoreError(f"{self.path}: damaged associated image {name!r} ({first_line(e)})") from None
         return out

@@ -13,6 +13,7 @@ from typing import Any, Protocol
 
 import numpy as np
 
+from wsicodec.associated import EncodedImage
 from wsicodec.codec import LATENT_DTYPE, HyperSymbols
 from wsicodec.errors import StoreError
 from wsicodec.store.chunks import LatentChunkFiles, chunk_crc_ok, chunk_file
@@ -164,16 +165,20 @@ class StoreWriter:
         self.checkpoint()
         return True
 
-    def write_associated(self, images: dict[str, np.ndarray]) -> None:
-        from zarr.codecs import BytesCodec, Crc32cCodec, ZstdCodec
+    def write_associated(self, images: dict[str, EncodedImage]) -> None:
+        """Store each associated image's encoded bytes (format version 3): a one-chunk uint8
+        array with its CRC-32C, the media type and size in the array's attributes."""
+        from zarr.codecs import BytesCodec, Crc32cCodec
 
         for name, im in images.items():
+            data = np.frombuffer(im.data, np.uint8)
             arr = self.group.create_array(
-                f"associated/{name}", shape=im.shape, chunks=im.shape, dtype="uint8",
-                serializer=BytesCodec(), compressors=[ZstdCodec(level=9), Crc32cCodec()],
-                dimension_names=["y", "x", "rgb"], overwrite=True,
+                f"associated/{name}", shape=data.shape, chunks=data.shape, dtype="uint8",
+                serializer=BytesCodec(), compressors=[Crc32cCodec()], dimension_names=["byte"],
+                attributes={"media_type": im.media_type, "width": im.width, "height": im.height},
+                overwrite=True,
             )
-            arr[...] = im
+            arr[...] = data
 
     def write_tile(self, tx: int, ty: int, latents: np.ndarray | HyperSymbols | None) -> None:
         """Store a tile's latents, or mark it as glass (``None``: nothing is stored)."""

@@ -38,7 +38,7 @@ def command() -> None:
               help="Stop after this many CPU minutes of training steps, validation excluded (0: no limit).")
 @click.option("--seed", default=0, show_default=True)
 @click.option("--threads", default=0, show_default=True, help="torch threads (0: torch's default).")
-@click.option("--init-from", multiple=True,
+@click.option("--init-from", multiple=True, type=click.Path(exists=True, dir_okay=False),
               help="Start from another run's or model's weights (fine-tuning); repeatable, later files "
                    "override earlier ones; from another architecture, the tensors of the same name and shape.")
 @click.option("--precision", type=click.Choice(["fp32", "bf16"]), default="fp32", show_default=True,
