@@ -3,6 +3,7 @@ reaches another module's private names."""
 from __future__ import annotations
 
 import ast
+import re
 from pathlib import Path
 
 import wsicodec
@@ -70,3 +71,12 @@ def test_no_module_imports_private_names_of_another():
                  for name, p in modules.items() for m, names in _imports(p, name, modules)
                  for n in names if n.startswith("_") and not n.startswith("__") and m != name]
     assert offenders == []
+
+
+def test_every_package_is_installed():
+    """pyproject.toml lists the packages to install by name: every folder of wsicodec that is a
+    package must be among them (else ``pip install .`` leaves it out)."""
+    text = (PACKAGE.parent / "pyproject.toml").read_text()
+    listed = set(re.findall(r'"(wsicodec[\w.]*)"', text.split("\npackages = [", 1)[1].split("]", 1)[0]))
+    found = {_module_name(p) for p in PACKAGE.rglob("__init__.py")}
+    assert found <= listed, f"not in [tool.setuptools] packages: {sorted(found - listed)}"
