@@ -2,8 +2,8 @@
 compressed bytes where it has them, else coded losslessly, and decoded back to RGB pixels.
 
 * An Aperio SVS holds its label and macro as TIFF pages; a JPEG-compressed page is kept as a
-  one-page TIFF holding the very same compressed strips (nothing is decoded or coded again, so
-  the pixels are the source's, bit for bit, as any TIFF reader decodes them).
+  one-page TIFF holding the very same compressed strips (nothing is coded again; the copy is
+  kept only where it decodes to the source page's pixels, bit for bit).
 * Any other associated image is coded losslessly as WebP (PNG where an image is too large for
   WebP), the pixels exactly as the slide reader gave them.
 
@@ -65,6 +65,10 @@ def original_bytes(path: Path, vendor: str | None, name: str) -> EncodedImage | 
                             photometric=page.photometric, rowsperstrip=page.rowsperstrip,
                             jpegtables=page.jpegtables, compressionargs={"outcolorspace": "rgb"},
                             subsampling=getattr(page, "subsampling", None), metadata=None)
+                # kept only where the copy decodes to the source page's pixels (the tags written
+                # here must tell a reader what the source's tags told it)
+                if not np.array_equal(tifffile.imread(io.BytesIO(out.getvalue())), page.asarray()):
+                    return None
                 h, w_ = page.shape[:2]
                 return EncodedImage("image/tiff", out.getvalue(), int(w_), int(h))
     except (OSError, ValueError, KeyError, IndexError, tifffile.TiffFileError):
