@@ -68,15 +68,17 @@ def _progress(enabled: bool, label: str, total: int) -> Iterator[Callable[[int],
 
 
 @contextmanager
-def _os_errors_name(path: Path) -> Iterator[None]:
+def _output_os_errors(path: Path, when_full: str = "") -> Iterator[None]:
     """An operating-system error while writing an output (no space left, no permission, ...) is
-    the user's to fix: a :class:`StoreError` naming the file and the problem."""
+    the user's to fix: a :class:`StoreError` naming the file and the problem (``when_full``: what
+    to add when the disk is full)."""
     try:
         yield
     except OSError as e:
         if isinstance(e, (BrokenPipeError, ConnectionError, TimeoutError)):
             raise
-        raise StoreError(f"{e.filename or path}: {e.strerror or first_line(e)}") from e
+        hint = f" ({when_full})" if when_full and e.errno in (errno.ENOSPC, errno.EDQUOT) else ""
+        raise StoreError(f"{e.filename or path}: {e.strerror or first_line(e)}{hint}") from e
 
 
 def encode_associated(src: SlideSource, input_path: Path, images: dict[str, np.ndarray]) -> dict[str, EncodedImage]:
@@ -220,7 +222,8 @@ def compress(input_path: str | Path, output: str | Path, model: str | None = Non
     if tile % (card.stride * card.spec.chunk_multiple):
         raise StoreError(f"{output}: tile size {tile} must be a multiple of {card.stride * card.spec.chunk_multiple} "
                          f"for model {card.name}")
-    with open_input(input_path) as src, _os_errors_name(output):
+    with open_input(input_path) as src, \
+            _output_os_errors(output, "the tiles written are kept: free some space, then run again with --resume"):
         W, H = src.dimensions
         grid = TileGrid(W, H, tile, card.stride)
         glass = measure_glass(src.thumbnail(1024))
@@ -284,7 +287,7 @@ def decompress(store_path: str | Path, output: str | Path, tile: int = 256, comp
         if w <= 0 or h <= 0 or x < 0 or y < 0 or x + w > W or y + h > H:
             raise StoreError(f"{store_path}: region {x} {y} {w} {h} is not inside the slide ({W}x{H})")
         with _progress(progress, f"decompress {Path(store_path).name}",
-                       len(store.grid.tiles_touching(x, y, w, h))) as advance, _os_errors_name(output):
+                       len(store.grid.tiles_touching(x, y, w, h))) as advance, _output_os_errors(output):
             write_pyramid(store, output, (x, y, w, h), tile=tile, compression=compression,
                           quality=quality, advance=advance)
     return output
