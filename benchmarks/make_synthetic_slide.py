@@ -1,13 +1,15 @@
 """Make a large synthetic pyramidal slide by mosaicking real H&E images (a benchmark helper for
 streaming and memory measurements, not a test).
 
-    python benchmarks/make_synthetic_slide.py OUT.tiff --size 40000 40000 [--glass 0.3] [--seed 0]
+    python benchmarks/make_synthetic_slide.py OUT.tiff --size 40000 40000 [--glass 0.3] [--seed 0] [--ome]
 
 The level-0 image is a grid of 512-px tiles, each a random crop of a random image from the given
 folders (default: the developer data's ``histology/train``, see the README), with a ``--glass``
 share of the tiles left as empty glass (a smooth off-white with slight noise). Written tile by
-tile with tifffile (JPEG tiles, pyramid 4x apart, MPP 0.25), so memory stays small whatever the
-size."""
+tile with tifffile (JPEG tiles, YCbCr 4:2:0, pyramid 4x apart, MPP 0.25), so memory stays small
+whatever the size. ``--ome``: an OME-TIFF instead, its pyramid in SubIFDs and the pixel size as
+OME-XML ``PhysicalSizeX/Y`` (the layout OpenSlide does not read fully and wsicodec reads with
+tifffile)."""
 from __future__ import annotations
 
 import argparse
@@ -77,6 +79,7 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--source", type=Path, action="append",
                     default=None, help="image folder (repeatable)")
+    ap.add_argument("--ome", action="store_true", help="OME-TIFF, pyramid in SubIFDs")
     args = ap.parse_args()
     W, H = args.size
     tile = 512
@@ -85,15 +88,23 @@ def main() -> None:
     opts = dict(tile=(tile, tile), photometric="rgb", compression="jpeg", compressionargs={"level": 90},
                 dtype=np.uint8, metadata=None)
     res = 1e4 / 0.25
-    with tifffile.TiffWriter(args.out, bigtiff=True) as tif:
+    factors = []
+    f = 4
+    while max(W, H) // f > 1024 and f <= tile // 8:
+        factors.append(f)
+        f *= 4
+    with tifffile.TiffWriter(args.out, bigtiff=True, ome=args.ome) as tif:
+        if args.ome:
+            opts["metadata"] = {"axes": "YXS", "PhysicalSizeX": 0.25, "PhysicalSizeXUnit": "µm",
+                                "PhysicalSizeY": 0.25, "PhysicalSizeYUnit": "µm"}
         tif.write(tile_source(W, H, tile, sources, args.glass, args.seed), shape=(H, W, 3),
-                  resolution=(res, res), resolutionunit="CENTIMETER", **opts)
-        f = 4
-        while max(W, H) // f > 1024 and f <= tile // 8:
+                  resolution=(res, res), resolutionunit="CENTIMETER",
+                  **(dict(subifds=len(factors)) if args.ome else {}), **opts)
+        opts["metadata"] = None
+        for f in factors:
             tif.write(downsampled_tiles(W, H, tile, f, sources, args.glass, args.seed),
                       shape=(-(-H // f), -(-W // f), 3), subfiletype=1,
                       resolution=(res / f, res / f), resolutionunit="CENTIMETER", **opts)
-            f *= 4
     print(f"{args.out}: {W}x{H}")
 
 

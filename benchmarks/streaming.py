@@ -6,7 +6,8 @@ Each job runs as its own process (`wsicodec compress` / `decompress`); peak RSS 
 ru_maxrss (the high-water mark of resident memory, model and libraries included). Seconds are
 wall-clock of the whole command (start-up and model load included); "s per tissue Mpx" divides
 them by the tissue area (tiles not skipped as glass), so that a constant column means time
-proportional to tissue. Make large slides with benchmarks/make_synthetic_slide.py."""
+proportional to tissue. Make large slides with benchmarks/make_synthetic_slide.py (``--ome`` for a
+JPEG-tiled OME-TIFF with a SubIFD pyramid)."""
 from __future__ import annotations
 
 import argparse
@@ -67,9 +68,10 @@ def main() -> None:
     rows = []
     with tempfile.TemporaryDirectory(dir=".") as d:
         for slide in args.slides:
-            import openslide
+            from wsicodec.slide import open_input  # any input compress reads (OME-TIFF included)
 
-            W, H = openslide.OpenSlide(str(slide)).dimensions
+            with open_input(slide) as src:
+                W, H = src.dimensions
             store, tif = Path(d) / "s.zarr", Path(d) / "s.tif"
             model = ["--model", args.model] if args.model else []
             model += ["--precision", args.precision] if args.precision else []

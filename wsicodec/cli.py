@@ -46,9 +46,13 @@ def main() -> None:
               help="Continue an interrupted run from its unfinished store (otherwise that is discarded).")
 @click.option("--deidentify", is_flag=True,
               help="Drop the label and macro images and identifying metadata (names, dates, IDs).")
+@click.option("--allow-non-he", is_flag=True,
+              help="Code fluorescence / dark-field and single-channel images too (refused by default: the "
+                   "models were trained on H&E brightfield). More than 8 bits or 3 channels are always refused.")
 @click.option("--quiet", "-q", is_flag=True, help="No progress bar or summary.")
 def compress(paths, out_dir, manifest, workers, scheduler, retries, model, device, batch_size, precision,
-             writer_processes, read_threads, tile, keep_glass, overwrite, resume, deidentify, quiet):
+             writer_processes, read_threads, tile, keep_glass, overwrite, resume, deidentify, allow_non_he,
+             quiet):
     """Compress level 0 of a slide or image into a Zarr store.
 
     \b
@@ -64,6 +68,8 @@ def compress(paths, out_dir, manifest, workers, scheduler, retries, model, devic
         opts["resume"] = True
     if deidentify:
         opts["deidentify"] = True
+    if allow_non_he:
+        opts["allow_non_he"] = True
     if out_dir is not None or manifest is not None:
         if out_dir is None:
             raise UserError("--manifest needs --out-dir")
@@ -79,6 +85,9 @@ def compress(paths, out_dir, manifest, workers, scheduler, retries, model, devic
     if workers or scheduler:
         raise UserError("--workers and --scheduler need --out-dir")
     r = run(paths[0], paths[1], progress=not quiet, **opts)
+    note = (r.content or {}).get("note")
+    if note:
+        click.echo(f"note: {note}", err=True)
     if not quiet:
         if r.resumed_tiles:
             click.echo(f"resumed: {r.resumed_tiles} of {r.tiles} tiles were already written")

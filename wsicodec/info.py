@@ -39,6 +39,7 @@ def _describe_store(s: WsiStore, path: Any) -> dict[str, Any]:
         "associated_images": m.get("associated", []), "deidentified": m.get("deidentified", False),
         "created": m.get("created"), "encoder": m.get("encoder"),
         "level_dimensions": [list(d) for d in s.level_dimensions],
+        **_content_entries(m.get("content")),
         "properties": s.properties,
     }
     d["summary"] = summary(d)
@@ -70,13 +71,30 @@ def describe(path: str | Path) -> dict[str, Any]:
     if path.is_dir() and (path / "zarr.json").exists():
         with WsiStore(path) as s:
             return _describe_store(s, path)
+    from wsicodec.content import assess
     from wsicodec.slide import open_input
 
     with local_input(path) as local, open_input(local) as src:
         W, H = src.dimensions
+        content = assess(src)
+        refusal = content.refusal()
+        samples = f"{src.channels} channel{'s' if src.channels != 1 else ''}, {src.bits}-bit {src.sample_kind}"
         return {
             "kind": "image" if src.is_image else "slide", "dimensions": [W, H], "mpp": list(src.mpp),
             "objective_power": src.objective_power, "vendor": src.vendor, "bytes": src.file_size,
             "bits_per_pixel": round(8 * src.file_size / (W * H), 4),
+            "samples": samples + (f", {src.planes}" if src.planes else ""),
+            **_content_entries(content.to_meta()),
+            "compress": f"refused: {refusal}" if refusal else "codable",
             "associated_images": sorted(src.associated_images), "properties": src.properties,
         }
+
+
+def _content_entries(content: dict[str, Any] | None) -> dict[str, Any]:
+    """``content`` (what the image holds, in words) and, when there is one, ``content_note``."""
+    if not isinstance(content, dict):
+        return {"content": "not recorded"}
+    out: dict[str, Any] = {"content": content.get("found", content.get("kind"))}
+    if content.get("note"):
+        out["content_note"] = content["note"]
+    return out

@@ -22,7 +22,7 @@ from wsicodec.errors import StoreError, first_line
 from wsicodec.models import load_model
 from wsicodec.models.registry import default_model_name
 from wsicodec.remote_jobs import compress_urls, decompress_urls
-from wsicodec.slide import SlideSource, open_input
+from wsicodec.slide import SlideError, SlideSource, open_input
 from wsicodec.store import FORMAT_NAME, StoreWriter, WsiStore, check_output_path, format_version, now_iso, store_size
 from wsicodec.streaming import BackgroundSink
 from wsicodec.tiling import TileGrid, measure_glass
@@ -39,6 +39,7 @@ class CompressResult:
     pixels: int
     resumed_tiles: int = 0
     latent_bytes: int = 0   # the coded image alone: the store less metadata and associated images
+    content: dict[str, Any] | None = None  # what the input holds (wsicodec.content), as in the store
 
     @property
     def bpp(self) -> float:
@@ -154,10 +155,20 @@ def check_paths(input_path: Path, output: Path, overwrite: bool) -> None:
     check_output_path(output, overwrite)
 
 
+#: the glass-detection rule, as the store records it
+GLASS_RULE = "tile is glass when <=0.1% of its pixels differ by >20 levels"
+#: why a dark-background image is coded without glass detection
+DARK_GLASS_OFF = ("off: dark background (fluorescence or dark-field), where faint signal lies within the "
+                  "glass tolerance of the background; every tile is coded")
+
+
 def store_metadata(src: SlideSource, input_path: Path, card, transforms: Transforms, glass: tuple[int, int, int],
-                   tile: int, skip_glass: bool, deidentify: bool) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
+                   tile: int, skip_glass: bool, deidentify: bool, content: dict[str, Any] | None = None,
+                   glass_detection: str | None = None) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
     """The group metadata of a new store (docs/format.md) and the associated images to keep (the
-    thumbnail is not kept: a reader makes it from the store's pyramid)."""
+    thumbnail is not kept: a reader makes it from the store's pyramid). ``content``: what the input
+    holds (:meth:`wsicodec.content.Content.to_meta`); ``glass_detection``: the recorded detection
+    rule when it is not the default one."""
     W, H = src.dimensions
     props, assoc = src.properties, src.associated_images
     source: dict[str, Any] = {"file_name": input_path.name, "file_size": src.file_size, "vendor": src.vendor}
@@ -180,14 +191,15 @@ def store_metadata(src: SlideSource, input_path: Path, card, transforms: Transfo
         "mpp": list(src.mpp), "objective_power": src.objective_power, "vendor": src.vendor,
         "properties": props,
         "background": {"colour": list(glass), "latents": transforms.background_latents(glass).tolist(),
-                       "detection": "tile is glass when <=0.1% of its pixels differ by >20 levels"
-                                    if skip_glass else "off"},
+                       "detection": glass_detection or (GLASS_RULE if skip_glass else "off")},
         "associated": [], "deidentified": bool(deidentify),
         # provenance: which arithmetic chose the latents (a resumed run records its own)
         "encoder": {"device": transforms.device.type, "precision": transforms.precision},
     }
     if deid is not None:
         meta["deidentification"] = deid
+    if content is not None:
+        meta["content"] = content
     return meta, assoc
 
 
@@ -196,7 +208,8 @@ def compress(input_path: str | Path, output: str | Path, model: str | None = Non
              batch_size: int | None = None, tile: int = 512, overwrite: bool = False, skip_glass: bool = True,
              progress: bool = False, model_dir: Path | None = None, resume: bool = False,
              deidentify: bool = False, io_threads: int = 2, writer_processes: int | None = None,
-             read_threads: int | None = None, precision: str = "auto") -> CompressResult:
+             read_threads: int | None = None, precision: str = "auto",
+             allow_non_he: bool = False) -> CompressResult:
     """Compress level 0 of a slide or image into a store at ``output``.
 
     ``resume``: continue an interrupted run from the unfinished store (``.<name>.partial``) left
@@ -208,7 +221,13 @@ def compress(input_path: str | Path, output: str | Path, model: str | None = Non
     cores, else none); ``read_threads``: threads reading the slide (None: on CUDA three quarters
     of the cores, else a quarter); see :func:`host_split`.
     The store's bytes depend on none of these. ``precision``: the analysis's arithmetic (``"auto"``:
-    fp16 on CUDA, bf16 on a CPU with native bf16, else fp32; see :class:`~wsicodec.engine.Transforms`)."""
+    fp16 on CUDA, bf16 on a CPU with native bf16, else fp32; see :class:`~wsicodec.engine.Transforms`).
+
+    Before anything is written the input is sorted by :func:`wsicodec.content.assess`: more than
+    8 bits, more than one plane or other than 1 or 3 channels raise :class:`SlideError`;
+    single-channel and dark-background (fluorescence, dark-field) images too, unless
+    ``allow_non_he``; a dark-background image is then coded without glass detection. Brightfield
+    stains other than H&E are coded, with a note in the store's ``content`` metadata."""
     input_path, output = Path(input_path), Path(output)
     check_paths(input_path, output, overwrite)
     name = model or default_model_name(model_dir)
@@ -224,10 +243,21 @@ def compress(input_path: str | Path, output: str | Path, model: str | None = Non
                          f"for model {card.name}")
     with open_input(input_path) as src, \
             _output_os_errors(output, "the tiles written are kept: free some space, then run again with --resume"):
+        from wsicodec.content import assess
+
         W, H = src.dimensions
         grid = TileGrid(W, H, tile, card.stride)
-        glass = measure_glass(src.thumbnail(1024))
-        meta, assoc = store_metadata(src, input_path, card, transforms, glass, tile, skip_glass, deidentify)
+        thumb = None if src.unreadable else src.thumbnail(1024)
+        content = assess(src, thumb)
+        refusal = content.refusal(allow_non_he)
+        if refusal:
+            raise SlideError(input_path, refusal)
+        glass = measure_glass(thumb, dark=content.dark_background)
+        detection = DARK_GLASS_OFF if content.dark_background and skip_glass else None
+        skip_glass = skip_glass and not content.dark_background
+        content_meta = content.to_meta(allowed=allow_non_he)
+        meta, assoc = store_metadata(src, input_path, card, transforms, glass, tile, skip_glass, deidentify,
+                                     content=content_meta, glass_detection=detection)
         chunk_writers = None
         if writer_processes > 0:  # entropy coding + chunk writes off this process's GIL
             chunk_writers = functools.partial(ChunkWriterProcesses, n=writer_processes, model_dir=model_dir)
@@ -261,7 +291,7 @@ def compress(input_path: str | Path, output: str | Path, model: str | None = Non
         finally:
             writer.close_workers()
     return CompressResult(final, len(grid), n_glass, time.time() - t0, store_size(final), W * H, writer.resumed,
-                          store_size(final / "latents"))
+                          store_size(final / "latents"), content_meta)
 
 
 @decompress_urls  # store / output may be fsspec URLs (wsicodec.remote)

@@ -1,8 +1,9 @@
-"""Open any input: a whole-slide image OpenSlide reads, or a plain RGB(A) image file.
+"""Open any input: a whole-slide image OpenSlide reads, a TIFF read with tifffile
+(:mod:`wsicodec.slide_tiff`), or a plain image file Pillow reads.
 
 ``open_input(path)`` gives a :class:`SlideSource` with the level-0 geometry, the metadata a store
-keeps, and ``read_rgb`` returning opaque uint8 RGB (transparent pixels become the slide's
-background colour).
+keeps, what each pixel holds (``channels``, ``bits``, ``planes``) and ``read_rgb`` returning
+opaque uint8 RGB (transparent pixels become the slide's background colour).
 """
 from __future__ import annotations
 
@@ -73,9 +74,19 @@ def image_rgb(im: Any, background: tuple[int, int, int]) -> np.ndarray:
 
 
 class SlideSource:
-    """Level 0 of one input, with the metadata a store keeps."""
+    """Level 0 of one input, with the metadata a store keeps.
+
+    ``channels`` (colour channels, alpha not counted), ``bits`` (per sample), ``sample_kind``
+    (``unsigned``, ``signed``, ``float``) and ``planes`` (further image planes, e.g. ``"Z=3"``)
+    describe the stored pixels before they are turned into 8-bit RGB; where that would lose data,
+    ``unreadable`` says why and ``read_rgb`` raises :class:`SlideError`."""
 
     is_image = False
+    channels = 3
+    bits = 8
+    sample_kind = "unsigned"
+    planes = ""
+    unreadable: str | None = None
 
     def __init__(self, path: Path):
         self.path = Path(path)
@@ -188,6 +199,12 @@ class OpenSlideSource(SlideSource):
         self._slide.close()
 
 
+#: Pillow modes that are not 8-bit colour: (colour channels, bits per sample, sample kind)
+_PIL_MODES = {"1": (1, 1, "bit"), "L": (1, 8, "unsigned"), "LA": (1, 8, "unsigned"), "La": (1, 8, "unsigned"),
+              "I;16": (1, 16, "unsigned"), "I;16B": (1, 16, "unsigned"), "I;16L": (1, 16, "unsigned"),
+              "I;16N": (1, 16, "unsigned"), "I": (1, 32, "signed"), "F": (1, 32, "float")}
+
+
 class ImageSource(SlideSource):
     """A plain PNG / JPEG / TIFF / WebP / BMP image, decoded once into memory."""
 
@@ -206,6 +223,12 @@ class ImageSource(SlideSource):
                     raise SlideError(path, f"image of {im.width}x{im.height} pixels is larger than "
                                            f"{MAX_IMAGE_PIXELS} pixels (not decoded)")
                 self.vendor = f"image/{(im.format or 'unknown').lower()}"
+                self.channels, self.bits, self.sample_kind = _PIL_MODES.get(im.mode, (3, 8, "unsigned"))
+                self.properties = {"wsicodec.source-format": self.vendor}
+                if self.bits > 8:  # Pillow would clip them to 8 bits
+                    self.unreadable = f"{self.bits}-bit {self.sample_kind} samples"
+                    self._pixels = None
+                    return  # not decoded: converting would lose data (the content check says so)
                 mode = "RGBA" if ("A" in im.mode or "transparency" in im.info) else "RGB"
                 pixels = np.asarray(im.convert(mode))
         except SlideError:
@@ -215,9 +238,13 @@ class ImageSource(SlideSource):
         except Exception as e:
             raise SlideError(path, f"not a slide or image that can be read ({_short(e)})") from None
         self._pixels = flatten_rgba(pixels, self.background)
-        self.properties = {"wsicodec.source-format": self.vendor}
+
+    def _check_readable(self) -> None:
+        if self._pixels is None:
+            raise SlideError(self.path, f"{self.unreadable}: not readable as 8-bit RGB")
 
     def read_rgb(self, x: int, y: int, w: int, h: int) -> np.ndarray:
+        self._check_readable()
         W, H = self.dimensions
         out = np.empty((h, w, 3), np.uint8)
         out[:] = self.background
@@ -229,6 +256,7 @@ class ImageSource(SlideSource):
     def thumbnail(self, max_size: int = 1024) -> np.ndarray:
         from PIL import Image
 
+        self._check_readable()
         im = Image.fromarray(self._pixels)
         im.thumbnail((max_size, max_size), Image.Resampling.BOX)
         return np.asarray(im)
@@ -236,7 +264,10 @@ class ImageSource(SlideSource):
 
 
 def open_input(path: str | os.PathLike) -> SlideSource:
-    """Open a slide (any format OpenSlide reads) or a plain image; raises :class:`SlideError`."""
+    """Open a slide or image; raises :class:`SlideError`. Tried in order: OpenSlide (the vendor
+    formats it knows, and generic TIFFs it reads fully), tifffile (every other TIFF: OME-TIFF,
+    SubIFD pyramids, striped, BigTIFF, non-RGB samples), Pillow (PNG, JPEG, WebP, BMP, and TIFFs
+    tifffile cannot parse)."""
     path = Path(path)
     if not path.exists():
         raise SlideError(path, "no such file")
@@ -250,6 +281,22 @@ def open_input(path: str | os.PathLike) -> SlideSource:
         fmt = openslide.OpenSlide.detect_format(str(path))
     except Exception:
         fmt = None
-    if fmt is not None:
+    if fmt is not None and fmt != "generic-tiff":
         return OpenSlideSource(path)
-    return ImageSource(path)
+    from wsicodec.slide_tiff import TiffParseError, TiffSource, is_tiff, openslide_reads_fully
+
+    if not is_tiff(path):
+        return OpenSlideSource(path) if fmt is not None else ImageSource(path)
+    try:
+        src = TiffSource(path)
+    except TiffParseError as e:
+        if fmt is not None:
+            return OpenSlideSource(path)
+        try:  # a TIFF tifffile cannot parse (e.g. old-style JPEG) that Pillow may still decode
+            return ImageSource(path)
+        except SlideError:
+            raise e from None
+    if fmt is not None and openslide_reads_fully(src):
+        src.close()
+        return OpenSlideSource(path)
+    return src

@@ -95,13 +95,15 @@ class TileGrid:
         return [(tx, ty) for ty in range(ty0, ty1) for tx in range(tx0, tx1)]
 
 
-def measure_glass(thumbnail: np.ndarray) -> tuple[int, int, int]:
+def measure_glass(thumbnail: np.ndarray, dark: bool = False) -> tuple[int, int, int]:
     """The colour of empty glass: median of the bright, grey pixels of a thumbnail (white if the
-    slide has too few of them)."""
+    slide has too few of them). ``dark`` (a fluorescence or dark-field image, whose empty areas
+    are black): median of the near-black grey pixels (black if too few)."""
     px = thumbnail.reshape(-1, 3).astype(np.int16)
-    grey = (px.max(axis=1) - px.min(axis=1) < 18) & (px.min(axis=1) > 190)
+    grey = px.max(axis=1) - px.min(axis=1) < 18
+    grey &= (px.max(axis=1) < 40) if dark else (px.min(axis=1) > 190)
     if grey.sum() < max(16, 0.01 * len(px)):
-        return (255, 255, 255)
+        return (0, 0, 0) if dark else (255, 255, 255)
     return tuple(int(v) for v in np.median(px[grey], axis=0))  # type: ignore[return-value]
 
 

@@ -244,6 +244,9 @@ def _compare(rep: VerifyReport, path: Path, against: Path, model_dir: Path | Non
 
     with WsiStore(path, device=device, batch_size=batch_size, model_dir=model_dir) as store, \
             open_input(against) as src:
+        if src.unreadable:
+            rep.add("pixels", f"{against}: {src.unreadable}, not comparable with the store's 8-bit RGB")
+            return
         if tuple(src.dimensions) != tuple(store.dimensions):
             rep.add("pixels", f"{against} is {src.dimensions[0]}x{src.dimensions[1]}, "
                               f"the store {store.dimensions[0]}x{store.dimensions[1]}")
