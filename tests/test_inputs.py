@@ -91,6 +91,21 @@ def _spy(cached, calls):
     return chunk
 
 
+@pytest.mark.parametrize("ome", [True, False])
+def test_jpeg_tiles_tagged_rgb_decode_by_their_stream(he_region, tmp_path, ome):
+    """JPEG tiles holding YCbCr 4:2:0 under an RGB photometric tag (as some writers store them):
+    libtiff fails on them ("Improper JPEG sampling factors") or gives wrong colours."""
+    path = tmp_path / ("rgb.ome.tif" if ome else "rgb.tif")
+    write_ome(path, he_region[:512, :768], levels=1, photometric="rgb") if ome else \
+        tifffile.imwrite(path, he_region[:512, :768], tile=(256, 256), photometric="rgb", compression="jpeg")
+    reference = tifffile.imread(path)
+    with tifffile.TiffFile(path, mode="r+b") as tif:
+        tif.pages[0].tags["PhotometricInterpretation"].overwrite(2)
+    with open_input(path) as src:
+        assert isinstance(src, TiffSource)
+        assert np.array_equal(src.read_rgb(0, 0, 768, 512), reference)
+
+
 @pytest.mark.parametrize("size, unit, mpp", [(0.25, "µm", 0.25), (250, "nm", 0.25), (0.0005, "mm", 0.5)])
 def test_ome_physical_size_units(size, unit, mpp, tmp_path):
     path = tmp_path / "u.ome.tif"

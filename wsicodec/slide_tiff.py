@@ -61,9 +61,11 @@ def is_tiff(path: Path) -> bool:
 def openslide_reads_fully(src: TiffSource) -> bool:
     """Whether OpenSlide's generic-TIFF driver reads everything this TIFF holds: a plain 8-bit RGB
     image with no OME-XML (OpenSlide ignores its physical size and multi-channel layout) and no
-    SubIFD pyramid (OpenSlide sees only top-level pages). Such files stay with OpenSlide."""
+    SubIFD pyramid (OpenSlide sees only top-level pages). Such files stay with OpenSlide. Not JPEG
+    tiles tagged RGB: writers put YCbCr 4:2:0 JPEG streams under that tag, which libtiff (OpenSlide,
+    Pillow) then decodes to wrong colours or not at all, while imagecodecs follows the stream."""
     return (not src.is_ome and not src.has_subifds and src.codable and src.channels == 3
-            and src.series_index == 0)
+            and src.series_index == 0 and not src.jpeg_tagged_rgb)
 
 
 class TiffSource(SlideSource):
@@ -111,6 +113,7 @@ class TiffSource(SlideSource):
         self.has_subifds = bool(getattr(page, "subifds", None))
         self.is_image = not page.is_tiled and len(series.levels) == 1  # a plain striped TIFF
         self._photometric = int(page.photometric)
+        self.jpeg_tagged_rgb = self._photometric == 2 and int(page.compression) == 7
         self._colormap = page.colormap if self._photometric == 3 else None
         extras = tuple(int(v) for v in (page.extrasamples or ()))
         self._alpha = bool(extras) and extras[0] in (1, 2)
