@@ -246,7 +246,7 @@ def test_single_channel_needs_allow_and_is_coded_as_grey(tiny_models, tmp_path, 
 def test_other_brightfield_stain_is_coded_with_a_note(tiny_models, tmp_path):
     path = tmp_path / "ihc.ome.tif"
     write_ome(path, ihc_like(), levels=2, photometric="rgb")
-    r = _run(tiny_models, "compress", path, tmp_path / "ihc.zarr", "-q", "--tile", "256")
+    r = _run(tiny_models, "compress", path, tmp_path / "ihc.zarr", "--tile", "256")
     assert r.exit_code == 0, r.output
     assert "note: brightfield, not H&E-like" in r.output and "DAB" in r.output
     with WsiStore(tmp_path / "ihc.zarr", model_dir=tiny_models) as s:

@@ -85,10 +85,10 @@ def compress(paths, out_dir, manifest, workers, scheduler, retries, model, devic
     if workers or scheduler:
         raise UserError("--workers and --scheduler need --out-dir")
     r = run(paths[0], paths[1], progress=not quiet, **opts)
-    note = (r.content or {}).get("note")
-    if note:
-        click.echo(f"note: {note}", err=True)
     if not quiet:
+        note = (r.content or {}).get("note")  # also kept in the store's metadata, shown by `info`
+        if note:
+            click.echo(f"note: {note}", err=True)
         if r.resumed_tiles:
             click.echo(f"resumed: {r.resumed_tiles} of {r.tiles} tiles were already written")
         mpix = r.pixels * (1 - r.glass_tiles / max(r.tiles, 1)) / 1e6
