@@ -133,6 +133,40 @@ def test_generic_striped_tiled_and_bigtiff(he_region, tmp_path):
         assert isinstance(s, OpenSlideSource) and np.array_equal(s.read_rgb(0, 0, 400, 300), crop)
 
 
+def test_planar_palette_min_is_white_alpha_and_imagej_units(tmp_path):
+    rng = np.random.default_rng(0)
+    rgb = rng.integers(0, 256, (100, 130, 3)).astype(np.uint8)
+    tifffile.imwrite(tmp_path / "planar.tif", np.ascontiguousarray(np.moveaxis(rgb, 2, 0)), planarconfig="separate",
+                     photometric="rgb", rowsperstrip=16)
+    with open_input(tmp_path / "planar.tif") as s:
+        assert isinstance(s, TiffSource) and np.array_equal(s.read_rgb(10, 20, 50, 60), rgb[20:80, 10:60])
+    index = rng.integers(0, 2, (40, 50)).astype(np.uint8)
+    colormap = np.zeros((3, 256), np.uint16)
+    colormap[:, 1] = (65535, 32896, 0)
+    tifffile.imwrite(tmp_path / "palette.tif", index, photometric="palette", colormap=colormap)
+    with open_input(tmp_path / "palette.tif") as s:
+        px = s.read_rgb(0, 0, 50, 40)
+        assert s.channels == 3 and (px[index == 1] == (255, 128, 0)).all() and (px[index == 0] == 0).all()
+    grey = rng.integers(0, 256, (40, 50)).astype(np.uint8)
+    tifffile.imwrite(tmp_path / "white.tif", grey, photometric="miniswhite")
+    with open_input(tmp_path / "white.tif") as s:
+        assert s.channels == 1 and np.array_equal(s.read_rgb(0, 0, 50, 40)[:, :, 1], 255 - grey)
+    tifffile.imwrite(tmp_path / "ij.tif", grey, imagej=True, resolution=(1 / 0.4, 1 / 0.4), metadata={"unit": "um"})
+    with open_input(tmp_path / "ij.tif") as s:
+        assert s.mpp == pytest.approx((0.4, 0.4))
+    rgba = np.concatenate([rgb, np.full((100, 130, 1), 255, np.uint8)], axis=2)
+    rgba[:50, :, 3] = 0
+    tifffile.imwrite(tmp_path / "rgba.tif", rgba, photometric="rgb", extrasamples=["unassalpha"], rowsperstrip=20)
+    with open_input(tmp_path / "rgba.tif") as s:  # transparent: the background colour
+        px = s.read_rgb(0, 0, 130, 100)
+        assert (px[:50] == 255).all() and np.array_equal(px[50:], rgb[50:])
+    tifffile.imwrite(tmp_path / "z.ome.tif", rng.integers(0, 256, (3, 64, 64, 3)).astype(np.uint8), ome=True,
+                     photometric="rgb", metadata={"axes": "ZYXS"})
+    with open_input(tmp_path / "z.ome.tif") as s:
+        c = assess(s)
+        assert c.kind == "multi-plane" and "Z=3" in c.refusal(allow_non_he=True)
+
+
 def test_sample_layouts_are_described_without_decoding(tmp_path):
     cases = {
         "g16.ome.tif": (np.zeros((64, 80), np.uint16), dict(), (1, 16)),
