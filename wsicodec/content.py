@@ -86,7 +86,7 @@ class Content:
     def refusal(self, allow_non_he: bool = False) -> str | None:
         """Why ``compress`` does not code this input (``None``: it does)."""
         if self.kind == _UNSUPPORTED:
-            return f"{self.found}: wsicodec reads 8-bit RGB, grey or palette images only"
+            return f"{self.found}; not coded"
         if self.kind in _NEVER:
             return (f"{self.found}; a store holds one 8-bit RGB image, so coding it would lose data "
                     f"(not coded, --allow-non-he does not change that; export an 8-bit RGB rendering "

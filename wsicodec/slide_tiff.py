@@ -32,7 +32,8 @@ __all__ = ["TiffParseError", "TiffSource", "is_tiff", "openslide_reads_fully"]
 #: up and down: about 3 x 10 TIFF tiles of 512 px (0.75 MiB each) or 4 x 20 of 256 px are in use,
 #: 16-23 MiB; the rest is room for the reading threads running ahead. Counted in the peak RSS.
 CHUNK_CACHE_BYTES = 64 << 20
-#: Largest TIFF chunk decoded (a single-strip image is one chunk as large as the image).
+#: Largest TIFF chunk decoded (a single-strip image is one chunk as large as the image): 384 MiB
+#: of RGB, more would not fit beside the rest of compress in its 2 GiB.
 MAX_CHUNK_PIXELS = 1 << 27
 #: Associated images kept from an OME-TIFF's other series, by lower-case series name.
 ASSOCIATED_SERIES = {"label": "label", "macro": "macro", "overview": "macro", "thumbnail": "thumbnail"}
