@@ -142,7 +142,7 @@ def assess(src: Any, thumbnail: np.ndarray | None = None) -> Content:
     when not given)."""
     bits, kind, channels, planes = int(src.bits), str(src.sample_kind), int(src.channels), str(src.planes)
     if bits > 8 or kind in ("signed", "float"):
-        also = f", {channels} channels" if channels != 3 else ""
+        also = f", {channels} channel{'s' if channels > 1 else ''}" if channels != 3 else ""
         return Content("high-bit-depth", f"{bits}-bit {kind} samples{also}")
     if planes:
         return Content("multi-plane", f"more than one image plane ({planes})")
