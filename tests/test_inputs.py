@@ -151,6 +151,11 @@ def test_planar_palette_min_is_white_alpha_and_imagej_units(tmp_path):
     tifffile.imwrite(tmp_path / "white.tif", grey, photometric="miniswhite")
     with open_input(tmp_path / "white.tif") as s:
         assert s.channels == 1 and np.array_equal(s.read_rgb(0, 0, 50, 40)[:, :, 1], 255 - grey)
+    with tifffile.TiffWriter(tmp_path / "pages.tif") as tif:  # a pyramid of reduced-resolution pages
+        tif.write(np.tile(grey, (4, 4)), tile=(64, 64), compression="zlib")
+        tif.write(np.tile(grey, (4, 4))[::4, ::4], tile=(64, 64), compression="zlib", subfiletype=1)
+    with open_input(tmp_path / "pages.tif") as s:
+        assert isinstance(s, TiffSource) and s.level_dimensions == [(200, 160), (50, 40)]
     tifffile.imwrite(tmp_path / "ij.tif", grey, imagej=True, resolution=(1 / 0.4, 1 / 0.4), metadata={"unit": "um"})
     with open_input(tmp_path / "ij.tif") as s:
         assert s.mpp == pytest.approx((0.4, 0.4))
