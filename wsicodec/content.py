@@ -137,7 +137,7 @@ def measure(thumbnail: np.ndarray) -> dict[str, float]:
 
 
 def assess(src: Any, thumbnail: np.ndarray | None = None) -> Content:
-    """Sort a :class:`~wsicodec.slide.SlideSource` (see the module docstring). The sample layout
+    """Sort a :class:`~wsicodec.source.SlideSource` (see the module docstring). The sample layout
     is judged from the file's description alone; the rest from ``thumbnail`` (read from ``src``
     when not given)."""
     bits, kind, channels, planes = int(src.bits), str(src.sample_kind), int(src.channels), str(src.planes)

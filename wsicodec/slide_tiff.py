@@ -23,7 +23,7 @@ from typing import Any
 import numpy as np
 
 from wsicodec.errors import first_line as _short
-from wsicodec.slide import MAX_THUMBNAIL_READ, SlideError, SlideSource, flatten_rgba
+from wsicodec.source import MAX_THUMBNAIL_READ, SlideError, SlideSource, flatten_rgba
 
 __all__ = ["TiffParseError", "TiffSource", "is_tiff", "openslide_reads_fully"]
 
