@@ -35,8 +35,9 @@ CHUNK_CACHE_BYTES = 64 << 20
 #: Largest TIFF chunk decoded (a single-strip image is one chunk as large as the image): 384 MiB
 #: of RGB, more would not fit beside the rest of compress in its 2 GiB.
 MAX_CHUNK_PIXELS = 1 << 27
-#: Associated images kept from an OME-TIFF's other series, by lower-case series name.
-ASSOCIATED_SERIES = {"label": "label", "macro": "macro", "overview": "macro", "thumbnail": "thumbnail"}
+#: Associated images kept from an OME-TIFF's other series, by lower-case series name (a store keeps
+#: no thumbnail: its reader makes one from the store's pyramid).
+ASSOCIATED_SERIES = {"label": "label", "macro": "macro", "overview": "macro"}
 MAX_ASSOCIATED_PIXELS = 1 << 24
 
 #: OME length units -> micrometres (OME's default unit for PhysicalSize is the micrometre)
@@ -219,7 +220,7 @@ class TiffSource(SlideSource):
 
     @property
     def associated_images(self) -> dict[str, np.ndarray]:
-        """label / macro / thumbnail images an OME-TIFF holds as further series, by series name."""
+        """label and macro images an OME-TIFF holds as further series, by series name."""
         out: dict[str, np.ndarray] = {}
         for i, s in enumerate(self._tif.series):
             name = ASSOCIATED_SERIES.get(str(getattr(s, "name", "") or "").strip().lower())
