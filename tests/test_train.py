@@ -132,7 +132,8 @@ def test_hyperprior_warm_starts_from_a_factorized_model_and_learns(data_dir, tmp
 
 
 def test_bf16_training_keeps_fp32_weights_and_validates_in_fp32(data_dir, tmp_path):
-    from wsicodec.train.loop import _set_precision, validate
+    from wsicodec.train.device import set_transform_precision as _set_precision
+    from wsicodec.train.loop import validate
 
     torch.manual_seed(0)
     t = Trainer(_cfg(data_dir, tmp_path / "bf16", precision="bf16"))
@@ -152,4 +153,4 @@ def test_bf16_training_keeps_fp32_weights_and_validates_in_fp32(data_dir, tmp_pa
     assert (ref["bpp"], ref["psnr"]) == (got["bpp"], got["psnr"])
     hook.remove()
     with pytest.raises(ValueError, match="precision"):
-        _set_precision(t.model, "fp16")
+        _set_precision(t.model, "fp8")

@@ -1,5 +1,7 @@
-"""``wsicodec train``: train a model (``train [run] DATA... --out RUN``) and export it into the
-model folder (``train export RUN NAME``)."""
+"""``wsicodec train``: train a model (``train [run] DATA... --out RUN``), continue a run with its own
+settings (``train continue RUN``), export it into the model folder (``train export RUN NAME``), and
+carry training to another machine: a size-bounded training pack (``train pack``) and a run handed
+back as a few files of bounded size (``train bundle`` / ``train merge``)."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -35,27 +37,39 @@ def command() -> None:
 @click.option("--val-every", default=2000, show_default=True)
 @click.option("--checkpoint-minutes", default=5.0, show_default=True)
 @click.option("--minutes", "max_minutes", default=0.0,
-              help="Stop after this many CPU minutes of training steps, validation excluded (0: no limit).")
+              help="Stop after this many minutes of training steps, validation excluded (0: no limit): CPU time "
+                   "on the CPU, wall time on a GPU.")
+@click.option("--wall-minutes", default=0.0,
+              help="Stop in time to validate and save within this many wall-clock minutes of the run, data "
+                   "loading and compilation included (0: no limit).")
 @click.option("--seed", default=0, show_default=True)
 @click.option("--threads", default=0, show_default=True, help="torch threads (0: torch's default).")
 @click.option("--init-from", multiple=True, type=click.Path(exists=True, dir_okay=False),
               help="Start from another run's or model's weights (fine-tuning); repeatable, later files "
                    "override earlier ones; from another architecture, the tensors of the same name and shape.")
-@click.option("--precision", type=click.Choice(["fp32", "bf16"]), default="fp32", show_default=True,
-              help="bf16: g_a / g_s trained under bf16 autocast (weights, entropy models and loss fp32; "
-                   "validation fp32); 1.3x the steps per CPU minute when fine-tuning on a CPU with AVX512-BF16, "
-                   "same objective; from scratch it trailed fp32 (docs/training.md).")
+@click.option("--precision", type=click.Choice(["auto", "fp32", "bf16", "fp16"]), default="auto", show_default=True,
+              help="g_a / g_s trained under autocast at this precision (weights, entropy models and loss fp32; "
+                   "validation fp32); fp16 with a gradient scaler. auto: bf16 on a GPU that has it (else fp16), "
+                   "fp32 on the CPU (bf16 there: 1.3x the steps per CPU minute when fine-tuning on AVX512-BF16, "
+                   "trailed fp32 from scratch; docs/training.md).")
+@click.option("--device", default="auto", show_default=True, help="auto | cpu | cuda | cuda:N.")
+@click.option("--workers", default=-1, show_default=True,
+              help="Processes making batches (-1: none on the CPU, all cores but two, at most 12, on a GPU).")
+@click.option("--compile/--no-compile", "compile_", default=False, show_default=True,
+              help="torch.compile the training forward (pays on a GPU for long runs; compiles at the first step).")
 @click.option("--resume", is_flag=True, help="Continue the run in --out exactly where it stopped.")
 def run(data, out, val, architecture, N, M, lmbda, feature_net, psi, patch, batch, steps, lr, transform_lr, clip,
-        val_every, checkpoint_minutes, max_minutes, seed, threads, init_from, precision, resume):
-    """Train on DATA (image files, folders, slides)."""
+        val_every, checkpoint_minutes, max_minutes, wall_minutes, seed, threads, init_from, precision, device,
+        workers, compile_, resume):
+    """Train on DATA (image files, folders, slides, training packs)."""
     from wsicodec.train import TrainConfig, Trainer
 
     cfg = TrainConfig(data=list(data), out=str(out), architecture=architecture, N=N, M=M, lmbda=lmbda,
                       feature_net=feature_net, psi=[float(v) for v in psi.split(",")], patch=patch, batch=batch,
                       steps=steps, lr=lr, transform_lr=transform_lr, clip=clip, val=list(val), val_every=val_every,
-                      checkpoint_minutes=checkpoint_minutes, max_minutes=max_minutes, seed=seed, threads=threads,
-                      init_from=",".join(init_from), precision=precision)
+                      checkpoint_minutes=checkpoint_minutes, max_minutes=max_minutes, wall_minutes=wall_minutes,
+                      seed=seed, threads=threads, init_from=",".join(init_from), precision=precision, device=device,
+                      workers=workers, compile=compile_)
     t = Trainer(cfg)
     if resume:
         if not t.ckpt_path.exists():
@@ -67,6 +81,103 @@ def run(data, out, val, architecture, N, M, lmbda, feature_net, psi, patch, batc
             t.init_weights_from(Path(path))
     t.run()
     click.echo(f"stopped at step {t.step}; checkpoint {t.ckpt_path}")
+
+
+@command.command("continue")
+@click.argument("run_dir", type=click.Path(exists=True, file_okay=False, path_type=Path))
+@click.argument("data", nargs=-1)
+@click.option("--val", "val", multiple=True, help="Validation folder or file (default: the run's).")
+@click.option("--device", default=None, help="auto | cpu | cuda | cuda:N (default: the run's).")
+@click.option("--precision", type=click.Choice(["auto", "fp32", "bf16", "fp16"]), default=None,
+              help="Training precision (default: the run's).")
+@click.option("--batch", type=int, default=None)
+@click.option("--workers", type=int, default=None)
+@click.option("--compile/--no-compile", "compile_", default=None)
+@click.option("--steps", type=int, default=None, help="Step count to stop at (default: the run's).")
+@click.option("--val-every", type=int, default=None)
+@click.option("--checkpoint-minutes", type=float, default=None)
+@click.option("--minutes", "max_minutes", type=float, default=None,
+              help="Training-step minutes of the whole run (CPU time on the CPU, wall time on a GPU).")
+@click.option("--wall-minutes", type=float, default=None, help="Wall-clock minutes of this continuation.")
+@click.option("--threads", type=int, default=None)
+def continue_run(run_dir, data, val, device, precision, batch, workers, compile_, steps, val_every,
+                 checkpoint_minutes, max_minutes, wall_minutes, threads):
+    """Continue RUN_DIR with its own settings: exactly from its checkpoint.pt, or from its
+    weights.pt (step count kept, fresh optimiser state). DATA and the options replace the run's
+    (data paths, say, on another machine)."""
+    from wsicodec.train.loop import Trainer
+
+    given = {"data": list(data) or None, "val": list(val) or None, "device": device, "precision": precision,
+             "batch": batch, "workers": workers, "compile": compile_, "steps": steps, "val_every": val_every,
+             "checkpoint_minutes": checkpoint_minutes, "max_minutes": max_minutes, "wall_minutes": wall_minutes,
+             "threads": threads}
+    t = Trainer.from_checkpoint(run_dir, **{k: v for k, v in given.items() if v is not None})
+    click.echo(f"continuing {run_dir} at step {t.step} on {t.device} ({t.precision.name}, "
+               f"{t.workers} batch workers){' from weights.pt, fresh optimiser state' if not t.ckpt_path.exists() else ''}")
+    t.run()
+    click.echo(f"stopped at step {t.step}; checkpoint {t.ckpt_path}")
+
+
+@command.command("pack")
+@click.argument("out", type=click.Path(path_type=Path))
+@click.option("--train", "train", multiple=True, required=True, help="Training images, folders or slides (repeatable).")
+@click.option("--val", "val", multiple=True, help="Validation images or folders (repeatable): their centre crops.")
+@click.option("--crop", default=256, show_default=True, help="Side of the training crops (the largest --patch the pack serves).")
+@click.option("--val-crop", default=256, show_default=True, help="Side of the validation centre crops (the largest --val-crop).")
+@click.option("--max-mib", default=40.0, show_default=True, help="Size budget of the whole pack.")
+@click.option("--seed", default=0, show_default=True)
+def pack(out, train, val, crop, val_crop, max_mib, seed):
+    """Write a training pack to OUT: crops of the training images (lossless WebP sheets, as many as
+    --max-mib holds, spread over all images) and the validation images' centre crops."""
+    from wsicodec.train.pack import build_pack
+
+    report = build_pack(out, list(train), list(val), crop=crop, val_crop=val_crop, max_mib=max_mib, seed=seed)
+    click.echo(report.summary())
+
+
+@command.command("bundle")
+@click.argument("run_dir", type=click.Path(exists=True, file_okay=False, path_type=Path))
+@click.argument("out_dir", type=click.Path(file_okay=False, path_type=Path))
+@click.option("--max-files", default=8, show_default=True, help="Files the bundle may have (manifest included).")
+@click.option("--max-part-mib", default=16.0, show_default=True, help="Largest file of the bundle.")
+def bundle(run_dir, out_dir, max_files, max_part_mib):
+    """Write RUN_DIR's logs and weights (the full checkpoint if it fits) into OUT_DIR as bundle.json
+    and parts of bounded size."""
+    from wsicodec.train.bundle import bundle_run
+
+    bundle_run(run_dir, out_dir, max_files=max_files, max_part_mib=max_part_mib, log=click.echo)
+
+
+@command.command("merge")
+@click.argument("bundle_dir", type=click.Path(exists=True, file_okay=False, path_type=Path))
+@click.argument("run_dir", type=click.Path(file_okay=False, path_type=Path))
+@click.option("--val", "val", multiple=True,
+              help="Validate the merged weights on these images (centre crops, real bits, on the CPU).")
+@click.option("--val-crop", default=256, show_default=True)
+def merge(bundle_dir, run_dir, val, val_crop):
+    """Check BUNDLE_DIR's parts against their sha256, reassemble them and put the run's files into
+    RUN_DIR; with --val, validate the last and the best weights there."""
+    import torch
+
+    from wsicodec.models import build_model
+    from wsicodec.train.bundle import merge_bundle
+    from wsicodec.train.loop import _val_images, validate
+
+    merge_bundle(bundle_dir, run_dir, log=click.echo)
+    if not val:
+        return
+    images = _val_images(list(val), val_crop)
+    for name in ("weights.pt", "best_model.pt"):
+        path = Path(run_dir) / name
+        if not path.exists():
+            continue
+        st = torch.load(path, map_location="cpu", weights_only=False)
+        cfg = st.get("config") or torch.load(Path(run_dir) / "weights.pt", map_location="cpu",
+                                             weights_only=False)["config"]
+        model = build_model(cfg["architecture"], N=cfg["N"], M=cfg["M"])
+        model.load_state_dict(st["model"])
+        v = validate(model, images)
+        click.echo(f"{name} (step {st['step']}): {v['bpp']:.4f} bpp, {v['psnr']:.2f} dB, MS-SSIM {v['ms_ssim']:.4f}")
 
 
 @command.command("export")

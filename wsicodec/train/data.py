@@ -1,5 +1,6 @@
 """Training data: random level-0 crops of H&E images and slides, with flips, rotations and
-colour / H&E stain jitter."""
+colour / H&E stain jitter. Plain images (PNG, JPEG, WebP, BMP, JPEG XL) are decoded without
+OpenSlide; a training pack (:mod:`wsicodec.train.pack`) given as a folder contributes its crops."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -7,9 +8,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from wsicodec.errors import TrainError
+from wsicodec.errors import TrainError, first_line
 
-IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".tif", ".tiff", ".webp", ".bmp"}
+IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".tif", ".tiff", ".webp", ".bmp", ".jxl"}
+_PLAIN_IMAGES = {".png", ".jpg", ".jpeg", ".webp", ".bmp"}  # never slides: no OpenSlide needed
 
 # Ruifrok & Johnston H&E-DAB optical-density stain vectors (rows: H, E, DAB).
 _HED_FROM_RGB = np.linalg.inv(
@@ -32,11 +34,35 @@ def find_inputs(paths: list[str | Path]) -> list[Path]:
     return found
 
 
+def _read_jxl(path: Path) -> np.ndarray:
+    import imagecodecs
+
+    try:
+        rgb = imagecodecs.jpegxl_decode(Path(path).read_bytes())
+    except Exception as e:
+        raise TrainError(f"{path}: not a JPEG XL image that can be read ({first_line(e)})") from None
+    if rgb.dtype != np.uint8:
+        raise TrainError(f"{path}: {rgb.dtype} JPEG XL image, 8-bit RGB expected")
+    if rgb.ndim == 2:
+        rgb = rgb[..., None]
+    if rgb.shape[2] in (1, 2):  # grey (+ alpha)
+        rgb = np.repeat(rgb[..., :1], 3, axis=2)
+    return np.ascontiguousarray(rgb[..., :3])
+
+
 def load_rgb(path: Path, max_pixels: int = 64_000_000, tiles_from_slide: int = 64, crop: int = 512,
              rng: np.random.Generator | None = None) -> list[np.ndarray]:
     """Pixels to train on: the whole image for an image file, tissue crops of level 0 for a slide."""
-    from wsicodec.slide import open_input
+    from wsicodec.slide import ImageSource, open_input
 
+    path = Path(path)
+    suffix = path.suffix.lower()
+    if suffix == ".jxl":
+        return [_read_jxl(path)]
+    if suffix in _PLAIN_IMAGES:
+        src = ImageSource(path)
+        w, h = src.dimensions
+        return [src.read_rgb(0, 0, w, h)]
     with open_input(path) as src:
         w, h = src.dimensions
         if src.is_image or w * h <= max_pixels:
@@ -55,6 +81,20 @@ def load_rgb(path: Path, max_pixels: int = 64_000_000, tiles_from_slide: int = 6
         return out
 
 
+def load_images(paths: list[str | Path]) -> list[np.ndarray]:
+    """The training images of ``paths``: image files, slides, folders of them, and training packs
+    (a folder with ``pack.json``: its crops)."""
+    from wsicodec.train.pack import is_pack, load_pack_crops
+
+    images: list[np.ndarray] = []
+    for p in map(Path, paths):
+        if is_pack(p):
+            images += load_pack_crops(p)
+        else:
+            images += [im for f in find_inputs([p]) for im in load_rgb(f)]
+    return images
+
+
 class CropSampler:
     """Draws batches of random crops (area-weighted over images) with augmentation."""
 
@@ -66,6 +106,7 @@ class CropSampler:
         areas = np.array([im.shape[0] * im.shape[1] for im in self.images], dtype=np.float64)
         self.weights = areas / areas.sum()
         self.patch = patch
+        self.seed = seed
         self.rng = np.random.default_rng(seed)
         self.stain_jitter = stain_jitter
         self.colour_jitter = colour_jitter
@@ -76,35 +117,42 @@ class CropSampler:
     def set_state(self, state: dict) -> None:
         self.rng.bit_generator.state = state
 
-    def crop(self) -> np.ndarray:
-        im = self.images[self.rng.choice(len(self.images), p=self.weights)]
-        y = self.rng.integers(0, im.shape[0] - self.patch + 1)
-        x = self.rng.integers(0, im.shape[1] - self.patch + 1)
+    def crop(self, rng: np.random.Generator | None = None) -> np.ndarray:
+        rng = self.rng if rng is None else rng
+        im = self.images[rng.choice(len(self.images), p=self.weights)]
+        y = rng.integers(0, im.shape[0] - self.patch + 1)
+        x = rng.integers(0, im.shape[1] - self.patch + 1)
         c = im[y : y + self.patch, x : x + self.patch]
-        c = np.rot90(c, self.rng.integers(4))
-        if self.rng.random() < 0.5:
+        c = np.rot90(c, rng.integers(4))
+        if rng.random() < 0.5:
             c = c[:, ::-1]
-        if self.rng.random() < 0.5:
+        if rng.random() < 0.5:
             c = c[::-1]
-        return self.jitter(np.ascontiguousarray(c).astype(np.float64) / 255.0)
+        return self.jitter(np.ascontiguousarray(c).astype(np.float64) / 255.0, rng)
 
-    def jitter(self, rgb: np.ndarray) -> np.ndarray:
+    def jitter(self, rgb: np.ndarray, rng: np.random.Generator | None = None) -> np.ndarray:
+        rng = self.rng if rng is None else rng
         if self.stain_jitter > 0:
             od = -np.log(np.clip(rgb, 1 / 255, 1.0))
             hed = od @ _HED_FROM_RGB
-            alpha = 1 + self.rng.uniform(-self.stain_jitter, self.stain_jitter, 3)
-            beta = self.rng.uniform(-self.stain_jitter, self.stain_jitter, 3)
+            alpha = 1 + rng.uniform(-self.stain_jitter, self.stain_jitter, 3)
+            beta = rng.uniform(-self.stain_jitter, self.stain_jitter, 3)
             rgb = np.exp(-((hed * alpha + beta) @ _RGB_FROM_HED))
         if self.colour_jitter > 0:
             j = self.colour_jitter
-            b = self.rng.uniform(-j, j)
-            c = 1 + self.rng.uniform(-j, j)
-            s = 1 + self.rng.uniform(-j, j)
+            b = rng.uniform(-j, j)
+            c = 1 + rng.uniform(-j, j)
+            s = 1 + rng.uniform(-j, j)
             grey = rgb.mean(axis=2, keepdims=True)
             rgb = grey + (rgb - grey) * s
             rgb = (rgb - 0.5) * c + 0.5 + b
         return np.clip(rgb, 0.0, 1.0)
 
-    def batch(self, n: int) -> torch.Tensor:
-        arr = np.stack([self.crop() for _ in range(n)]).astype(np.float32)
+    def batch(self, n: int, rng: np.random.Generator | None = None) -> torch.Tensor:
+        arr = np.stack([self.crop(rng) for _ in range(n)]).astype(np.float32)
         return torch.from_numpy(arr).permute(0, 3, 1, 2).contiguous()
+
+    def batch_at(self, index: int, n: int) -> torch.Tensor:
+        """Batch number ``index`` of the run: drawn from its own generator, seeded by (seed,
+        index), so it is the same whichever process makes it and whenever."""
+        return self.batch(n, np.random.default_rng([self.seed, index]))

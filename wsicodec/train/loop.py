@@ -8,6 +8,8 @@ CompressAI: ψ weighs the feature distance against the MSE of images in [0, 1])
 with additive-noise quantization (compressai's training mode), the entropy bottleneck's auxiliary
 loss on its own optimizer, Adam, learning rate reduced on plateau, gradient clipping, checkpoints
 every few minutes and on Ctrl-C, exact ``--resume``, and validation on real entropy-coded bits.
+On a GPU (``device``): mixed precision, batches made in worker processes, optional
+``torch.compile`` (:mod:`wsicodec.train.device`, :mod:`wsicodec.train.loader`).
 """
 from __future__ import annotations
 
@@ -28,7 +30,9 @@ from torch import nn
 
 from wsicodec.errors import TrainError
 from wsicodec.models import ModelCard, build_model, save_model
-from wsicodec.train.data import CropSampler, find_inputs, load_rgb
+from wsicodec.train.data import CropSampler, find_inputs, load_images, load_rgb
+from wsicodec.train.device import Precision, compile_model, resolve_device, step_clock
+from wsicodec.train.loader import BatchStream, default_workers
 
 
 @dataclass
@@ -55,13 +59,17 @@ class TrainConfig:
     val_every: int = 2000
     val_crop: int = 256
     checkpoint_minutes: float = 5.0
-    max_minutes: float = 0.0         # stop after this much CPU time in training steps (0: no limit)
+    max_minutes: float = 0.0         # stop after this much time in training steps (0: no limit; see step_clock)
+    wall_minutes: float = 0.0        # stop in time to validate and save within this wall time (0: no limit)
     seed: int = 0
     threads: int = 0
     init_from: str = ""              # fine-tune from another checkpoint's weights
     stain_jitter: float = 0.05
     colour_jitter: float = 0.05
-    precision: str = "fp32"          # fp32 | bf16: g_a / g_s trained under bf16 autocast (see _Bf16Transform)
+    precision: str = "auto"          # auto | fp32 | bf16 | fp16: g_a / g_s under autocast (wsicodec.train.device)
+    device: str = "auto"             # auto | cpu | cuda[:N]
+    workers: int = -1                # batch-making processes (-1: none on the CPU, most cores on a GPU)
+    compile: bool = False            # torch.compile the training forward
 
     def psi_at(self, step: int, start: int = 0) -> float:
         """ψ at ``step`` of a run that began at ``start`` (a fine-tune switches halfway through its own steps)."""
@@ -69,32 +77,6 @@ class TrainConfig:
             return 0.0
         switch = start + self.psi_switch * (self.steps - start)
         return self.psi[0] if step < switch or len(self.psi) == 1 else self.psi[1]
-
-
-PRECISIONS = ("fp32", "bf16")
-
-
-class _Bf16Transform(nn.Sequential):
-    """A transform (g_a, g_s) whose training forward and backward run under bf16 autocast: its
-    weights, the entropy models, the hyper-networks and the loss stay fp32, and evaluation
-    (validation, export) is plain fp32. The convolutions of g_a / g_s are most of a step's time:
-    on a CPU with AVX512-BF16 it makes more steps per CPU minute at the same validation objective
-    (docs/training.md)."""
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if not self.training:
-            return super().forward(x)
-        with torch.autocast(x.device.type, dtype=torch.bfloat16):
-            return super().forward(x).float()
-
-
-def _set_precision(model: nn.Module, precision: str) -> None:
-    if precision not in PRECISIONS:
-        raise TrainError(f"unknown training precision {precision!r} ({' or '.join(PRECISIONS)})")
-    for name in ("g_a", "g_s"):
-        t = getattr(model, name)
-        if type(t) in (nn.Sequential, _Bf16Transform):  # the same modules and state dict keys
-            t.__class__ = _Bf16Transform if precision == "bf16" else nn.Sequential
 
 
 def _rd_loss(model: nn.Module, x: torch.Tensor, lmbda: float, psi: float,
@@ -125,15 +107,18 @@ def _val_images(paths: list[str], crop: int) -> list[torch.Tensor]:
 
 @torch.no_grad()
 def validate(model: nn.Module, images: list[torch.Tensor]) -> dict[str, float]:
-    """Real entropy-coded bits (model.compress) and PSNR / MS-SSIM of the decoded crops."""
+    """Real entropy-coded bits (model.compress) and PSNR / MS-SSIM of the decoded crops, on the
+    model's device, in fp32."""
     from pytorch_msssim import ms_ssim
 
     was_training = model.training
     model.eval()
     model.update(force=True)
+    device = next(model.parameters()).device
     bits = pixels = 0
     psnrs, ssims = [], []
     for x in images:
+        x = x.to(device)
         enc = model.compress(x)
         bits += 8 * sum(len(s[0]) for s in enc["strings"])
         pixels += x.shape[2] * x.shape[3]
@@ -149,16 +134,24 @@ def validate(model: nn.Module, images: list[torch.Tensor]) -> dict[str, float]:
 
 class Trainer:
     def __init__(self, cfg: TrainConfig, log: Callable[[str], None] = print):
+        self.created = time.monotonic()  # --wall-minutes counts from here (data loading included)
         self.cfg = cfg
         self.log = log
         self.out = Path(cfg.out)
         self.out.mkdir(parents=True, exist_ok=True)
         if cfg.threads:
             torch.set_num_threads(cfg.threads)
+        self.device = resolve_device(cfg.device)
+        if self.device.type == "cuda":
+            torch.backends.cudnn.benchmark = True          # fixed crop sizes: pick the fastest kernels once
+            torch.backends.cuda.matmul.allow_tf32 = True   # training only; fp32 parts stay fp32 in range
+            torch.backends.cudnn.allow_tf32 = True
         torch.manual_seed(cfg.seed)
         random.seed(cfg.seed)
         self.model = build_model(cfg.architecture, N=cfg.N, M=cfg.M)
-        _set_precision(self.model, cfg.precision)
+        self.precision = Precision.on(cfg.precision, self.device)
+        self.precision.apply(self.model)
+        self.model.to(self.device)
         params = {n for n, p in self.model.named_parameters() if not n.endswith(".quantiles")}
         named = dict(self.model.named_parameters())
         transforms = sorted(n for n in params if n.startswith(("g_a.", "g_s.")))
@@ -174,15 +167,21 @@ class Trainer:
         )
         self.step = 0
         self.best = float("inf")
-        self.train_seconds = 0.0         # CPU time (all threads) spent in training steps, validation excluded
+        self.train_seconds = 0.0         # time in training steps on step_clock (CPU: CPU time), validation excluded
         self.start_step = 0              # where this run's own steps began (> 0 when fine-tuning)
-        images = [im for p in find_inputs(cfg.data) for im in load_rgb(p)]
-        self.sampler = CropSampler(images, cfg.patch, cfg.seed, cfg.stain_jitter, cfg.colour_jitter)
+        self.sampler = CropSampler(load_images(cfg.data), cfg.patch, cfg.seed, cfg.stain_jitter, cfg.colour_jitter)
+        self.workers = cfg.workers if cfg.workers >= 0 else default_workers(self.device)
+        self._batches: BatchStream | None = None
         self.val = _val_images(cfg.val, cfg.val_crop) if cfg.val else []
         from wsicodec.train.features import feature_network
 
         self.feature = feature_network(cfg.feature_net)
         self._stop = False
+        # seconds the end of a run needs: guesses until a validation and a checkpoint have been timed
+        wall = cfg.wall_minutes * 60
+        self._reserve = {"validate": min(15.0, 0.03 * wall), "save": min(2.0, 0.01 * wall)}
+        if cfg.compile:
+            compile_model(self.model, log)
 
     # -- checkpoints -------------------------------------------------------------------------
     @property
@@ -200,14 +199,17 @@ class Trainer:
             "opt": self.opt.state_dict(),
             "aux_opt": self.aux_opt.state_dict(),
             "sched": self.sched.state_dict(),
-            "sampler": self.sampler.state(),
+            "precision": self.precision.state_dict(),
             "torch_rng": torch.get_rng_state(),
+            "cuda_rng": torch.cuda.get_rng_state(self.device) if self.device.type == "cuda" else None,
         }
 
     def save(self) -> None:
+        t0 = time.monotonic()
         tmp = self.ckpt_path.with_suffix(".tmp")
         torch.save(self.state(), tmp)
         os.replace(tmp, self.ckpt_path)
+        self._reserve["save"] = time.monotonic() - t0
 
     def resume(self, path: Path | None = None) -> None:
         st = torch.load(path or self.ckpt_path, map_location="cpu", weights_only=False)
@@ -215,8 +217,14 @@ class Trainer:
         self.opt.load_state_dict(st["opt"])
         self.aux_opt.load_state_dict(st["aux_opt"])
         self.sched.load_state_dict(st["sched"])
-        self.sampler.set_state(st["sampler"])
+        self.precision.load_state_dict(st.get("precision"))
         torch.set_rng_state(st["torch_rng"])
+        if self.device.type == "cuda":  # the noise's generator; a run moved from the CPU seeds it by step
+            cuda_rng = st.get("cuda_rng")
+            if cuda_rng is not None:
+                torch.cuda.set_rng_state(cuda_rng, self.device)
+            else:
+                torch.cuda.manual_seed(self.cfg.seed * 1_000_003 + st["step"])
         self.step = st["step"]
         self.best = st["best"]
         self.train_seconds = st.get("train_seconds", 0.0)
@@ -286,24 +294,45 @@ class Trainer:
                 w.writeheader()
             w.writerow(row)
 
+    def next_batch(self) -> torch.Tensor:
+        """Batch number ``self.step`` on the training device (after a resume: the batch the run
+        would have drawn next)."""
+        if self._batches is None or self._batches.index != self.step:
+            self.close_batches()
+            self._batches = BatchStream(self.sampler, self.cfg.batch, self.step, self.device, self.workers)
+        return self._batches.next()
+
+    def close_batches(self) -> None:
+        if self._batches is not None:
+            self._batches.close()
+            self._batches = None
+
     def train_step(self) -> dict[str, float]:
+        return {k: float(v) for k, v in self._train_step().items()}
+
+    def _train_step(self) -> dict[str, torch.Tensor]:
+        """One step; the loss terms stay on the device (reading them would wait for the GPU)."""
         cfg = self.cfg
         self.model.train()
-        x = self.sampler.batch(cfg.batch)
+        x = self.next_batch()
         self.opt.zero_grad(set_to_none=True)
         self.aux_opt.zero_grad(set_to_none=True)
         terms = _rd_loss(self.model, x, cfg.lmbda, cfg.psi_at(self.step, self.start_step), self.feature)
-        terms["loss"].backward()
-        if cfg.clip > 0:
-            torch.nn.utils.clip_grad_norm_(
-                [p for g in self.opt.param_groups for p in g["params"]], cfg.clip
-            )
-        self.opt.step()
+        self.precision.backward_and_step(terms["loss"], self.opt,
+                                         [p for g in self.opt.param_groups for p in g["params"]], cfg.clip)
         aux = self.model.aux_loss()
         aux.backward()
         self.aux_opt.step()
         self.step += 1
-        return {k: float(v.detach()) for k, v in terms.items()} | {"aux": float(aux.detach())}
+        return {k: v.detach() for k, v in terms.items()} | {"aux": aux.detach()}
+
+    def time_left(self) -> float:
+        """Wall seconds left under ``wall_minutes`` after the end of the run's final validation
+        and checkpoint (inf without a wall-clock limit)."""
+        if self.cfg.wall_minutes <= 0:
+            return float("inf")
+        end_work = 1.5 * ((self._reserve["validate"] if self.val else 0.0) + self._reserve["save"]) + 2.0
+        return self.cfg.wall_minutes * 60 - (time.monotonic() - self.created) - end_work
 
     def run(self, max_steps: int | None = None) -> None:
         cfg = self.cfg
@@ -316,20 +345,25 @@ class Trainer:
         signal.signal(signal.SIGINT, stop)
         signal.signal(signal.SIGTERM, stop)
         last_ckpt = t_log = time.time()
-        acc: dict[str, float] = {}
+        acc: dict[str, torch.Tensor] = {}
         n = 0
         budget = cfg.max_minutes * 60 if cfg.max_minutes > 0 else float("inf")
+        clock = step_clock(self.device)  # CPU time on the CPU: fair between runs on a shared machine
+        out_of_time = False
         try:
-            while self.step < target and not self._stop and self.train_seconds < budget:
-                t0 = time.process_time()  # CPU time: fair between runs on a shared machine
-                terms = self.train_step()
-                self.train_seconds += time.process_time() - t0
+            while self.step < target and not self._stop:
+                if self.train_seconds >= budget or self.time_left() <= 0:
+                    out_of_time = True
+                    break
+                t0 = clock()
+                terms = self._train_step()
+                self.train_seconds += clock() - t0
                 for k, v in terms.items():
-                    acc[k] = acc.get(k, 0.0) + v
+                    acc[k] = acc[k] + v if k in acc else v
                 n += 1
                 if self.step % 100 == 0:
                     now = time.time()
-                    row = {"step": self.step, **{k: round(v / n, 6) for k, v in acc.items()},
+                    row = {"step": self.step, **{k: round(float(v) / n, 6) for k, v in acc.items()},
                            "lr": self.opt.param_groups[-1]["lr"], "s_per_step": round((now - t_log) / n, 4),
                            "time": round(now)}
                     self._log_row("train_log.csv", row)
@@ -340,14 +374,17 @@ class Trainer:
                 if time.time() - last_ckpt > cfg.checkpoint_minutes * 60:
                     self.save()
                     last_ckpt = time.time()
-            if self.train_seconds >= budget and self.val and self.step % cfg.val_every:
+            if out_of_time and self.val and self.step % cfg.val_every:
                 self.validate_and_schedule()     # the pilot's figure: validation at the time budget
         finally:
+            self.close_batches()
             self.save()
             signal.signal(signal.SIGINT, old)
 
     def validate_and_schedule(self) -> dict[str, float]:
+        t0 = time.monotonic()
         v = validate(self.model, self.val)
+        self._reserve["validate"] = time.monotonic() - t0
         # rate-distortion objective on real bits, in the training loss's units
         obj = self.cfg.lmbda * 255**2 * (255**2 / 10 ** (v["psnr"] / 10)) / 255**2 + v["bpp"]
         self.sched.step(obj)

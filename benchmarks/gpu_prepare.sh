@@ -1,0 +1,35 @@
+#!/usr/bin/env bash
+# Prepare, on a machine with a package index, what benchmarks/gpu_train.sh needs on a GPU machine
+# that reaches nothing outside:
+#
+#   bash benchmarks/gpu_prepare.sh TRAIN_DIR... --val VAL_DIR [--max-mib 40] [--python 3.12]
+#
+#   .gpu/pack    the training pack (`wsicodec train pack`; rebuilt only when missing)
+#   .gpu/wheels  wheels of the Python modules training needs beyond torch, numpy, Pillow and click
+#                (compressai, pytorch-msssim), for the GPU machine's Python (default 3.12, x86-64)
+# and prints the size of what travels: the tracked files plus .gpu, which a machine that receives
+# a copy of the working tree must accept.
+set -eu
+TRAIN=(); VAL=(); MIB=40; PYV=3.12
+while [ $# -gt 0 ]; do
+  case "$1" in
+    --val) VAL+=(--val "$2"); shift 2 ;;
+    --max-mib) MIB=$2; shift 2 ;;
+    --python) PYV=$2; shift 2 ;;
+    *) TRAIN+=(--train "$1"); shift ;;
+  esac
+done
+[ ${#TRAIN[@]} -gt 0 ] || { echo "usage: $0 TRAIN_DIR... --val VAL_DIR [--max-mib N] [--python X.Y]"; exit 2; }
+mkdir -p .gpu
+grep -qx '/.gpu/' .gitignore 2>/dev/null || echo "note: .gpu/ is not in .gitignore"
+if [ ! -f .gpu/pack/pack.json ]; then
+  wsicodec train pack .gpu/pack "${TRAIN[@]}" "${VAL[@]}" --max-mib "$MIB"
+fi
+mkdir -p .gpu/wheels
+python3 -m pip download -q --no-deps --only-binary=:all: --python-version "$PYV" --implementation cp \
+  --platform manylinux_2_34_x86_64 --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 \
+  --platform manylinux2014_x86_64 -d .gpu/wheels "compressai==1.2.8" "pytorch-msssim==1.0.0"
+ls -l .gpu/wheels
+tracked=$(git ls-files -z | xargs -0 du -cb 2>/dev/null | tail -1 | cut -f1)
+extra=$(du -sb .gpu | cut -f1)
+echo "tracked files: $((tracked / 1048576)) MiB; .gpu: $((extra / 1048576)) MiB; together $(((tracked + extra) / 1048576)) MiB"

@@ -1,0 +1,92 @@
+#!/usr/bin/env bash
+# Turn a fixed window on a bare GPU machine into training, in one call:
+#
+#   bash benchmarks/gpu_train.sh OUT_DIR RUN_DIR SECONDS [PACK] [-- OPTIONS OF A NEW RUN]
+#
+# run from the repository root of a copy of the working tree that holds the training pack
+# (`wsicodec train pack`, default .gpu/pack) and, where the machine lacks them, the wheels of
+# benchmarks/gpu_prepare.sh (.gpu/wheels). It
+#   1. reports the machine and checks the Python modules training needs; a missing one is installed
+#      from .gpu/wheels (no network needed) or named, and the script stops;
+#   2. continues RUN_DIR from its checkpoint.pt (exactly) or weights.pt (fresh optimiser state), or,
+#      when RUN_DIR holds neither, starts `wsicodec train run` with the OPTIONS after `--`;
+#      on CUDA, with bf16 autocast, batches made in worker processes and (unless NO_COMPILE=1)
+#      torch.compile; validation on PACK/val;
+#   3. stops itself in time: the trainer gets SECONDS minus what has been used and what the hand-back
+#      needs (RESERVE_S, default 25 s), and keeps enough of it to validate and save at the end;
+#   4. hands the run back in OUT_DIR: bundle.json + at most 6 parts of <= 16 MiB (`wsicodec train
+#      bundle`: logs, the checkpoint if it fits, else the last and best weights) and window.log.
+# At home: `wsicodec train merge OUT_DIR RUN_DIR --val VAL` checks the sha256 sums, reassembles the
+# parts into RUN_DIR and validates the weights on the CPU.
+set -u
+T0=$(date +%s)
+OUT=${1:?OUT_DIR}; RUN=${2:?RUN_DIR}; BUDGET=${3:?SECONDS}; shift 3
+PACK=.gpu/pack
+if [ $# -gt 0 ] && [ "$1" != "--" ]; then PACK=$1; shift; fi
+[ "${1:-}" = "--" ] && shift
+PY=${PYTHON:-python3}
+RESERVE=${RESERVE_S:-25}
+WHEELS=${WHEELS:-.gpu/wheels}
+mkdir -p "$OUT"
+LOG="$OUT/window.log"
+exec > >(tee -a "$LOG") 2>&1
+export PYTHONUNBUFFERED=1
+elapsed() { echo $(( $(date +%s) - T0 )); }
+
+echo "== machine ($(date -u +%FT%TZ))"
+nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader 2>/dev/null || echo "nvidia-smi: none"
+echo "cores: $(nproc); python: $($PY -c 'import sys; print(sys.version.split()[0])' 2>&1)"
+
+echo "== modules"
+missing() {
+  $PY - "$@" <<'EOF'
+import importlib, sys
+for name in sys.argv[1:]:
+    try:
+        importlib.import_module(name)
+    except Exception as e:
+        print(name)
+EOF
+}
+NEED="torch numpy PIL click compressai pytorch_msssim"
+MISSING=$(missing $NEED)
+if [ -n "$MISSING" ]; then
+  echo "missing: $MISSING"
+  SITE=/tmp/wsicodec-site
+  for m in $MISSING; do
+    whl=$(ls "$WHEELS"/${m}-*.whl 2>/dev/null | head -1)
+    if [ -n "$whl" ]; then
+      $PY -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --target "$SITE" "$whl" || exit 3
+      echo "installed $(basename "$whl") from $WHEELS"
+    fi
+  done
+  export PYTHONPATH="$SITE${PYTHONPATH:+:$PYTHONPATH}"
+  MISSING=$(missing $NEED)
+  if [ -n "$MISSING" ]; then
+    echo "error: Python modules missing and not in $WHEELS: $MISSING (benchmarks/gpu_prepare.sh fetches the wheels)"
+    exit 3
+  fi
+fi
+export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
+$PY -c "import torch, PIL.features as f; print('torch', torch.__version__, '| cuda', torch.cuda.is_available(),
+      '| bf16', torch.cuda.is_available() and torch.cuda.is_bf16_supported(), '| webp', f.check('webp'))"
+[ -f "$PACK/pack.json" ] || { echo "error: no training pack at $PACK (wsicodec train pack)"; exit 3; }
+
+LEFT=$(( BUDGET - $(elapsed) - RESERVE ))
+if [ "$LEFT" -lt 30 ]; then echo "error: $BUDGET s leave no time to train"; exit 3; fi
+WALL=$($PY -c "print(round($LEFT / 60, 3))")
+COMPILE=--compile; [ "${NO_COMPILE:-0}" = 1 ] && COMPILE=--no-compile
+echo "== training: $LEFT s of wall time for the trainer ($WALL min), then the hand-back"
+if [ -f "$RUN/checkpoint.pt" ] || [ -f "$RUN/weights.pt" ]; then
+  timeout -s TERM -k 20 $(( LEFT + 60 )) $PY -m wsicodec train continue "$RUN" "$PACK" --val "$PACK/val" \
+    --device "${DEVICE:-cuda}" --precision auto --wall-minutes "$WALL" $COMPILE
+else
+  [ $# -gt 0 ] || { echo "error: $RUN holds no checkpoint.pt or weights.pt and no options of a new run follow --"; exit 3; }
+  timeout -s TERM -k 20 $(( LEFT + 60 )) $PY -m wsicodec train run "$PACK" --val "$PACK/val" --out "$RUN" \
+    --device "${DEVICE:-cuda}" --precision auto --wall-minutes "$WALL" $COMPILE "$@"
+fi
+echo "trainer exit status $? after $(elapsed) s"
+
+echo "== hand-back"
+$PY -m wsicodec train bundle "$RUN" "$OUT" --max-files 7 --max-part-mib 16
+echo "done after $(elapsed) s of $BUDGET"
