@@ -35,17 +35,24 @@ elapsed() { echo $(( $(date +%s) - T0 )); }
 
 echo "== machine ($(date -u +%FT%TZ))"
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader 2>/dev/null || echo "nvidia-smi: none"
-echo "cores: $(nproc); python: $($PY -c 'import sys; print(sys.version.split()[0])' 2>&1)"
+echo "cores: $(nproc --all); python: $($PY -c 'import sys; print(sys.version.split()[0])' 2>&1)"
 
 echo "== modules"
-missing() {
+missing() {  # prints the modules that do not import; the versions of torch and Pillow to stderr
   $PY - "$@" <<'EOF'
 import importlib, sys
 for name in sys.argv[1:]:
     try:
         importlib.import_module(name)
-    except Exception as e:
+    except Exception:
         print(name)
+try:
+    import torch, PIL, PIL.features
+    print("torch", torch.__version__, "| cuda", torch.cuda.is_available(), "| bf16",
+          torch.cuda.is_available() and torch.cuda.is_bf16_supported(), "| Pillow", PIL.__version__,
+          "| webp", PIL.features.check("webp"), file=sys.stderr)
+except Exception:
+    pass
 EOF
 }
 NEED="torch numpy PIL click compressai pytorch_msssim"
@@ -68,8 +75,6 @@ if [ -n "$MISSING" ]; then
   fi
 fi
 export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
-$PY -c "import torch, PIL.features as f; print('torch', torch.__version__, '| cuda', torch.cuda.is_available(),
-      '| bf16', torch.cuda.is_available() and torch.cuda.is_bf16_supported(), '| webp', f.check('webp'))"
 [ -f "$PACK/pack.json" ] || { echo "error: no training pack at $PACK (wsicodec train pack)"; exit 3; }
 
 LEFT=$(( BUDGET - $(elapsed) - RESERVE ))

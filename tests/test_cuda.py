@@ -95,3 +95,58 @@ def test_cuda_hyper_symbols_are_the_cpu_codecs(tiny_models):
         assert np.array_equal(sym[i], (y_fp[i].astype(np.int64) - mean + 2 ** (ACT_BITS - 1)) >> ACT_BITS)
         out = decode_hyper_chunk(code_hyper_symbols(HyperSymbols(z[i], sym[i], index[i]), hm), hm)
         assert np.abs(out - y_fp[i]).max() <= 2 ** (ACT_BITS - 1)
+
+
+@pytest.fixture()
+def he_folder(tmp_path):
+    """Two H&E images cut from the bundled example slide."""
+    from pathlib import Path
+
+    from PIL import Image
+
+    from wsicodec.slide import open_input
+
+    slide = Path(__file__).resolve().parents[1] / "wsicodec" / "examples" / "CMU-1-Small-Region.svs"
+    d = tmp_path / "he"
+    d.mkdir()
+    with open_input(slide) as src:
+        Image.fromarray(src.read_rgb(900, 1400, 300, 260)).save(d / "a.png")
+        Image.fromarray(src.read_rgb(1100, 900, 200, 200)).save(d / "b.png")
+    return d
+
+
+def test_cuda_training_bf16_workers_compile_and_resume_on_the_cpu(he_folder, tmp_path):
+    """Training on the GPU as a window runs it (auto precision = bf16, batch workers, compiled
+    forward, wall-clock limit), its checkpoint continued on the CPU."""
+    from wsicodec.train import TrainConfig, Trainer
+
+    cfg = TrainConfig(data=[str(he_folder)], val=[str(he_folder)], out=str(tmp_path / "run"), N=8, M=8, patch=64,
+                      batch=8, lr=3e-3, steps=10**6, val_every=20, val_crop=128, device="cuda", workers=2,
+                      compile=True, wall_minutes=10.0)
+    t = Trainer(cfg)
+    assert t.device.type == "cuda" and t.precision.name == "bf16" and t.precision.scaler is None
+    losses = [t.train_step()["loss"] for _ in range(40)]
+    assert np.isfinite(losses).all() and np.mean(losses[-5:]) < np.mean(losses[:5])
+    v = t.validate_and_schedule()  # real bits, on the GPU
+    assert v["bpp"] > 0 and v["psnr"] > 5
+    t.run(max_steps=10)
+    assert t.step == 50
+    st = torch.load(t.ckpt_path, weights_only=False)
+    assert st["cuda_rng"] is not None
+    cpu = Trainer.from_checkpoint(tmp_path / "run", val=[])
+    assert cpu.device.type == "cpu" and cpu.step == 50 and not cpu.cfg.compile
+    for k, w in t.model.state_dict().items():
+        assert torch.equal(w.cpu(), cpu.model.state_dict()[k])
+    assert np.isfinite(cpu.train_step()["loss"])
+
+
+def test_cuda_fp16_training_uses_a_gradient_scaler(he_folder, tmp_path):
+    from wsicodec.train import TrainConfig, Trainer
+
+    cfg = TrainConfig(data=[str(he_folder)], out=str(tmp_path / "run"), N=8, M=8, patch=64, batch=8, lr=3e-3,
+                      steps=10**6, device="cuda", precision="fp16", workers=0)
+    t = Trainer(cfg)
+    assert t.precision.scaler is not None
+    losses = [t.train_step()["loss"] for _ in range(30)]
+    assert np.isfinite(losses).all() and np.mean(losses[-5:]) < np.mean(losses[:5])
+    assert all(p.dtype == torch.float32 for p in t.model.parameters())

@@ -18,6 +18,7 @@ import os
 import shutil
 import tarfile
 import tempfile
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
@@ -124,6 +125,7 @@ def bundle_run(run_dir: str | os.PathLike, out_dir: str | os.PathLike, max_files
             info = tarfile.TarInfo(m.name)
             info.size = len(m.data)
             info.mode = 0o644
+            info.mtime = int(time.time())
             tar.addfile(info, io.BytesIO(m.data))
     stream = buf.getvalue()
     out_dir.mkdir(parents=True, exist_ok=True)

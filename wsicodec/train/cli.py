@@ -156,45 +156,37 @@ def bundle(run_dir, out_dir, max_files, max_part_mib):
 @click.option("--val-crop", default=256, show_default=True)
 def merge(bundle_dir, run_dir, val, val_crop):
     """Check BUNDLE_DIR's parts against their sha256, reassemble them and put the run's files into
-    RUN_DIR; with --val, validate the last and the best weights there."""
+    RUN_DIR; with --val, validate the last and the best weights there (on the CPU)."""
     import torch
 
-    from wsicodec.models import build_model
     from wsicodec.train.bundle import merge_bundle
-    from wsicodec.train.loop import _val_images, validate
+    from wsicodec.train.loop import Trainer, validate
 
     merge_bundle(bundle_dir, run_dir, log=click.echo)
     if not val:
         return
-    images = _val_images(list(val), val_crop)
+    # the run's own model, on the CPU; the validation images stand in for its training data
+    t = Trainer.from_checkpoint(run_dir, data=list(val), val=list(val), val_crop=val_crop, device="cpu",
+                                patch=min(val_crop, 64), workers=0)
     for name in ("weights.pt", "best_model.pt"):
         path = Path(run_dir) / name
         if not path.exists():
             continue
         st = torch.load(path, map_location="cpu", weights_only=False)
-        cfg = st.get("config") or torch.load(Path(run_dir) / "weights.pt", map_location="cpu",
-                                             weights_only=False)["config"]
-        model = build_model(cfg["architecture"], N=cfg["N"], M=cfg["M"])
-        model.load_state_dict(st["model"])
-        v = validate(model, images)
-        click.echo(f"{name} (step {st['step']}): {v['bpp']:.4f} bpp, {v['psnr']:.2f} dB, MS-SSIM {v['ms_ssim']:.4f}")
+        # the entropy models' tables are left out (their sizes vary): validation rebuilds them
+        tables = ("_quantized_cdf", "_offset", "_cdf_length")
+        weights = {k: v for k, v in st["model"].items() if not k.endswith(tables)}
+        missing, unexpected = torch.nn.Module.load_state_dict(t.model, weights, strict=False)
+        if unexpected or any(not k.endswith(tables) for k in missing):
+            raise click.ClickException(f"{path}: not the weights of this run's model")
+        ladder = getattr(t, "ladder", None)
+        if ladder:  # a variable-rate model: every operating point
+            from wsicodec.train.ladder import validate_ladder
 
-
-@command.command("export")
-@click.argument("run_dir", type=click.Path(exists=True, file_okay=False, path_type=Path))
-@click.argument("name")
-@click.option("--models-dir", type=click.Path(path_type=Path), default=None,
-              help="Where to write (default: the package's model folder).")
-@click.option("--last", is_flag=True, help="Export the last weights, not the best validated ones.")
-@click.option("--data-desc", default="", help="How the model card describes the training data (default: the paths).")
-@click.option("--notes", default="", help="Free-text notes for the model card.")
-@click.option("--val", "val", multiple=True, help="Validation folder for the card's figures (default: the run's).")
-def export(run_dir, name, models_dir, last, data_desc, notes, val):
-    """Write RUN_DIR's model as NAME (.pt with frozen CDF tables, .json model card with sha256)."""
-    from wsicodec.models import model_dir
-    from wsicodec.train.loop import Trainer
-
-    overrides = {"val": list(val)} if val else {}
-    card = Trainer.from_checkpoint(run_dir, **overrides).export(name, models_dir or model_dir(), use_best=not last,
-                                                                data_desc=data_desc, notes=notes)
-    click.echo(f"{name}: sha256 {card.sha256}, validation {card.validation}")
+            points, _ = validate_ladder(t.model, t.val, ladder)
+        else:
+            points = [validate(t.model, t.val)]
+        for k, v in enumerate(points):
+            at = f" point {k}" if len(points) > 1 else ""
+            click.echo(f"{name} (step {st['step']}){at}: {v['bpp']:.4f} bpp, {v['psnr']:.2f} dB, "
+                       f"MS-SSIM {v['ms_ssim']:.4f}")

@@ -233,14 +233,17 @@ class Trainer:
     @classmethod
     def from_checkpoint(cls, run_dir: Path, **overrides) -> Trainer:
         """The trainer of a run folder, restored from its checkpoint, or from its ``weights.pt``
-        alone (a run carried across machines: weights, step and config, no optimiser state)."""
+        alone (a run carried across machines: weights, step and config, no optimiser state). The
+        settings of the machine it ran on (device, workers, compile, wall-clock limit) are not
+        inherited: they return to their defaults unless ``overrides`` name them."""
         run_dir = Path(run_dir)
         ckpt = run_dir / "checkpoint.pt"
         src = ckpt if ckpt.exists() else run_dir / "weights.pt"
         if not src.exists():
             raise TrainError(f"{run_dir}: no checkpoint.pt or weights.pt")
         st = torch.load(src, map_location="cpu", weights_only=False)
-        t = cls(TrainConfig(**{**st["config"], "out": str(run_dir), **overrides}))  # the folder may have moved
+        machine = {"device": "auto", "workers": -1, "compile": False, "wall_minutes": 0.0}
+        t = cls(TrainConfig(**{**st["config"], **machine, "out": str(run_dir), **overrides}))  # the folder may have moved
         if src == ckpt:
             t.resume(ckpt)
         else:
