@@ -11,8 +11,14 @@ import torch
 from torch import nn
 
 from wsicodec.train import TrainConfig, Trainer
-from wsicodec.train.device import (Precision, compile_model, resolve_device, resolve_precision,
-                                   set_transform_precision, step_clock)
+from wsicodec.train.device import (
+    Precision,
+    compile_model,
+    resolve_device,
+    resolve_precision,
+    set_transform_precision,
+    step_clock,
+)
 
 EXAMPLE = __import__("pathlib").Path(__file__).resolve().parents[1] / "wsicodec" / "examples" / "CMU-1-Small-Region.svs"
 
@@ -113,7 +119,7 @@ def test_batches_are_the_same_with_and_without_worker_processes(image_dir):
     b = [workers.next() for _ in range(5)]
     workers.close()
     assert inline.index == workers.index == 10
-    assert all(torch.equal(x, y) for x, y in zip(a, b))
+    assert all(torch.equal(x, y) for x, y in zip(a, b, strict=True))
     assert torch.equal(a[0], sampler.batch_at(5, 2)) and not torch.equal(a[0], a[1])
 
 
@@ -142,13 +148,13 @@ def test_fp16_trains_with_a_gradient_scaler_and_resumes_it(image_dir, tmp_path):
     torch.manual_seed(0)
     t = Trainer(_cfg(image_dir, tmp_path / "fp16", precision="fp16"))
     assert t.precision.name == "fp16" and t.precision.scaler is not None
-    losses = [t.train_step()["loss"] for _ in range(30)]
-    assert np.isfinite(losses).all() and np.mean(losses[-5:]) < np.mean(losses[:5])
+    losses = [t.train_step()["loss"] for _ in range(16)]  # fp16 on a CPU without it: emulated, slow
+    assert np.isfinite(losses).all() and np.mean(losses[-4:]) < np.mean(losses[:4])
     assert all(p.dtype == torch.float32 for p in t.model.parameters())
     t.save()
     scale = t.precision.scaler.get_scale()
     b = Trainer.from_checkpoint(tmp_path / "fp16")
-    assert b.precision.scaler.get_scale() == scale and b.step == 30
+    assert b.precision.scaler.get_scale() == scale and b.step == 16
 
 
 def test_wall_clock_limit_leaves_time_for_the_end_of_the_run(image_dir, tmp_path):

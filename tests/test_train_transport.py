@@ -79,7 +79,7 @@ def test_pack_holds_exact_crops_within_its_budget(sources, tmp_path):
     crops = load_pack_crops(tmp_path / "pack")
     origins = [o for sheet in manifest["sheets"] for o in sheet["origins"]]
     assert len(crops) == len(origins) == report.crops == manifest["crops"] > 0
-    for c, (i, y, x) in zip(crops, origins):
+    for c, (i, y, x) in zip(crops, origins, strict=True):
         assert np.array_equal(c, originals[i][y : y + 96, x : x + 96])
     # every image gives a crop before any gives a second (round robin); glass gives none
     counts = {s["name"]: s["crops"] for s in manifest["sources"]}
@@ -110,7 +110,7 @@ def test_pack_validation_crops_give_the_originals_figures(sources, tmp_path):
     _build(root, tmp_path / "pack", val_crop=256)
     for crop in (64, 128, 256):
         a, b = _val_images([root / "val"], crop), _val_images([tmp_path / "pack" / "val"], crop)
-        assert len(a) == len(b) == 2 and all(torch.equal(x, y) for x, y in zip(a, b))
+        assert len(a) == len(b) == 2 and all(torch.equal(x, y) for x, y in zip(a, b, strict=True))
 
 
 def _cfg(data, val, out, **kw):
@@ -194,3 +194,15 @@ def test_bundle_drops_optimiser_state_when_the_checkpoint_does_not_fit(sources, 
     assert back.step == 3 and _same_weights(back.model.state_dict(), t.model.state_dict())
     with pytest.raises(BundleError, match="exceed"):
         bundle_run(run, tmp_path / "none", max_files=2, max_part_mib=0.001, log=lambda s: None)
+
+    # fp16 travel weights: about half the bytes, loaded into the fp32 model within fp16 rounding
+    half = tmp_path / "half"
+    merge_bundle(tmp_path / "out", half, log=lambda s: None, half_weights=True)
+    assert (half / "weights.pt").stat().st_size < 0.7 * (home / "weights.pt").stat().st_size
+    h = Trainer.from_checkpoint(half)
+    assert h.step == 3
+    for k, v in t.model.state_dict().items():
+        w = h.model.state_dict()[k]
+        assert w.dtype == v.dtype
+        if v.is_floating_point():
+            assert torch.allclose(w, v, rtol=1e-3, atol=1e-6), k

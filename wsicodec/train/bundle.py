@@ -19,9 +19,9 @@ import shutil
 import tarfile
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 from wsicodec.errors import TrainError
 
@@ -49,13 +49,20 @@ def _sha256_file(path: Path) -> str:
     return h.hexdigest()
 
 
-def _weights_only(checkpoint: Path) -> bytes:
-    """``weights.pt`` of a checkpoint: the last weights, step, config and best objective."""
+def _weights_only(checkpoint: Path, half: bool = False) -> bytes:
+    """``weights.pt`` of a checkpoint or weights file: the last weights, step, config and best
+    objective; ``half``: the fp32 tensors stored as fp16 (half the bytes; they load into the fp32
+    model as they are, within fp16's 2^-11 relative rounding: far below what one training step
+    changes), the entropy models' scale tables kept fp32."""
     import torch
 
     st = torch.load(checkpoint, map_location="cpu", weights_only=False)
+    model = st["model"]
+    if half:
+        model = {k: v.half() if v.dtype == torch.float32 and not k.endswith("scale_table") else v
+                 for k, v in model.items()}
     buf = io.BytesIO()
-    torch.save({"model": st["model"], "step": st["step"], "config": st["config"], "best": st.get("best")}, buf)
+    torch.save({"model": model, "step": st["step"], "config": st["config"], "best": st.get("best")}, buf)
     return buf.getvalue()
 
 
@@ -149,12 +156,14 @@ def bundle_run(run_dir: str | os.PathLike, out_dir: str | os.PathLike, max_files
 
 
 def merge_bundle(bundle_dir: str | os.PathLike, run_dir: str | os.PathLike,
-                 log: Callable[[str], None] = print) -> dict:
+                 log: Callable[[str], None] = print, half_weights: bool = False) -> dict:
     """Check and unpack the bundle in ``bundle_dir`` into ``run_dir`` (created if needed). Every
     file is verified before anything in ``run_dir`` changes; the bundle's files then replace the
     run's. A handed-back ``checkpoint.pt`` also gives a fresh ``weights.pt`` (the small file a
     repository keeps); handed-back weights without a checkpoint retire an older local
-    ``checkpoint.pt`` (it would otherwise be resumed in their place). Returns the manifest."""
+    ``checkpoint.pt`` (it would otherwise be resumed in their place). ``half_weights``: that
+    ``weights.pt`` holds fp16 tensors (half the bytes, for a wide model's run that must travel;
+    ``checkpoint.pt`` and ``best_model.pt`` stay fp32). Returns the manifest."""
     bundle_dir, run_dir = Path(bundle_dir), Path(run_dir)
     try:
         manifest = json.loads((bundle_dir / MANIFEST).read_text())
@@ -187,10 +196,11 @@ def merge_bundle(bundle_dir: str | os.PathLike, run_dir: str | os.PathLike,
         for name, m in expected.items():
             if _sha256_file(staging / name) != m["sha256"]:
                 raise BundleError(f"{bundle_dir}: {name} differs from its sha256 in {MANIFEST}")
-        if "checkpoint.pt" in expected and "weights.pt" not in expected:
-            (staging / "weights.pt").write_bytes(_weights_only(staging / "checkpoint.pt"))
+        last = staging / ("checkpoint.pt" if "checkpoint.pt" in expected else "weights.pt")
         if manifest.get("best_is_last"):  # not sent twice: the best weights are the last ones
-            _best_from_last(staging / "weights.pt", staging / "best_model.pt")
+            _best_from_last(last, staging / "best_model.pt")
+        if "checkpoint.pt" in expected or half_weights:
+            (staging / "weights.pt").write_bytes(_weights_only(last, half=half_weights))
         elif "checkpoint.pt" not in expected and (run_dir / "checkpoint.pt").exists():
             (run_dir / "checkpoint.pt").unlink()
             log(f"merge: {run_dir / 'checkpoint.pt'} removed (older than the handed-back weights)")

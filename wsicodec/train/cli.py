@@ -112,8 +112,9 @@ def continue_run(run_dir, data, val, device, precision, batch, workers, compile_
              "checkpoint_minutes": checkpoint_minutes, "max_minutes": max_minutes, "wall_minutes": wall_minutes,
              "threads": threads}
     t = Trainer.from_checkpoint(run_dir, **{k: v for k, v in given.items() if v is not None})
+    fresh = "" if t.ckpt_path.exists() else " from weights.pt, fresh optimiser state"
     click.echo(f"continuing {run_dir} at step {t.step} on {t.device} ({t.precision.name}, "
-               f"{t.workers} batch workers){' from weights.pt, fresh optimiser state' if not t.ckpt_path.exists() else ''}")
+               f"{t.workers} batch workers){fresh}")
     t.run()
     click.echo(f"stopped at step {t.step}; checkpoint {t.ckpt_path}")
 
@@ -122,8 +123,10 @@ def continue_run(run_dir, data, val, device, precision, batch, workers, compile_
 @click.argument("out", type=click.Path(path_type=Path))
 @click.option("--train", "train", multiple=True, required=True, help="Training images, folders or slides (repeatable).")
 @click.option("--val", "val", multiple=True, help="Validation images or folders (repeatable): their centre crops.")
-@click.option("--crop", default=256, show_default=True, help="Side of the training crops (the largest --patch the pack serves).")
-@click.option("--val-crop", default=256, show_default=True, help="Side of the validation centre crops (the largest --val-crop).")
+@click.option("--crop", default=256, show_default=True,
+              help="Side of the training crops (the largest --patch the pack serves).")
+@click.option("--val-crop", default=256, show_default=True,
+              help="Side of the validation centre crops (the largest --val-crop).")
 @click.option("--max-mib", default=40.0, show_default=True, help="Size budget of the whole pack.")
 @click.option("--seed", default=0, show_default=True)
 def pack(out, train, val, crop, val_crop, max_mib, seed):
@@ -154,7 +157,10 @@ def bundle(run_dir, out_dir, max_files, max_part_mib):
 @click.option("--val", "val", multiple=True,
               help="Validate the merged weights on these images (centre crops, real bits, on the CPU).")
 @click.option("--val-crop", default=256, show_default=True)
-def merge(bundle_dir, run_dir, val, val_crop):
+@click.option("--half-weights", is_flag=True,
+              help="Write weights.pt with fp16 tensors (half the bytes: a wide model's run that must travel); "
+                   "checkpoint.pt and best_model.pt stay fp32.")
+def merge(bundle_dir, run_dir, val, val_crop, half_weights):
     """Check BUNDLE_DIR's parts against their sha256, reassemble them and put the run's files into
     RUN_DIR; with --val, validate the last and the best weights there (on the CPU)."""
     import torch
@@ -162,7 +168,7 @@ def merge(bundle_dir, run_dir, val, val_crop):
     from wsicodec.train.bundle import merge_bundle
     from wsicodec.train.loop import Trainer, validate
 
-    merge_bundle(bundle_dir, run_dir, log=click.echo)
+    merge_bundle(bundle_dir, run_dir, log=click.echo, half_weights=half_weights)
     if not val:
         return
     # the run's own model, on the CPU; the validation images stand in for its training data

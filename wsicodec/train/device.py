@@ -10,8 +10,8 @@ export) is plain fp32. fp16 runs with a gradient scaler; bf16 has fp32's range a
 from __future__ import annotations
 
 import time
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from typing import Callable, Iterable
 
 import torch
 from torch import nn
@@ -114,7 +114,7 @@ class Precision:
     scaler: torch.amp.GradScaler | None = None
 
     @classmethod
-    def on(cls, precision: str, device: torch.device) -> "Precision":
+    def on(cls, precision: str, device: torch.device) -> Precision:
         name = resolve_precision(precision, device)
         scaler = torch.amp.GradScaler(device.type) if name == "fp16" else None
         return cls(name, device, scaler)

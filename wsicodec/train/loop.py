@@ -243,7 +243,8 @@ class Trainer:
             raise TrainError(f"{run_dir}: no checkpoint.pt or weights.pt")
         st = torch.load(src, map_location="cpu", weights_only=False)
         machine = {"device": "auto", "workers": -1, "compile": False, "wall_minutes": 0.0}
-        t = cls(TrainConfig(**{**st["config"], **machine, "out": str(run_dir), **overrides}))  # the folder may have moved
+        # "out": the folder may have moved
+        t = cls(TrainConfig(**{**st["config"], **machine, "out": str(run_dir), **overrides}))
         if src == ckpt:
             t.resume(ckpt)
         else:
@@ -353,6 +354,7 @@ class Trainer:
         budget = cfg.max_minutes * 60 if cfg.max_minutes > 0 else float("inf")
         clock = step_clock(self.device)  # CPU time on the CPU: fair between runs on a shared machine
         out_of_time = False
+        first = True
         try:
             while self.step < target and not self._stop:
                 if self.train_seconds >= budget or self.time_left() <= 0:
@@ -361,6 +363,9 @@ class Trainer:
                 t0 = clock()
                 terms = self._train_step()
                 self.train_seconds += clock() - t0
+                if first:  # batch workers' start, compilation: what a short GPU run pays once
+                    self.log(f"first step: {time.time() - t_log:.1f} s")
+                    first = False
                 for k, v in terms.items():
                     acc[k] = acc[k] + v if k in acc else v
                 n += 1

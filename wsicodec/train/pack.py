@@ -28,9 +28,9 @@ import json
 import os
 import shutil
 import tempfile
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 
@@ -199,7 +199,7 @@ def build_pack(out: str | os.PathLike, train: list[str | os.PathLike], val: list
         manifest = {
             "format": PACK_FORMAT, "version": PACK_VERSION, "crop": crop, "seed": seed,
             "max_mib": max_mib, "bytes": total, "crops": used, "sheets": sheets,
-            "sources": [{"name": n, "crops": int(c)} for n, c in zip(names, per_source)],
+            "sources": [{"name": n, "crops": int(c)} for n, c in zip(names, per_source, strict=True)],
             "val": {"crop": val_crop, "files": val_entries},
         }
         (tmp / "pack.json").write_text(json.dumps(manifest, indent=1) + "\n")
@@ -209,7 +209,8 @@ def build_pack(out: str | os.PathLike, train: list[str | os.PathLike], val: list
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-    return PackReport(out, crop, used, len(ordered), len(per_image), int((per_source > 0).sum()), len(val_entries), total)
+    return PackReport(out, crop, used, len(ordered), len(per_image), int((per_source > 0).sum()),
+                      len(val_entries), total)
 
 
 def load_pack_crops(path: str | os.PathLike, verify: bool = True) -> list[np.ndarray]:
