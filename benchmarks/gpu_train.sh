@@ -12,8 +12,9 @@
 #      when RUN_DIR holds neither, starts `wsicodec train run` with the OPTIONS after `--`;
 #      on CUDA, with bf16 autocast, batches made in worker processes and (unless NO_COMPILE=1)
 #      torch.compile; validation on PACK/val;
-#   3. stops itself in time: the trainer gets SECONDS minus what has been used and what the hand-back
-#      needs (RESERVE_S, default 25 s), and keeps enough of it to validate and save at the end;
+#   3. stops itself in time: the trainer gets SECONDS minus what has been used, two interpreter starts
+#      (timed on the module check) and what the hand-back needs (RESERVE_S, default 15 s), and keeps
+#      enough of it to validate and save at the end;
 #   4. hands the run back in OUT_DIR: bundle.json + at most 6 parts of <= 16 MiB (`wsicodec train
 #      bundle`: logs, the checkpoint if it fits, else the last and best weights) and window.log.
 # At home: `wsicodec train merge OUT_DIR RUN_DIR --val VAL` checks the sha256 sums, reassembles the
@@ -25,7 +26,7 @@ PACK=.gpu/pack
 if [ $# -gt 0 ] && [ "$1" != "--" ]; then PACK=$1; shift; fi
 [ "${1:-}" = "--" ] && shift
 PY=${PYTHON:-python3}
-RESERVE=${RESERVE_S:-25}
+RESERVE=${RESERVE_S:-15}
 WHEELS=${WHEELS:-.gpu/wheels}
 mkdir -p "$OUT"
 LOG="$OUT/window.log"
@@ -56,17 +57,17 @@ except Exception:
 EOF
 }
 NEED="torch numpy PIL click compressai pytorch_msssim"
+S0=$(date +%s)
 MISSING=$(missing $NEED)
+STARTUP=$(( $(date +%s) - S0 ))  # an interpreter's start with torch: the trainer and the hand-back pay it again
 if [ -n "$MISSING" ]; then
   echo "missing: $MISSING"
   SITE=/tmp/wsicodec-site
-  for m in $MISSING; do
-    whl=$(ls "$WHEELS"/${m}-*.whl 2>/dev/null | head -1)
-    if [ -n "$whl" ]; then
-      $PY -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --target "$SITE" "$whl" || exit 3
-      echo "installed $(basename "$whl") from $WHEELS"
-    fi
-  done
+  if ls "$WHEELS"/*.whl >/dev/null 2>&1; then  # all of them: a module may be missing for want of another
+    $PY -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --target "$SITE" "$WHEELS"/*.whl \
+      || { echo "error: the wheels in $WHEELS do not install on this Python"; exit 3; }
+    echo "installed from $WHEELS: $(cd "$WHEELS" && ls *.whl | tr '\n' ' ')"
+  fi
   export PYTHONPATH="$SITE${PYTHONPATH:+:$PYTHONPATH}"
   MISSING=$(missing $NEED)
   if [ -n "$MISSING" ]; then
@@ -77,11 +78,11 @@ fi
 export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
 [ -f "$PACK/pack.json" ] || { echo "error: no training pack at $PACK (wsicodec train pack)"; exit 3; }
 
-LEFT=$(( BUDGET - $(elapsed) - RESERVE ))
-if [ "$LEFT" -lt 30 ]; then echo "error: $BUDGET s leave no time to train"; exit 3; fi
+LEFT=$(( BUDGET - $(elapsed) - RESERVE - 2 * STARTUP ))
+if [ "$LEFT" -lt 30 ]; then echo "error: $BUDGET s leave no time to train (interpreter start ${STARTUP} s)"; exit 3; fi
 WALL=$($PY -c "print(round($LEFT / 60, 3))")
 COMPILE=--compile; [ "${NO_COMPILE:-0}" = 1 ] && COMPILE=--no-compile
-echo "== training: $LEFT s of wall time for the trainer ($WALL min), then the hand-back"
+echo "== training: $LEFT s of wall time for the trainer ($WALL min; interpreter start ${STARTUP} s), then the hand-back"
 if [ -f "$RUN/checkpoint.pt" ] || [ -f "$RUN/weights.pt" ]; then
   timeout -s TERM -k 20 $(( LEFT + 60 )) $PY -m wsicodec train continue "$RUN" "$PACK" --val "$PACK/val" \
     --device "${DEVICE:-cuda}" --precision auto --wall-minutes "$WALL" $COMPILE
