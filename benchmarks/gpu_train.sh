@@ -15,8 +15,9 @@
 #   3. stops itself in time: the trainer gets SECONDS minus what has been used, two interpreter starts
 #      (timed on the module check) and what the hand-back needs (RESERVE_S, default 15 s), and keeps
 #      enough of it to validate and save at the end;
-#   4. hands the run back in OUT_DIR: bundle.json + at most 6 parts of <= 16 MiB (`wsicodec train
-#      bundle`: logs, the checkpoint if it fits, else the last and best weights) and window.log.
+#   4. hands the run back in OUT_DIR as at most 8 files: bundle.json + at most 7 parts of <= 16 MiB
+#      (`wsicodec train bundle`: the logs, this script's window.log among them, the checkpoint if it
+#      fits, else the last and best weights); OUT_DIR/window.log alone if the hand-back fails.
 # At home: `wsicodec train merge OUT_DIR RUN_DIR --val VAL` checks the sha256 sums, reassembles the
 # parts into RUN_DIR and validates the weights on the CPU.
 set -u
@@ -29,8 +30,9 @@ PY=${PYTHON:-python3}
 RESERVE=${RESERVE_S:-15}
 WHEELS=${WHEELS:-.gpu/wheels}
 mkdir -p "$OUT"
-LOG="$OUT/window.log"
+LOG=$(mktemp /tmp/wsicodec-window.XXXXXX)  # travels inside the bundle: OUT_DIR keeps to 8 files
 exec > >(tee -a "$LOG") 2>&1
+fail() { echo "error: $*"; cp "$LOG" "$OUT/window.log"; exit 3; }
 export PYTHONUNBUFFERED=1
 elapsed() { echo $(( $(date +%s) - T0 )); }
 
@@ -65,21 +67,20 @@ if [ -n "$MISSING" ]; then
   SITE=/tmp/wsicodec-site
   if ls "$WHEELS"/*.whl >/dev/null 2>&1; then  # all of them: a module may be missing for want of another
     $PY -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --target "$SITE" "$WHEELS"/*.whl \
-      || { echo "error: the wheels in $WHEELS do not install on this Python"; exit 3; }
+      || fail "the wheels in $WHEELS do not install on this Python"
     echo "installed from $WHEELS: $(cd "$WHEELS" && ls *.whl | tr '\n' ' ')"
   fi
   export PYTHONPATH="$SITE${PYTHONPATH:+:$PYTHONPATH}"
   MISSING=$(missing $NEED)
   if [ -n "$MISSING" ]; then
-    echo "error: Python modules missing and not in $WHEELS: $MISSING (benchmarks/gpu_prepare.sh fetches the wheels)"
-    exit 3
+    fail "Python modules missing and not in $WHEELS: $MISSING (benchmarks/gpu_prepare.sh fetches the wheels)"
   fi
 fi
 export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
-[ -f "$PACK/pack.json" ] || { echo "error: no training pack at $PACK (wsicodec train pack)"; exit 3; }
+[ -f "$PACK/pack.json" ] || fail "no training pack at $PACK (wsicodec train pack)"
 
 LEFT=$(( BUDGET - $(elapsed) - RESERVE - 2 * STARTUP ))
-if [ "$LEFT" -lt 30 ]; then echo "error: $BUDGET s leave no time to train (interpreter start ${STARTUP} s)"; exit 3; fi
+[ "$LEFT" -ge 30 ] || fail "$BUDGET s leave no time to train (interpreter start ${STARTUP} s)"
 WALL=$($PY -c "print(round($LEFT / 60, 3))")
 COMPILE=--compile; [ "${NO_COMPILE:-0}" = 1 ] && COMPILE=--no-compile
 echo "== training: $LEFT s of wall time for the trainer ($WALL min; interpreter start ${STARTUP} s), then the hand-back"
@@ -87,12 +88,14 @@ if [ -f "$RUN/checkpoint.pt" ] || [ -f "$RUN/weights.pt" ]; then
   timeout -s TERM -k 20 $(( LEFT + 60 )) $PY -m wsicodec train continue "$RUN" "$PACK" --val "$PACK/val" \
     --device "${DEVICE:-cuda}" --precision auto --wall-minutes "$WALL" $COMPILE
 else
-  [ $# -gt 0 ] || { echo "error: $RUN holds no checkpoint.pt or weights.pt and no options of a new run follow --"; exit 3; }
+  [ $# -gt 0 ] || fail "$RUN holds no checkpoint.pt or weights.pt and no options of a new run follow --"
   timeout -s TERM -k 20 $(( LEFT + 60 )) $PY -m wsicodec train run "$PACK" --val "$PACK/val" --out "$RUN" \
     --device "${DEVICE:-cuda}" --precision auto --wall-minutes "$WALL" $COMPILE "$@"
 fi
 echo "trainer exit status $? after $(elapsed) s"
 
-echo "== hand-back"
-$PY -m wsicodec train bundle "$RUN" "$OUT" --max-files 7 --max-part-mib 16
+echo "== hand-back after $(elapsed) s"
+[ -d "$RUN" ] || fail "the trainer left no run folder $RUN"
+cp "$LOG" "$RUN/window.log"
+$PY -m wsicodec train bundle "$RUN" "$OUT" --max-files 8 --max-part-mib 16 || fail "the hand-back failed"
 echo "done after $(elapsed) s of $BUDGET"
