@@ -30,12 +30,12 @@ def real_latents(slide: Path, model: str | None, tile: int) -> dict:
     """The model's latents (on the CPU) of one window of each window shape of the slide."""
     from wsicodec.engine import Transforms
     from wsicodec.models import load_model
-    from wsicodec.models.registry import default_model_name
+    from wsicodec.quality import default_point
     from wsicodec.pipeline import canvas_reader
     from wsicodec.slide import open_input
     from wsicodec.tiling import TileGrid, measure_glass
 
-    net, card = load_model(model or default_model_name())
+    net, card = load_model(model or default_point().model)
     coder = Transforms(net, card, "cpu", 1)
     cache: dict = {}
     with open_input(slide) as src:
@@ -119,11 +119,11 @@ def chunk_write_parts(latents: np.ndarray, model: str | None, n: int = 64) -> di
 
     from wsicodec.codec import store_codec
     from wsicodec.models import load_model
-    from wsicodec.models.registry import default_model_name
+    from wsicodec.quality import default_point
     from wsicodec.store import LatentChunkFiles, StoreWriter
     from wsicodec.tiling import TileGrid
 
-    net, card = load_model(model or default_model_name())
+    net, card = load_model(model or default_point().model)
     lh = (latents.shape[-1] - 512 // card.stride) // 2
     chunk = np.ascontiguousarray(latents[0, :, lh : lh + 512 // card.stride, lh : lh + 512 // card.stride])
     side = 512 * int(np.ceil(np.sqrt(n)))

@@ -84,11 +84,12 @@ def get_model(name: str | None, models_dir: Path | None):
     """(model, card, note): the named or shipped default model, else an untrained N=64/M=96."""
     import torch
 
-    from wsicodec.models.registry import ModelCard, ModelError, build_model, default_model_name, load_model
+    from wsicodec.models.registry import ModelCard, ModelError, build_model, load_model
+    from wsicodec.quality import default_point
 
     if name is None:
         try:
-            name = default_model_name(models_dir)
+            name = default_point(models_dir).model
         except ModelError:
             name = None
     if name is not None:

@@ -52,16 +52,24 @@ def plan_outputs(inputs: list[str], out_dir: str | Path) -> list[tuple[str, Path
     return plan
 
 
-def is_complete(output: Path, model: str | None, model_dir: Path | None = None) -> bool:
-    """True when ``output`` is a complete store written by the model that would be used now."""
-    from wsicodec.models.registry import default_model_name
+def is_complete(output: Path, model: str | None, model_dir: Path | None = None, quality: int | None = None,
+                target: str | None = None) -> bool:
+    """True when ``output`` is a complete store written as it would be now: with the model that
+    ``model`` / ``quality`` / the default gives now, or (``target``) for the same target."""
+    from wsicodec.quality import choose
     from wsicodec.store import WsiStore
 
     if not output.exists():
         return False
     try:
         with WsiStore(output, model_dir=model_dir) as s:
-            return s.meta["model"]["name"] == (model or default_model_name(model_dir))
+            if target is not None:
+                from wsicodec.target import parse_target
+
+                t = parse_target(target)
+                rec = s.meta.get("quality") or {}
+                return rec.get("target") == {"metric": t.metric, "value": t.value}
+            return s.meta["model"]["name"] == choose(model, quality, model_dir).point.model
     except StoreError:
         return False
 
@@ -72,6 +80,7 @@ def compress_one(inp: str, out: str, kwargs: dict[str, Any], threads: int = 0) -
 
     from wsicodec.models import ModelError
     from wsicodec.pipeline import compress
+    from wsicodec.quality import QualityError
     from wsicodec.slide import SlideError
 
     if threads:
@@ -79,7 +88,7 @@ def compress_one(inp: str, out: str, kwargs: dict[str, Any], threads: int = 0) -
     t0 = time.time()
     try:
         r = compress(inp, out, **kwargs)
-    except (SlideError, ModelError, StoreError) as e:  # the input's fault: retrying will not help
+    except (SlideError, ModelError, StoreError, QualityError) as e:  # the input's fault: retrying will not help
         return JobResult(inp, out, "failed", round(time.time() - t0, 2), error=_one_line(e))
     return JobResult(inp, out, "done", round(time.time() - t0, 2), r.bytes, round(r.bpp, 4))
 
@@ -97,7 +106,8 @@ def compress_many(inputs: list[str], out_dir: str | Path, workers: int = 0, sche
     results: list[JobResult] = []
     todo = []
     for inp, out in plan_outputs(inputs, out_dir):
-        if not kwargs.get("overwrite") and is_complete(out, kwargs.get("model"), kwargs.get("model_dir")):
+        if not kwargs.get("overwrite") and is_complete(out, kwargs.get("model"), kwargs.get("model_dir"),
+                                                       kwargs.get("quality"), kwargs.get("target")):
             results.append(JobResult(inp, str(out), "skipped"))
             on_result(results[-1])
         else:

@@ -26,7 +26,15 @@ def main() -> None:
               help="With --out-dir: slides in parallel on a local dask.distributed cluster of N workers.")
 @click.option("--scheduler", default=None, help="With --out-dir: address of an existing dask scheduler.")
 @click.option("--retries", type=click.IntRange(0, 10), default=2, show_default=True)
-@click.option("--model", "-m", default=None, help="Shipped model name (see `wsicodec models`).")
+@click.option("--quality", type=click.IntRange(1, 100), default=None,
+              help="1-100: at least as good as JPEG at this quality (PSNR and MS-SSIM on the calibration set), "
+                   "in fewer bytes; see `wsicodec models`.  [default: the archive operating point]")
+@click.option("--target", default=None, metavar="METRIC=VALUE",
+              help="ms_ssim=0.99 or psnr=36: the cheapest operating point that reaches it on sampled tissue tiles "
+                   "of each slide (recorded in the store; `verify --against` checks it).")
+@click.option("--target-tiles", type=click.IntRange(1, 256), default=None,
+              help="Tissue tiles sampled for --target  [default: 8]")
+@click.option("--model", "-m", default=None, help="Shipped model name, for experts (see `wsicodec models`).")
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True)
 @click.option("--batch-size", type=click.IntRange(1, 1024), default=None,
               help="Tiles per network batch  [default: 32 on CUDA, 8 on the CPU]")
@@ -50,9 +58,9 @@ def main() -> None:
               help="Code fluorescence / dark-field and single-channel images too (refused by default: the "
                    "models were trained on H&E brightfield). More than 8 bits or 3 channels are always refused.")
 @click.option("--quiet", "-q", is_flag=True, help="No progress bar or summary.")
-def compress(paths, out_dir, manifest, workers, scheduler, retries, model, device, batch_size, precision,
-             writer_processes, read_threads, tile, keep_glass, overwrite, resume, deidentify, allow_non_he,
-             quiet):
+def compress(paths, out_dir, manifest, workers, scheduler, retries, quality, target, target_tiles, model, device,
+             batch_size, precision, writer_processes, read_threads, tile, keep_glass, overwrite, resume, deidentify,
+             allow_non_he, quiet):
     """Compress level 0 of a slide or image into a Zarr store.
 
     \b
@@ -64,6 +72,13 @@ def compress(paths, out_dir, manifest, workers, scheduler, retries, model, devic
     opts = dict(model=model, device=device, batch_size=batch_size, tile=tile, overwrite=overwrite,
                 skip_glass=not keep_glass, precision=precision, writer_processes=writer_processes,
                 read_threads=read_threads)
+    for key, value in (("quality", quality), ("target", target), ("target_tiles", target_tiles)):
+        if value is not None:
+            opts[key] = value
+    if sum(v is not None for v in (model, quality, target)) > 1:
+        raise UserError("give one of --model, --quality and --target")
+    if target_tiles is not None and target is None:
+        raise UserError("--target-tiles needs --target")
     if resume:
         opts["resume"] = True
     if deidentify:
@@ -84,7 +99,12 @@ def compress(paths, out_dir, manifest, workers, scheduler, retries, model, devic
         raise UserError("give INPUT and OUTPUT, or inputs with --out-dir DIR")
     if workers or scheduler:
         raise UserError("--workers and --scheduler need --out-dir")
-    r = run(paths[0], paths[1], progress=not quiet, **opts)
+
+    def announce(choice) -> None:  # a quality beyond the models' reach, a target's pick: before the work starts
+        if choice.note:
+            click.echo(choice.note, err=True)
+
+    r = run(paths[0], paths[1], progress=not quiet, on_choice=announce, **opts)
     if not quiet:
         note = (r.content or {}).get("note")  # also kept in the store's metadata, shown by `info`
         if note:
@@ -94,7 +114,19 @@ def compress(paths, out_dir, manifest, workers, scheduler, retries, model, devic
         mpix = r.pixels * (1 - r.glass_tiles / max(r.tiles, 1)) / 1e6
         click.echo(f"{r.output}: {r.bytes:,} bytes, {r.bpp:.3f} bits/pixel ({r.latent_bpp:.3f} for the image alone), "
                    f"{r.tiles} tiles "
-                   f"({r.glass_tiles} glass), {r.seconds:.1f} s, {mpix / max(r.seconds, 1e-9):.2f} Mpx tissue/s")
+                   f"({r.glass_tiles} glass), {r.seconds:.1f} s, {mpix / max(r.seconds, 1e-9):.2f} Mpx tissue/s; "
+                   f"operating point {r.choice.point} ({describe_choice(r.choice.record)})")
+
+
+def describe_choice(record: dict) -> str:
+    """How an operating point was chosen, in a few words (a store's ``quality`` record)."""
+    how = record.get("chosen_by")
+    if how == "quality":
+        return f"quality {record['quality']}" + ("" if record.get("matched") else ", beyond the models' reach")
+    if how == "target":
+        t, m = record["target"], record.get("measured", {})
+        return f"target {t['metric']}={t['value']:g}, measured {m.get(t['metric'])} on the sample"
+    return {"default": "the default", "model": "named"}.get(how, str(how))
 
 
 def _compress_many(inputs, out_dir, workers, scheduler, retries, quiet, opts) -> None:
@@ -205,6 +237,10 @@ def verify(store, against, device, as_json):
             q = rep.quality
             click.echo(f"against {q['against']}: PSNR {q['psnr']} dB (worst tile {tuple(q['worst_tile'])}: "
                        f"{q['worst_tile_psnr']} dB), MS-SSIM {q['ms_ssim']}")
+            if q.get("target"):
+                t = q["target"]
+                click.echo(f"target {t['metric']}={t['value']:g}: {t['measured']} over the coded tiles "
+                           f"(sample at compression: {t['sample_measured']}): {'met' if t['met'] else 'NOT met'}")
         for p in rep.problems:
             click.echo(f"problem: {p}")
     if not rep.ok:
@@ -216,36 +252,26 @@ def verify(store, against, device, as_json):
 @main.command()
 @click.option("--json", "as_json", is_flag=True)
 def models(as_json):
-    """List the shipped models and their rates."""
-    from dataclasses import asdict
+    """List the shipped models' operating points: bits per pixel, PSNR and MS-SSIM on the
+    calibration set, the JPEG quality each matches and the --quality values that use it."""
+    from wsicodec.quality import model_rows
 
-    from wsicodec.models import list_models
-    from wsicodec.models.registry import default_model_name
-
-    cards = list_models()
+    rows, caption = model_rows()
     if as_json:
-        click.echo(json.dumps([asdict(c) for c in cards], indent=2))
+        click.echo(json.dumps(rows, indent=2))
         return
+    from rich import box
     from rich.console import Console
     from rich.table import Table
 
-    default = default_model_name() if cards else ""
-    from rich import box
-
-    t = Table(title="shipped models",
-              caption="* default model; bpp, PSNR, MS-SSIM: validation figures of the model card",
-              box=box.SIMPLE_HEAD)
-    rows = []
-    for c in cards:
-        v = c.validation
-        rows.append([c.name + (" *" if c.name == default else ""), c.spec.entropy_model,
-                     f"{c.params.get('N')}/{c.params.get('M')}", f"{c.lmbda:g}" if c.lmbda else "", str(c.steps),
-                     f"{v['bpp']:.3f}" if "bpp" in v else "", f"{v['psnr']:.2f}" if "psnr" in v else "",
-                     f"{v['ms_ssim']:.4f}" if "ms_ssim" in v else ""])
-    for i, col in enumerate(("name", "kind", "N/M", "λ", "steps", "bpp", "PSNR", "MS-SSIM")):
-        t.add_column(col, no_wrap=True, min_width=max([len(col)] + [len(r[i]) for r in rows]))
-    for r in rows:
-        t.add_row(*r)
+    t = Table(title="shipped models", caption=caption, box=box.SIMPLE_HEAD)
+    cells = [[r["operating_point"] + (" *" if r["default"] else ""), r["kind"],
+              *(("" if r[k] is None else f"{r[k]:.{d}f}") for k, d in (("bpp", 3), ("psnr", 2), ("ms_ssim", 4))),
+              f"q{r['matches_jpeg']}" if r["matches_jpeg"] else "", r["qualities"]] for r in rows]
+    for i, col in enumerate(("operating point", "kind", "bpp", "PSNR", "MS-SSIM", "≥ JPEG", "--quality")):
+        t.add_column(col, no_wrap=True, min_width=max([len(col)] + [len(c[i]) for c in cells]))
+    for c in cells:
+        t.add_row(*c)
     Console().print(t)
 
 

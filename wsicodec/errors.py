@@ -4,7 +4,7 @@ the problem. The command line shows these as one-line errors; any other exceptio
 keeps its traceback."""
 from __future__ import annotations
 
-__all__ = ["BenchError", "StoreError", "TrainError", "WsicodecError", "first_line"]
+__all__ = ["BenchError", "QualityError", "StoreError", "TrainError", "WsicodecError", "first_line"]
 
 
 class WsicodecError(Exception):
@@ -21,6 +21,10 @@ class BenchError(WsicodecError, ValueError):
 
 class TrainError(WsicodecError, ValueError):
     """A training run that cannot start or continue (no usable images, no checkpoint, bad options)."""
+
+
+class QualityError(WsicodecError, ValueError):
+    """A quality, target or calibration table that cannot be used (``compress --quality``, ``--target``)."""
 
 
 def first_line(e: BaseException) -> str:

@@ -38,12 +38,40 @@ def _describe_store(s: WsiStore, path: Any) -> dict[str, Any]:
         "associated": associated, "other_bytes": size - image - associated_bytes,
         "associated_images": m.get("associated", []), "deidentified": m.get("deidentified", False),
         "created": m.get("created"), "encoder": m.get("encoder"),
+        **quality_summary(m.get("quality")),
         "level_dimensions": [list(d) for d in s.level_dimensions],
         **_content_entries(m.get("content")),
         "properties": s.properties,
     }
     d["summary"] = summary(d)
     return d
+
+
+def quality_summary(record: Any) -> dict[str, Any]:
+    """The ``info`` lines of a store's ``quality`` record (docs/format.md): how its operating
+    point was chosen and, for a target, the figure measured on the sample. Empty for stores
+    written before it was recorded."""
+    if not isinstance(record, dict):
+        return {}
+    point = record.get("operating_point") or {}
+    label = str(point.get("model", "?")) + (f"@{point['rate']}" if point.get("rate") is not None else "")
+    out: dict[str, Any] = {"operating_point": label, "chosen_by": record.get("chosen_by")}
+    cal = record.get("calibration")
+    if record.get("chosen_by") == "quality":
+        out["quality"] = record.get("quality")
+        out["quality_matched"] = bool(record.get("matched"))
+    if isinstance(cal, dict) and isinstance(cal.get("point"), dict) and isinstance(cal.get("jpeg"), dict):
+        p, j = cal["point"], cal["jpeg"]
+        out["calibration"] = (f"on {cal.get('set')}: {p.get('bpp', 0):.3f} bpp, PSNR {p.get('psnr', 0):.2f} dB, "
+                              f"MS-SSIM {p.get('ms_ssim', 0):.4f}; JPEG q{j.get('quality')}: {j.get('bpp', 0):.3f} bpp, "
+                              f"PSNR {j.get('psnr', 0):.2f} dB, MS-SSIM {j.get('ms_ssim', 0):.4f}")
+    if record.get("chosen_by") == "target":
+        t, m, sample = record.get("target") or {}, record.get("measured") or {}, record.get("sample") or {}
+        out["target"] = f"{t.get('metric')}={t.get('value')}"
+        out["target_measured"] = (f"{m.get(t.get('metric'))} on {len(sample.get('tiles', []))} sampled tissue tiles "
+                                  f"(seed {sample.get('seed')}); there PSNR {m.get('psnr')} dB, MS-SSIM "
+                                  f"{m.get('ms_ssim')}, {m.get('bpp')} bpp")
+    return out
 
 
 def summary(d: dict[str, Any]) -> list[str]:

@@ -18,12 +18,22 @@ from wsicodec import __version__
 from wsicodec.associated import EncodedImage, encode, original_bytes
 from wsicodec.codec import store_codec
 from wsicodec.engine import Transforms, encode_tiles
-from wsicodec.errors import StoreError, first_line
+from wsicodec.errors import QualityError, StoreError, first_line
 from wsicodec.models import load_model
-from wsicodec.models.registry import default_model_name
+from wsicodec.quality import Choice, choose
 from wsicodec.remote_jobs import compress_urls, decompress_urls
 from wsicodec.slide import SlideError, SlideSource, open_input
-from wsicodec.store import FORMAT_NAME, StoreWriter, WsiStore, check_output_path, format_version, now_iso, store_size
+from wsicodec.store import (
+    FORMAT_NAME,
+    StoreWriter,
+    WsiStore,
+    check_output_path,
+    format_version,
+    now_iso,
+    partial_path,
+    read_store_meta,
+    store_size,
+)
 from wsicodec.streaming import BackgroundSink
 from wsicodec.tiling import TileGrid, measure_glass
 from wsicodec.writers import ChunkWriterProcesses
@@ -40,6 +50,8 @@ class CompressResult:
     resumed_tiles: int = 0
     latent_bytes: int = 0   # the coded image alone: the store less metadata and associated images
     content: dict[str, Any] | None = None  # what the input holds (wsicodec.content), as in the store
+    choice: Choice | None = None  # the operating point and how it was chosen (default, quality, target, model)
+    search_seconds: float = 0.0   # a target's search on the slide (not in ``seconds``)
 
     @property
     def bpp(self) -> float:
@@ -164,11 +176,13 @@ DARK_GLASS_OFF = ("off: dark background (fluorescence or dark-field), where fain
 
 def store_metadata(src: SlideSource, input_path: Path, card, transforms: Transforms, glass: tuple[int, int, int],
                    tile: int, skip_glass: bool, deidentify: bool, content: dict[str, Any] | None = None,
-                   glass_detection: str | None = None) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
+                   glass_detection: str | None = None, quality: dict[str, Any] | None = None
+                   ) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
     """The group metadata of a new store (docs/format.md) and the associated images to keep (the
     thumbnail is not kept: a reader makes it from the store's pyramid). ``content``: what the input
     holds (:meth:`wsicodec.content.Content.to_meta`); ``glass_detection``: the recorded detection
-    rule when it is not the default one."""
+    rule when it is not the default one; ``quality``: how the operating point was chosen
+    (:class:`~wsicodec.quality.Choice`'s record)."""
     W, H = src.dimensions
     props, assoc = src.properties, src.associated_images
     source: dict[str, Any] = {"file_name": input_path.name, "file_size": src.file_size, "vendor": src.vendor}
@@ -200,7 +214,27 @@ def store_metadata(src: SlideSource, input_path: Path, card, transforms: Transfo
         meta["deidentification"] = deid
     if content is not None:
         meta["content"] = content
+    if quality is not None:
+        meta["quality"] = quality
     return meta, assoc
+
+
+def resumed_choice(output: Path, target: Any, tiles: int) -> Choice | None:
+    """The target search recorded in the unfinished store beside ``output``, if it searched the
+    same target on as many tiles: a resumed run keeps it rather than searching again."""
+    from wsicodec.quality import OperatingPoint
+
+    old = read_store_meta(partial_path(output))
+    rec = old.get("quality") if old else None
+    if not (isinstance(rec, dict) and rec.get("chosen_by") == "target"
+            and rec.get("target") == {"metric": target.metric, "value": target.value}
+            and len(rec.get("sample", {}).get("tiles", [])) <= tiles):
+        return None
+    try:
+        point = OperatingPoint.from_dict(rec["operating_point"])
+    except (KeyError, TypeError, ValueError):
+        return None
+    return Choice(point, rec, f"target {target}: {point}, as chosen by the interrupted run")
 
 
 @compress_urls  # input / output may be fsspec URLs (wsicodec.remote)
@@ -209,8 +243,16 @@ def compress(input_path: str | Path, output: str | Path, model: str | None = Non
              progress: bool = False, model_dir: Path | None = None, resume: bool = False,
              deidentify: bool = False, io_threads: int = 2, writer_processes: int | None = None,
              read_threads: int | None = None, precision: str = "auto",
-             allow_non_he: bool = False) -> CompressResult:
+             allow_non_he: bool = False, quality: int | None = None, target: str | None = None,
+             target_tiles: int | None = None, on_choice: Callable[[Choice], None] | None = None) -> CompressResult:
     """Compress level 0 of a slide or image into a store at ``output``.
+
+    The operating point: ``model`` (a shipped model, for experts), ``quality`` (1–100, at least
+    JPEG's at that quality on the calibration set, :mod:`wsicodec.quality`), ``target``
+    (``"ms_ssim=0.99"``, ``"psnr=36"``: the cheapest that reaches it on ``target_tiles`` sampled
+    tissue tiles of this slide, :mod:`wsicodec.target`), or none of them: the default. How it was
+    chosen is recorded in the store (``quality``), handed to ``on_choice`` as soon as it is made
+    and returned (``CompressResult.choice``).
 
     ``resume``: continue an interrupted run from the unfinished store (``.<name>.partial``) left
     beside ``output`` (without it, such a store is discarded and the run starts over); the result
@@ -229,24 +271,36 @@ def compress(input_path: str | Path, output: str | Path, model: str | None = Non
     ``allow_non_he``; a dark-background image is then coded without glass detection. Brightfield
     stains other than H&E are coded, with a note in the store's ``content`` metadata."""
     input_path, output = Path(input_path), Path(output)
+    if sum(x is not None for x in (model, quality, target)) > 1:
+        raise QualityError("give one of --model, --quality and --target")
     check_paths(input_path, output, overwrite)
-    name = model or default_model_name(model_dir)
-    net, card = load_model(name, model_dir)
-    transforms = Transforms(net, card, device, batch_size, precision=precision)
-    default_processes, default_reads = host_split(transforms.cuda)
-    writer_processes = max(0, int(default_processes if writer_processes is None else writer_processes))
-    read_threads = default_reads if read_threads is None else read_threads
-    t0 = time.time()  # the slide's own time, after the one-off model load
-    codec = store_codec(net, card)
-    if tile % (card.stride * card.spec.chunk_multiple):
-        raise StoreError(f"{output}: tile size {tile} must be a multiple of {card.stride * card.spec.chunk_multiple} "
-                         f"for model {card.name}")
+
+    def load(choice: Choice) -> tuple[Any, Any, Transforms]:
+        if choice.point.rate is not None:
+            raise QualityError(f"operating point {choice.point}: rate indexes need a variable-rate model")
+        net, card = load_model(choice.point.model, model_dir)
+        if tile % (card.stride * card.spec.chunk_multiple):
+            raise StoreError(f"{output}: tile size {tile} must be a multiple of "
+                             f"{card.stride * card.spec.chunk_multiple} for model {card.name}")
+        return net, card, Transforms(net, card, device, batch_size, precision=precision)
+
+    search_seconds = 0.0
+    if target is None:
+        choice = choose(model, quality, model_dir)
+        net, card, transforms = load(choice)
+        if on_choice:
+            on_choice(choice)
+    else:
+        from wsicodec.target import SAMPLE_TILES, parse_target
+
+        target = parse_target(target) if isinstance(target, str) else target
+        target_tiles = target_tiles or SAMPLE_TILES
+    t0 = time.time()  # the slide's own time: without the one-off model load and a target's search
     with open_input(input_path) as src, \
             _output_os_errors(output, "the tiles written are kept: free some space, then run again with --resume"):
         from wsicodec.content import assess
 
         W, H = src.dimensions
-        grid = TileGrid(W, H, tile, card.stride)
         thumb = None if src.unreadable else src.thumbnail(1024)
         content = assess(src, thumb)
         refusal = content.refusal(allow_non_he)
@@ -256,8 +310,26 @@ def compress(input_path: str | Path, output: str | Path, model: str | None = Non
         detection = DARK_GLASS_OFF if content.dark_background and skip_glass else None
         skip_glass = skip_glass and not content.dark_background
         content_meta = content.to_meta(allowed=allow_non_he)
+        read = canvas_reader(src, glass)
+        if target is not None:
+            from wsicodec.target import choose_target
+
+            choice = resumed_choice(output, target, target_tiles) if resume else None
+            if choice is None:
+                choice = choose_target(src, read, glass, target, tile, tiles=target_tiles, device=device,
+                                       precision=precision, model_dir=model_dir, progress=progress)
+            net, card, transforms = load(choice)
+            if on_choice:
+                on_choice(choice)
+            search_seconds = time.time() - t0
+            t0 = time.time()
+        default_processes, default_reads = host_split(transforms.cuda)
+        writer_processes = max(0, int(default_processes if writer_processes is None else writer_processes))
+        read_threads = default_reads if read_threads is None else read_threads
+        codec = store_codec(net, card)
+        grid = TileGrid(W, H, tile, card.stride)
         meta, assoc = store_metadata(src, input_path, card, transforms, glass, tile, skip_glass, deidentify,
-                                     content=content_meta, glass_detection=detection)
+                                     content=content_meta, glass_detection=detection, quality=choice.record)
         chunk_writers = None
         if writer_processes > 0:  # entropy coding + chunk writes off this process's GIL
             chunk_writers = functools.partial(ChunkWriterProcesses, n=writer_processes, model_dir=model_dir)
@@ -266,7 +338,6 @@ def compress(input_path: str | Path, output: str | Path, model: str | None = Non
         try:
             writer.write_associated(encode_associated(src, input_path, assoc))
             writer.meta["associated"] = sorted(assoc)
-            read = canvas_reader(src, glass)
             todo = [(tx, ty) for tx, ty in grid.reading_order() if writer.state[ty, tx] == 0]
             with _progress(progress, f"compress {input_path.name}", len(grid)) as advance:
                 advance(len(grid) - len(todo))
@@ -291,7 +362,7 @@ def compress(input_path: str | Path, output: str | Path, model: str | None = Non
         finally:
             writer.close_workers()
     return CompressResult(final, len(grid), n_glass, time.time() - t0, store_size(final), W * H, writer.resumed,
-                          store_size(final / "latents"), content_meta)
+                          store_size(final / "latents"), content_meta, choice=choice, search_seconds=search_seconds)
 
 
 @decompress_urls  # store / output may be fsspec URLs (wsicodec.remote)

@@ -254,6 +254,7 @@ def _compare(rep: VerifyReport, path: Path, against: Path, model_dir: Path | Non
         sq_err, n_px = 0.0, 0
         worst: tuple[float, tuple[int, int]] | None = None
         ssim_sum, ssim_px = 0.0, 0
+        coded = [0.0, 0, 0.0, 0]  # the coded (tissue) tiles alone: squared error, values, MS-SSIM sum, pixels
         tiles = list(store.grid)
         try:
             for tx, ty, px in store.decode_tiles(tiles):
@@ -270,6 +271,12 @@ def _compare(rep: VerifyReport, path: Path, against: Path, model_dir: Path | Non
                 if s is not None and math.isfinite(s):
                     ssim_sum += s * w * h
                     ssim_px += w * h
+                if store.tile_state[ty, tx] == TILE_CODED:
+                    coded[0] += se
+                    coded[1] += d.size
+                    if s is not None and math.isfinite(s):
+                        coded[2] += s * w * h
+                        coded[3] += w * h
         except Exception as e:
             rep.add("pixels", f"decoding failed ({first_line(e)})")
             return
@@ -280,6 +287,29 @@ def _compare(rep: VerifyReport, path: Path, against: Path, model_dir: Path | Non
             "worst_tile": list(worst[1]) if worst else None,
             "ms_ssim": round(ssim_sum / ssim_px, 5) if ssim_px else None,
         }
+        _check_target(rep, store.meta.get("quality"), coded)
+
+
+def _check_target(rep: VerifyReport, record: Any, coded: list) -> None:
+    """A store compressed for a target (``compress --target``): the target's figure over every
+    coded tile (the tissue the target was sampled from), and a problem when it falls short."""
+    from wsicodec.quality import METRICS, reaches
+
+    if not (isinstance(record, dict) and record.get("chosen_by") == "target" and isinstance(record.get("target"), dict)):
+        return
+    metric, value = record["target"].get("metric"), record["target"].get("value")
+    if metric not in METRICS or not isinstance(value, (int, float)):
+        rep.add("metadata", f"unreadable target {record['target']!r}")
+        return
+    se, n, ssim_sum, ssim_px = coded
+    figures = {"psnr": round(_psnr(se / n), 3) if n else None, "ms_ssim": round(ssim_sum / ssim_px, 5) if ssim_px else None}
+    got = figures[metric]
+    met = got is not None and reaches(got, value, metric)
+    rep.quality["target"] = {"metric": metric, "value": value, "coded_tiles": figures, "measured": got,
+                             "sample_measured": (record.get("measured") or {}).get(metric), "met": met}
+    if not met:
+        rep.add("pixels", f"target {metric}={value:g} not met: {got} over the coded tiles "
+                          f"(the sample at compression measured {(record.get('measured') or {}).get(metric)})")
 
 
 def _psnr(mse: float, cap: float = 100.0) -> float:

@@ -55,24 +55,48 @@ def _threads(n: int) -> None:
               help="wsicodec's arithmetic, compress and decompress alike (auto: half precision where native).")
 @click.option("--models", default=None, metavar="LIST",
               help="Comma-separated wsicodec models to measure (default: every model in the model folder).")
+@click.option("--settings", "sweeps", multiple=True, metavar="CODEC=LIST",
+              help="A classical codec's sweep instead of its default, e.g. jpeg=1-100 or jpeg=50,80 (repeatable).")
 @click.option("--models-dir", type=click.Path(exists=True, file_okay=False, path_type=Path), default=None,
               help="Model folder (default: the installed one).")
 @click.option("--reuse", type=click.Path(exists=True, dir_okay=False, path_type=Path), default=None,
               help="An earlier results.csv: its rows for the same images are kept, except for the codec "
                    "settings (models) measured now (e.g. add a model without re-measuring the others).")
 @click.option("--quiet", "-q", is_flag=True, help="No progress bar or tables.")
-def run(inputs, out, codecs, metrics, tiles, tile_size, seed, device, threads, precision, models, models_dir, reuse,
-        quiet):
+def run(inputs, out, codecs, metrics, tiles, tile_size, seed, device, threads, precision, models, sweeps, models_dir,
+        reuse, quiet):
     """Rate–distortion benchmark of INPUT images, folders and slides; results in --out."""
     from wsicodec.bench.runner import run_benchmark
 
     _threads(threads)
-    settings = {"wsicodec": [m.strip() for m in models.split(",") if m.strip()]} if models else None
+    settings = {"wsicodec": [m.strip() for m in models.split(",") if m.strip()]} if models else {}
+    settings.update(parse_sweeps(sweeps))
     r = run_benchmark(list(inputs), out, codecs=codecs, metrics=metrics, tiles=tiles, tile_size=tile_size,
-                      seed=seed, settings=settings, model_dir=models_dir, device=device, progress=not quiet,
+                      seed=seed, settings=settings or None, model_dir=models_dir, device=device, progress=not quiet,
                       reuse=reuse, precision=precision)
     if not quiet:
         click.echo(f"{len(r.rows)} measurements; wrote " + ", ".join(p.name for p in r.files) + f" to {r.out}")
+
+
+def parse_sweeps(specs: tuple[str, ...]) -> dict[str, list[float]]:
+    """``("jpeg=1-100", "webp=50,80")`` -> ``{"jpeg": [1, 2, …, 100], "webp": [50, 80]}``: a
+    classical codec's sweep, as integer ranges ``A-B`` and single values."""
+    out: dict[str, list[float]] = {}
+    for spec in specs:
+        codec, _, values = spec.partition("=")
+        sweep: list[float] = []
+        try:
+            for part in filter(None, (p.strip() for p in values.split(","))):
+                lo, dash, hi = part.partition("-")
+                sweep += list(range(int(lo), int(hi) + 1)) if dash else [float(part) if "." in part else int(part)]
+        except ValueError:
+            raise click.BadParameter(f"{spec!r}: expected CODEC=LIST, e.g. jpeg=1-100 or jpeg=50,80",
+                                     param_hint="--settings") from None
+        if not codec.strip() or not sweep or codec.strip() == "wsicodec":
+            raise click.BadParameter(f"{spec!r}: expected a classical codec and its settings, e.g. jpeg=1-100 "
+                                     "(wsicodec models: --models)", param_hint="--settings")
+        out[codec.strip()] = sweep
+    return out
 
 
 @command.command("distortions")

@@ -140,10 +140,16 @@ def sha256_file(path: Path) -> str:
     return h.hexdigest()
 
 
+#: the quality calibration table (:mod:`wsicodec.quality`) beside the weights: not a model card
+CALIBRATION_FILE = "quality.json"
+
+
 def list_models(directory: Path | None = None) -> list[ModelCard]:
     directory = Path(directory) if directory else model_dir()
     cards = []
     for card_path in sorted(directory.glob("*.json")):
+        if card_path.name == CALIBRATION_FILE:
+            continue
         try:
             cards.append(ModelCard(**json.loads(card_path.read_text())))
         except (TypeError, ValueError):
@@ -232,7 +238,8 @@ def save_model(model: nn.Module, card: ModelCard, directory: Path) -> ModelCard:
 
 
 def default_model_name(directory: Path | None = None) -> str:
-    """The model used when none is named: the one in ``DEFAULT`` beside the weights."""
+    """The model named in ``DEFAULT`` beside the weights, else the first one: the default of a
+    weights folder without a quality calibration (:func:`wsicodec.quality.default_point`)."""
     directory = Path(directory) if directory else model_dir()
     f = directory / "DEFAULT"
     if f.is_file():
