@@ -30,13 +30,20 @@ def markdown(cal) -> str:
         m = cal.matches.get(p)
         lines.append(f"| `{p}`{mark} | {f.bpp:.3f} | {f.psnr:.2f} | {f.ms_ssim:.4f} | "
                      f"{'q' + str(m) if m else 'none'} | {used} |")
-    lines += ["", "| quality | operating point | its bpp / PSNR / MS-SSIM | JPEG bpp / PSNR / MS-SSIM | matched |",
-              "|---|---|---|---|---|"]
-    for q in range(1, 101):
+    lines += ["", "| `--quality` | operating point | its bpp / PSNR / MS-SSIM | JPEG at the range's ends: bpp / PSNR / MS-SSIM |",
+              "|---|---|---|---|"]
+    q = 1
+    while q <= 100:
         p, matched = cal.mapping[q]
-        f, j = cal.points[p], cal.jpeg[q]
-        lines.append(f"| {q} | `{p}` | {f.bpp:.3f} / {f.psnr:.2f} / {f.ms_ssim:.4f} | "
-                     f"{j.bpp:.3f} / {j.psnr:.2f} / {j.ms_ssim:.4f} | {'yes' if matched else 'no'} |")
+        end = q
+        while end < 100 and cal.mapping[end + 1] == (p, matched):
+            end += 1
+        f, lo, hi = cal.points[p], cal.jpeg[q], cal.jpeg[end]
+        span = f"{q}–{end}" if end > q else str(q)
+        lines.append(f"| {span}{'' if matched else ' (beyond the limit)'} | `{p}` | "
+                     f"{f.bpp:.3f} / {f.psnr:.2f} / {f.ms_ssim:.4f} | q{q}: {lo.bpp:.3f} / {lo.psnr:.2f} / {lo.ms_ssim:.4f}"
+                     + (f"; q{end}: {hi.bpp:.3f} / {hi.psnr:.2f} / {hi.ms_ssim:.4f}" if end > q else "") + " |")
+        q = end + 1
     metric, ref_q = DEFAULT_REFERENCE
     lines += ["", f"Limit: q{cal.limit}. Top operating point: `{cal.top}`. Default: `{cal.default}` "
                   f"(fewest bits per pixel with {metric} at least JPEG q{ref_q}'s)."]

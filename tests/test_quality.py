@@ -245,3 +245,15 @@ def test_models_lists_operating_points_with_quality(calibration):
     assert by[calibration.top.label]["qualities"].endswith("–100 (top)") or calibration.limit == 100
     out = _cli("models").output
     assert f"{d} *" in out and "≥ JPEG" in out and "--quality" in out
+
+
+def test_bench_takes_a_classical_codec_sweep():
+    """`wsicodec bench --settings jpeg=1-100`: the JPEG sweep the calibration is built from."""
+    import click
+
+    from wsicodec.bench.cli import parse_sweeps
+
+    assert parse_sweeps(("jpeg=1-3,50", "webp=80")) == {"jpeg": [1, 2, 3, 50], "webp": [80]}
+    for bad in ("jpeg", "jpeg=a-b", "wsicodec=1-2"):
+        with pytest.raises(click.BadParameter):
+            parse_sweeps((bad,))
