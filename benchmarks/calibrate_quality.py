@@ -30,7 +30,8 @@ def markdown(cal) -> str:
         m = cal.matches.get(p)
         lines.append(f"| `{p}`{mark} | {f.bpp:.3f} | {f.psnr:.2f} | {f.ms_ssim:.4f} | "
                      f"{'q' + str(m) if m else 'none'} | {used} |")
-    lines += ["", "| `--quality` | operating point | its bpp / PSNR / MS-SSIM | JPEG at the range's ends: bpp / PSNR / MS-SSIM |",
+    lines += ["", "| `--quality` | operating point | its bpp / PSNR / MS-SSIM "
+                  "| JPEG at the range's ends: bpp / PSNR / MS-SSIM |",
               "|---|---|---|---|"]
     q = 1
     while q <= 100:
@@ -41,7 +42,8 @@ def markdown(cal) -> str:
         f, lo, hi = cal.points[p], cal.jpeg[q], cal.jpeg[end]
         span = f"{q}–{end}" if end > q else str(q)
         lines.append(f"| {span}{'' if matched else ' (beyond the limit)'} | `{p}` | "
-                     f"{f.bpp:.3f} / {f.psnr:.2f} / {f.ms_ssim:.4f} | q{q}: {lo.bpp:.3f} / {lo.psnr:.2f} / {lo.ms_ssim:.4f}"
+                     f"{f.bpp:.3f} / {f.psnr:.2f} / {f.ms_ssim:.4f} | "
+                     f"q{q}: {lo.bpp:.3f} / {lo.psnr:.2f} / {lo.ms_ssim:.4f}"
                      + (f"; q{end}: {hi.bpp:.3f} / {hi.psnr:.2f} / {hi.ms_ssim:.4f}" if end > q else "") + " |")
         q = end + 1
     metric, ref_q = DEFAULT_REFERENCE

@@ -30,8 +30,8 @@ def real_latents(slide: Path, model: str | None, tile: int) -> dict:
     """The model's latents (on the CPU) of one window of each window shape of the slide."""
     from wsicodec.engine import Transforms
     from wsicodec.models import load_model
-    from wsicodec.quality import default_point
     from wsicodec.pipeline import canvas_reader
+    from wsicodec.quality import default_point
     from wsicodec.slide import open_input
     from wsicodec.tiling import TileGrid, measure_glass
 

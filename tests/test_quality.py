@@ -7,11 +7,10 @@ import json
 import numpy as np
 import pytest
 from click.testing import CliRunner
-
 from conftest import EXAMPLE
+
 from wsicodec.cli import main
-from wsicodec.quality import (QUALITIES, Figures, OperatingPoint, QualityError, choose, derive, load_calibration,
-                              reaches)
+from wsicodec.quality import QUALITIES, Figures, OperatingPoint, QualityError, choose, derive, load_calibration, reaches
 from wsicodec.target import frontier, parse_target
 
 

@@ -63,7 +63,8 @@ def quality_summary(record: Any) -> dict[str, Any]:
     if isinstance(cal, dict) and isinstance(cal.get("point"), dict) and isinstance(cal.get("jpeg"), dict):
         p, j = cal["point"], cal["jpeg"]
         out["calibration"] = (f"on {cal.get('set')}: {p.get('bpp', 0):.3f} bpp, PSNR {p.get('psnr', 0):.2f} dB, "
-                              f"MS-SSIM {p.get('ms_ssim', 0):.4f}; JPEG q{j.get('quality')}: {j.get('bpp', 0):.3f} bpp, "
+                              f"MS-SSIM {p.get('ms_ssim', 0):.4f}; "
+                              f"JPEG q{j.get('quality')}: {j.get('bpp', 0):.3f} bpp, "
                               f"PSNR {j.get('psnr', 0):.2f} dB, MS-SSIM {j.get('ms_ssim', 0):.4f}")
     if record.get("chosen_by") == "target":
         t, m, sample = record.get("target") or {}, record.get("measured") or {}, record.get("sample") or {}

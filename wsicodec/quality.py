@@ -28,10 +28,10 @@ the command.
 from __future__ import annotations
 
 import json
-import math
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable, Mapping
+from typing import Any
 
 from wsicodec.errors import QualityError
 from wsicodec.models.registry import CALIBRATION_FILE
@@ -69,7 +69,7 @@ class OperatingPoint:
         return {"model": self.model, "rate": self.rate}
 
     @classmethod
-    def from_dict(cls, d: Mapping[str, Any]) -> "OperatingPoint":
+    def from_dict(cls, d: Mapping[str, Any]) -> OperatingPoint:
         rate = d.get("rate")
         return cls(str(d["model"]), None if rate is None else int(rate))
 
@@ -108,7 +108,7 @@ class Figures:
     def images(self) -> list[dict[str, float]]:
         """Each image's figures (the means as one image when there are none)."""
         rows = self.per_image or ((self.bpp, self.psnr, self.ms_ssim),)
-        return [dict(zip(("bpp", "psnr", "ms_ssim"), r)) for r in rows]
+        return [dict(zip(("bpp", "psnr", "ms_ssim"), r, strict=True)) for r in rows]
 
     def to_dict(self) -> dict[str, float]:
         return {k: round(float(getattr(self, k)), 6) for k in ("bpp", "psnr", "ms_ssim")}
@@ -117,7 +117,7 @@ class Figures:
         return f"{self.bpp:.3f} bpp, PSNR {self.psnr:.2f} dB, MS-SSIM {self.ms_ssim:.4f}"
 
     @classmethod
-    def of(cls, rows: list[tuple[float, float, float]]) -> "Figures":
+    def of(cls, rows: list[tuple[float, float, float]]) -> Figures:
         n = len(rows)
         return cls(*(sum(r[i] for r in rows) / n for i in range(3)), per_image=tuple(tuple(r) for r in rows))
 
@@ -160,16 +160,18 @@ class Calibration:
                     f"top point. default: the fewest bits per pixel with mean {DEFAULT_REFERENCE[0]} at least JPEG's "
                     f"at quality {DEFAULT_REFERENCE[1]}. Figures compared at the decimals shown.",
             "limit": self.limit, "top": self.top.to_dict(),
-            "default": {**self.default.to_dict(), "metric": DEFAULT_REFERENCE[0], "reference_quality": DEFAULT_REFERENCE[1]},
+            "default": {**self.default.to_dict(), "metric": DEFAULT_REFERENCE[0],
+                        "reference_quality": DEFAULT_REFERENCE[1]},
             "points": [{**p.to_dict(), **f.to_dict(), "matches_jpeg": self.matches.get(p),
                         "sha256": self.meta.get("sha256", {}).get(p.model), "per_image": _rounded(f.per_image)}
                        for p, f in sorted(self.points.items(), key=lambda kv: kv[1].bpp)],
-            "jpeg": [{"quality": q, **f.to_dict(), "per_image": _rounded(f.per_image)} for q, f in sorted(self.jpeg.items())],
+            "jpeg": [{"quality": q, **f.to_dict(), "per_image": _rounded(f.per_image)}
+                     for q, f in sorted(self.jpeg.items())],
             "qualities": [{"quality": q, **p.to_dict(), "matched": m} for q, (p, m) in sorted(self.mapping.items())],
         }
 
 
-def dumps(cal: "Calibration") -> str:
+def dumps(cal: Calibration) -> str:
     """The table as JSON text, one point / quality per line (diffs stay readable)."""
     doc = cal.to_json()
     lines = ["{"]
@@ -177,7 +179,8 @@ def dumps(cal: "Calibration") -> str:
         end = "," if i < len(doc) - 1 else ""
         if isinstance(v, list) and v and isinstance(v[0], dict):
             lines.append(f" {json.dumps(k)}: [")
-            lines += [f"  {json.dumps(e, separators=(',', ':'))}" + ("," if j < len(v) - 1 else "") for j, e in enumerate(v)]
+            lines += [f"  {json.dumps(e, separators=(',', ':'))}" + ("," if j < len(v) - 1 else "")
+                      for j, e in enumerate(v)]
             lines.append(f" ]{end}")
         else:
             lines.append(f" {json.dumps(k)}: {json.dumps(v, ensure_ascii=False)}{end}")
@@ -191,8 +194,8 @@ def _required(jpeg: Mapping[int, Figures]) -> dict[int, list[dict[str, float]]]:
     best: list[dict[str, float]] | None = None
     for q in sorted(jpeg):
         now = jpeg[q].images()
-        best = now if best is None else [{m: max(b[m], r[m]) for m in METRICS} for b, r in zip(best, now)]
-        need[q] = [{**b, "bpp": r["bpp"]} for b, r in zip(best, now)]
+        best = now if best is None else [{m: max(b[m], r[m]) for m in METRICS} for b, r in zip(best, now, strict=True)]
+        need[q] = [{**b, "bpp": r["bpp"]} for b, r in zip(best, now, strict=True)]
     return need
 
 
@@ -215,10 +218,10 @@ def derive(points: Mapping[OperatingPoint, Figures], jpeg: Mapping[int, Figures]
     mine = {p: points[p].images() for p in by_rate}
 
     def as_good(p: OperatingPoint, q: int) -> bool:
-        return all(reaches(a[m], b[m], m) for a, b in zip(mine[p], need[q]) for m in METRICS)
+        return all(reaches(a[m], b[m], m) for a, b in zip(mine[p], need[q], strict=True) for m in METRICS)
 
     def cheaper(p: OperatingPoint, q: int) -> bool:
-        return all(a["bpp"] < b["bpp"] for a, b in zip(mine[p], need[q]))
+        return all(a["bpp"] < b["bpp"] for a, b in zip(mine[p], need[q], strict=True))
 
     matches = {p: max((q for q in QUALITIES if as_good(p, q)), default=None) for p in by_rate}
     top = max(by_rate, key=lambda p: (matches[p] or 0, points[p].psnr, points[p].ms_ssim, -points[p].bpp))
@@ -262,7 +265,7 @@ def build_calibration(results: Iterable[str | Path], directory: Path | None = No
     jpeg_rows: dict[int, list] = {}
     point_rows: dict[OperatingPoint, list] = {p: [] for p in points}
     labels = {p.label: p for p in points}
-    for (image, codec, setting), r in rows.items():
+    for (_, codec, setting), r in rows.items():
         if codec == "jpeg":
             jpeg_rows.setdefault(int(float(setting)), []).append(r)
         elif codec.startswith("wsicodec") and setting in labels:
@@ -401,7 +404,8 @@ def choose(model: str | None = None, quality: int | None = None, directory: Path
     note = ""
     if not matched:
         f, j = cal.points[point], cal.jpeg[quality]
-        note = (f"quality {quality}: no installed model matches JPEG q{quality} on {cal.meta.get('set', {}).get('name', 'the calibration set')} "
+        set_name = cal.meta.get("set", {}).get("name", "the calibration set")
+        note = (f"quality {quality}: no installed model matches JPEG q{quality} on {set_name} "
                 f"(PSNR {j.psnr:.2f} dB, MS-SSIM {j.ms_ssim:.4f}; models match up to q{cal.limit}); "
                 f"using the top operating point {point} (PSNR {f.psnr:.2f} dB, MS-SSIM {f.ms_ssim:.4f})")
     return Choice(point, record, note)
@@ -450,10 +454,12 @@ def model_rows(directory: Path | None = None) -> tuple[list[dict[str, Any]], str
             "N/M": f"{c.params.get('N')}/{c.params.get('M')}", "lambda": f"{c.lmbda:g}" if c.lmbda else "",
             **figures, "figures": f"calibration ({cal.meta.get('set', {}).get('name')})" if f else "model card",
             "matches_jpeg": cal.matches.get(p) if f else None,
-            "qualities": _spans(qualities) + ((", " if qualities else "") + f"{cal.limit + 1}–100 (top)" if beyond else ""),
+            "qualities": _spans(qualities)
+                         + ((", " if qualities else "") + f"{cal.limit + 1}–100 (top)" if beyond else ""),
             "sha256": c.sha256, "steps": c.steps,
         })
-    rows.sort(key=lambda r: (r["figures"] == "model card", r["bpp"] if r["bpp"] is not None else 1e9, r["operating_point"]))
+    rows.sort(key=lambda r: (r["figures"] == "model card", r["bpp"] if r["bpp"] is not None else 1e9,
+                             r["operating_point"]))
     if cal is None:
         caption = "* default; bpp, PSNR, MS-SSIM: the model cards' validation figures (no calibration table)"
     else:

@@ -19,9 +19,10 @@ from __future__ import annotations
 
 import math
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 
@@ -248,7 +249,8 @@ def choose_target(src: Any, read_canvas: Callable, glass: tuple[int, int, int], 
         "tried": [{**candidates[i][0].to_dict(), **tried[i]} for i in sorted(tried)],
     }
     note = (f"target {target}: {point}, {target.shown(measured[target.metric])} on {len(sample)} tissue tiles "
-            f"(seed {seed}; {measured['bpp']:.3f} bpp there; {len(tried)} operating points tried in {time.time() - t0:.1f} s)")
+            f"(seed {seed}; {measured['bpp']:.3f} bpp there; {len(tried)} operating points tried "
+            f"in {time.time() - t0:.1f} s)")
     return Choice(point, record, note)
 
 

@@ -295,14 +295,16 @@ def _check_target(rep: VerifyReport, record: Any, coded: list) -> None:
     coded tile (the tissue the target was sampled from), and a problem when it falls short."""
     from wsicodec.quality import METRICS, reaches
 
-    if not (isinstance(record, dict) and record.get("chosen_by") == "target" and isinstance(record.get("target"), dict)):
+    if not (isinstance(record, dict) and record.get("chosen_by") == "target"
+            and isinstance(record.get("target"), dict)):
         return
     metric, value = record["target"].get("metric"), record["target"].get("value")
     if metric not in METRICS or not isinstance(value, (int, float)):
         rep.add("metadata", f"unreadable target {record['target']!r}")
         return
     se, n, ssim_sum, ssim_px = coded
-    figures = {"psnr": round(_psnr(se / n), 3) if n else None, "ms_ssim": round(ssim_sum / ssim_px, 5) if ssim_px else None}
+    figures = {"psnr": round(_psnr(se / n), 3) if n else None,
+               "ms_ssim": round(ssim_sum / ssim_px, 5) if ssim_px else None}
     got = figures[metric]
     met = got is not None and reaches(got, value, metric)
     rep.quality["target"] = {"metric": metric, "value": value, "coded_tiles": figures, "measured": got,
