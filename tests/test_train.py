@@ -154,3 +154,19 @@ def test_bf16_training_keeps_fp32_weights_and_validates_in_fp32(data_dir, tmp_pa
     hook.remove()
     with pytest.raises(ValueError, match="precision"):
         _set_precision(t.model, "fp8")
+
+
+def test_export_command_writes_a_loadable_model(data_dir, tmp_path):
+    from click.testing import CliRunner
+
+    from wsicodec.cli import main
+    from wsicodec.models import load_model
+
+    a = Trainer(_cfg(data_dir, tmp_path / "a"))
+    a.run(max_steps=2)
+    a.save_weights()
+    result = CliRunner().invoke(main, ["train", "export", str(tmp_path / "a"), "cli-mini", "--last",
+                                       "--models-dir", str(tmp_path / "models"), "--notes", "from the CLI"])
+    assert result.exit_code == 0, result.output
+    _, card = load_model("cli-mini", tmp_path / "models")
+    assert card.steps == 2 and card.notes == "from the CLI" and card.sha256 in result.output

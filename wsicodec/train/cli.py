@@ -119,6 +119,26 @@ def continue_run(run_dir, data, val, device, precision, batch, workers, compile_
     click.echo(f"stopped at step {t.step}; checkpoint {t.ckpt_path}")
 
 
+@command.command("export")
+@click.argument("run_dir", type=click.Path(exists=True, file_okay=False, path_type=Path))
+@click.argument("name")
+@click.option("--models-dir", type=click.Path(path_type=Path), default=None,
+              help="Where to write (default: the package's model folder).")
+@click.option("--last", is_flag=True, help="Export the last weights, not the best validated ones.")
+@click.option("--data-desc", default="", help="How the model card describes the training data (default: the paths).")
+@click.option("--notes", default="", help="Free-text notes for the model card.")
+@click.option("--val", "val", multiple=True, help="Validation folder for the card's figures (default: the run's).")
+def export(run_dir, name, models_dir, last, data_desc, notes, val):
+    """Write RUN_DIR's model as NAME (.pt with frozen CDF tables, .json model card with sha256)."""
+    from wsicodec.models import model_dir
+    from wsicodec.train.loop import Trainer
+
+    overrides = {"val": list(val)} if val else {}
+    card = Trainer.from_checkpoint(run_dir, **overrides).export(name, models_dir or model_dir(), use_best=not last,
+                                                                data_desc=data_desc, notes=notes)
+    click.echo(f"{name}: sha256 {card.sha256}, validation {card.validation}")
+
+
 @command.command("pack")
 @click.argument("out", type=click.Path(path_type=Path))
 @click.option("--train", "train", multiple=True, required=True, help="Training images, folders or slides (repeatable).")
