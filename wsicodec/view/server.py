@@ -145,7 +145,7 @@ class Viewer:
         lw, lh = store.dz.level_dimensions[level]
         x0, y0, x1, y1 = max(0, x), max(0, y), min(lw, x + w), min(lh, y + h)
         if x1 <= x0 or y1 <= y0:
-            return {"psnr": None, "blocks": 0, "level": level}
+            return {"psnr": None, "identical": False, "blocks": 0, "capped": False, "level": level}
         cx, cy = (x0 + x1) / 2, (y0 + y1) / 2
         blocks = [(bx, by) for by in range(y0 // b, (y1 - 1) // b + 1) for bx in range(x0 // b, (x1 - 1) // b + 1)]
         blocks.sort(key=lambda t: ((t[0] + 0.5) * b - cx) ** 2 + ((t[1] + 0.5) * b - cy) ** 2)
@@ -157,7 +157,8 @@ class Viewer:
             n += a.size
         mse = sse / n
         psnr = None if mse == 0 else round(10 * math.log10(255**2 / mse), 2)
-        return {"psnr": psnr, "identical": mse == 0, "blocks": min(len(blocks), _MAX_PSNR_BLOCKS), "level": level}
+        return {"psnr": psnr, "identical": mse == 0, "blocks": min(len(blocks), _MAX_PSNR_BLOCKS),
+                "capped": len(blocks) > _MAX_PSNR_BLOCKS, "level": level}
 
     def close(self) -> None:
         if self.source is not None:

@@ -14,13 +14,12 @@
   const facts = [
     `<b>${info.name}</b>`, `${W} × ${H} px`, mpp ? `${mpp} µm/px` : "no MPP",
     `model ${info.model}`,
-    `${info.bits_per_pixel} bits/px (${info.latent_bits_per_pixel} for the image alone)`,
+    `${info.bits_per_pixel.toFixed(3)} bits/px (${info.latent_bits_per_pixel.toFixed(3)} for the image alone)`,
     `source ${info.source_file} ÷ store: ${info.ratio_to_source}×`,
   ];
-  if (info.against) facts.push(`original: ${info.against.name}`);
   $("facts").innerHTML = facts.join(" · ");
   document.title = `${info.name} — wsicodec view`;
-  $("store-caption").textContent = `store: ${info.model}, ${info.bits_per_pixel} bits/px`;
+  $("store-caption").textContent = `store: ${info.model}, ${info.latent_bits_per_pixel.toFixed(3)} bits/px`;
   if (info.against) $("original-caption").textContent = `original: ${info.against.name}`;
   for (const name of info.associated) {
     const a = document.createElement("a");
@@ -33,15 +32,14 @@
   const options = (id, source) => ({
     id, tileSources: source, prefixUrl: "/static/openseadragon/images/", drawer: "canvas",
     showNavigator: true, navigatorPosition: "BOTTOM_RIGHT", maxZoomPixelRatio: 8,
-    timeout: 600000, animationTime: 0.4, visibilityRatio: 0.2, preserveImageSizeOnResize: true,
+    timeout: 600000, animationTime: 0.4, visibilityRatio: 0.2,
   });
-  const store = OpenSeadragon(options("store-viewer", "/store.dzi"));
-  let original = null;
-  if (info.against) {
+  if (info.against) {  // both panes laid out before either viewer measures its size
     $("original-pane").hidden = false;
     $("mode-control").hidden = false;
-    original = OpenSeadragon(options("original-viewer", "/original.dzi"));
   }
+  const store = OpenSeadragon(options("store-viewer", "/store.dzi"));
+  const original = info.against ? OpenSeadragon(options("original-viewer", "/original.dzi")) : null;
   const storeItem = () => {
     for (let i = 0; i < store.world.getItemCount(); i++) {
       const item = store.world.getItemAt(i);
@@ -50,18 +48,23 @@
     return store.world.getItemAt(store.world.getItemCount() - 1);
   };
 
-  // pan and zoom kept together, both ways; `following` stops the echo
-  let following = false;
-  function follow(from, to) {
-    from.addHandler("viewport-change", () => {
-      if (following || !to || to.world.getItemCount() === 0 || mode === "curtain") return;
-      following = true;
-      to.viewport.zoomTo(from.viewport.getZoom());
-      to.viewport.panTo(from.viewport.getCenter());
-      following = false;
-    });
-  }
+  // pan and zoom kept together, both ways: the viewer under the pointer (or last touched)
+  // leads, the other copies its current view every frame without animating on its own (two
+  // viewers animating towards each other's targets would fight over the view)
   let mode = "side";
+  let leader = store;
+  function follow(from, to) {
+    const copy = () => {
+      if (leader !== from || !to || to.world.getItemCount() === 0 || mode === "curtain") return;
+      to.viewport.zoomTo(from.viewport.getZoom(true), null, true);
+      to.viewport.panTo(from.viewport.getCenter(true), true);
+    };
+    from.addHandler("viewport-change", copy);
+    from.addHandler("animation", copy);
+    for (const ev of ["pointerenter", "pointerdown", "focusin", "wheel"]) {
+      from.element.addEventListener(ev, () => { leader = from; }, { passive: true });
+    }
+  }
   if (original) { follow(store, original); follow(original, store); }
 
   // -- scale bar --------------------------------------------------------------------------
@@ -144,9 +147,9 @@
       const r = await fetch(`/api/psnr?${q}`);
       if (!r.ok) return;
       const p = await r.json();
-      const where = `${p.blocks} store tile${p.blocks === 1 ? "" : "s"} in view at 1/${d} scale`;
-      $("psnr").textContent = p.blocks === 0 ? "" : p.identical ? `identical to the original (${where})`
-        : `PSNR ${p.psnr} dB (${where})`;
+      const where = `${p.capped ? "the centre of the view" : "the view"} at ${d === 1 ? "full" : `1/${d}`} scale`;
+      $("psnr").textContent = p.blocks === 0 ? "" : p.identical ? `identical to the original over ${where}`
+        : `PSNR ${p.psnr} dB over ${where}`;
     }, 400);
   }
 
