@@ -176,6 +176,7 @@ def app(store: str | os.PathLike | WsiStore, against: str | os.PathLike | None =
     (``"png"`` or ``"webp"``, both lossless), ``cache_mb`` (512, decoded blocks and encoded
     tiles), ``device`` (``"auto"``). The :class:`Viewer` behind it is ``app.state.viewer``."""
     from starlette.applications import Starlette
+    from starlette.concurrency import run_in_threadpool
     from starlette.exceptions import HTTPException
     from starlette.requests import Request
     from starlette.responses import FileResponse, JSONResponse, PlainTextResponse, Response
@@ -199,13 +200,18 @@ def app(store: str | os.PathLike | WsiStore, against: str | os.PathLike | None =
         pyramid = viewer.pyramids[pyramid_name(request)]
         return Response(pyramid.dz.dzi(viewer.fmt), media_type="application/xml", headers=no_store)
 
-    def tile(request: Request):
+    async def tile(request: Request):
         name = pyramid_name(request)
         m = _TILE_PATH.fullmatch(request.path_params["rest"])
         if m is None or m.group(4) not in TILE_FORMATS:
             raise HTTPException(400, "malformed tile address (expected <level>/<col>_<row>.<format>)")
         level, col, row = (int(v) for v in m.group(1, 2, 3))
-        data = viewer.tile(name, level, col, row) if m.group(4) == viewer.fmt else None
+        if m.group(4) != viewer.fmt:
+            raise HTTPException(404)
+        # a tile already encoded is answered on the event loop; making one goes to a worker thread
+        data = viewer.tile_bytes.get((name, level, col, row))
+        if data is None:
+            data = await run_in_threadpool(viewer.tile, name, level, col, row)
         if data is None:
             raise HTTPException(404)
         return Response(data, media_type=f"image/{viewer.fmt}", headers=no_store)
