@@ -18,8 +18,10 @@ def listen(host: str, port: int) -> socket.socket:
         infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
     except socket.gaierror as e:
         raise ViewError(f"cannot listen on {host}: {e.strerror}") from None
-    family, _, _, _, address = infos[0]
-    sock = socket.socket(family, socket.SOCK_STREAM)
+    family, kind, proto, _, address = infos[0]
+    # proto IPPROTO_TCP, not 0: asyncio turns Nagle's algorithm off (TCP_NODELAY) only on sockets
+    # that say they are TCP, and with it on, a tile's headers and body wait out a delayed ACK (~40 ms)
+    sock = socket.socket(family, kind, proto or socket.IPPROTO_TCP)
     try:
         sock.bind(address)
         sock.listen(128)
