@@ -130,6 +130,13 @@ def test_viewer_in_headless_chromium(server, tmp_path):
             assert np.allclose(centre("store"), centre("original"), atol=1e-3)
             _wait_drawn(page)
             page.screenshot(path=str(tmp_path / "viewer-panned.png"))
+            # curtain: the original under the store on one canvas, the store clipped at the line
+            page.select_option("#mode", "curtain")
+            page.wait_for_function("() => window.wsiview.store.world.getItemCount() === 2")
+            _wait_drawn(page)
+            assert page.is_hidden("#original-pane") and page.is_visible("#curtain-line")
+            assert _tissue_fraction(_canvas_pixels(page, "store")) > 0.2
+            page.screenshot(path=str(tmp_path / "viewer-curtain.png"))
             assert not errors, errors
         finally:
             browser.close()

@@ -19,7 +19,8 @@
   ];
   $("facts").innerHTML = facts.join(" · ");
   document.title = `${info.name} — wsicodec view`;
-  $("store-caption").textContent = `store: ${info.model}, ${info.latent_bits_per_pixel.toFixed(3)} bits/px`;
+  const storeCaption = `store: ${info.model}, ${info.latent_bits_per_pixel.toFixed(3)} bits/px`;
+  $("store-caption").textContent = storeCaption;
   if (info.against) $("original-caption").textContent = `original: ${info.against.name}`;
   for (const name of info.associated) {
     const a = document.createElement("a");
@@ -106,14 +107,16 @@
       for (let tx = tx0; tx <= tx1; tx++) {
         const p = item.imageToViewerElementCoordinates(new OpenSeadragon.Point(tx * T, ty * T));
         const x = p.x * ratio, y = p.y * ratio;
+        // edge tiles end with the slide
+        const w = Math.min(T, W - tx * T) * zoom * ratio, h = Math.min(T, H - ty * T) * zoom * ratio;
         const key = `${tx},${ty}`;
         if (unreadable.has(key)) {
           ctx.strokeStyle = "rgba(255, 40, 40, 0.95)"; ctx.lineWidth = 3 * ratio;
-          ctx.strokeRect(x, y, side, side); ctx.lineWidth = 1;
+          ctx.strokeRect(x, y, w, h); ctx.lineWidth = 1;
         }
         if (!showGrid) continue;
-        if (glass.has(key)) { ctx.fillStyle = "rgba(60, 140, 255, 0.25)"; ctx.fillRect(x, y, side, side); }
-        if (side >= 6) { ctx.strokeStyle = "rgba(255, 213, 74, 0.7)"; ctx.strokeRect(x + 0.5, y + 0.5, side, side); }
+        if (glass.has(key)) { ctx.fillStyle = "rgba(60, 140, 255, 0.25)"; ctx.fillRect(x, y, w, h); }
+        if (side >= 6) { ctx.strokeStyle = "rgba(255, 213, 74, 0.7)"; ctx.strokeRect(x + 0.5, y + 0.5, w, h); }
       }
     }
   }
@@ -168,6 +171,8 @@
   function setMode(next) {
     mode = next;
     $("curtain-control").hidden = mode !== "curtain";
+    $("store-caption").textContent = mode === "curtain"
+      ? `◀ store (${info.model}) | original (${info.against.name}) ▶` : storeCaption;
     if (mode === "curtain") {
       $("original-pane").hidden = true;
       store.addTiledImage({ tileSource: "/original.dzi", index: 0, success: (e) => { originalItem = e.item; updateCurtain(); } });
