@@ -49,8 +49,8 @@ def tiles_in_view(dz, level: int, cx: float, cy: float) -> list[tuple[int, int]]
     x1, y1 = min(w, cx / d + VIEW_W / 2), min(h, cy / d + VIEW_H / 2)
     t = dz.tile_size
     cols, rows = dz.level_tiles[level]
-    return [(c, r) for r in range(int(y0 // t), min(rows, int(math.ceil(y1 / t))))
-            for c in range(int(x0 // t), min(cols, int(math.ceil(x1 / t))))]
+    return [(c, r) for r in range(int(y0 // t), min(rows, math.ceil(y1 / t)))
+            for c in range(int(x0 // t), min(cols, math.ceil(x1 / t)))]
 
 
 def full_res_pan(dz) -> list[tuple[int, int, int]]:

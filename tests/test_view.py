@@ -9,9 +9,9 @@ import shutil
 import numpy as np
 import pytest
 from click.testing import CliRunner
+from conftest import EXAMPLE
 from PIL import Image
 
-from conftest import EXAMPLE
 from wsicodec.cli import main
 from wsicodec.store import TILE_CODED, WsiStore, chunk_file
 
@@ -168,7 +168,7 @@ def test_page_panel_and_associated_images(client):
     assert info["against"]["name"] == EXAMPLE.name
     label = _png(client.get("/associated/label.png"))
     assert label.shape[0] > 10
-    p = client.get("/api/psnr", params=dict(level=12, x=1024, y=1024, w=700, h=700)).json()
+    p = client.get("/api/psnr", params={"level": 12, "x": 1024, "y": 1024, "w": 700, "h": 700}).json()
     assert p["blocks"] == 4 and 25 < p["psnr"] < 60
 
 

@@ -10,7 +10,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
 from conftest import EXAMPLE
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"

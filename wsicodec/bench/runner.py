@@ -242,11 +242,12 @@ def _write_visuals(keeper, built: list[Codec], model_dir: Path | None, out: Path
 
     default = None
     if any(c.name == "wsicodec" for c in built):
+        from wsicodec.models import ModelError
         from wsicodec.models.registry import default_model_name
 
         try:
             default = default_model_name(model_dir)
-        except Exception:  # no DEFAULT and no models: the anchors fall back to the other settings
+        except ModelError:  # no models: the anchors fall back to the other settings
             default = None
     return keeper.write(out, rate_anchors({c.name: [str(s) for s in c.settings] for c in built}, default))
 
@@ -440,10 +441,10 @@ def _write_report(path: Path, meta: dict, summary: dict, bd: dict, need: dict, n
         from wsicodec.bench.visual import CROP
 
         parts += ["## Visual comparison at the same rate (the paper's Fig. 3)", "",
-                  f"A {CROP}-px centre crop of the first test images, the original beside every codec at "
-                  "its setting nearest wsicodec's bits per pixel on that image (its default model where "
-                  "measured; without wsicodec, JPEG quality 80's). The captions give each setting, its bpp "
-                  "and PSNR.", ""]
+                  (f"A {CROP}-px centre crop of the first test images, the original beside every codec at "
+                   "its setting nearest wsicodec's bits per pixel on that image (its default model where "
+                   "measured; without wsicodec, JPEG quality 80's). The captions give each setting, its bpp "
+                   "and PSNR."), ""]
         parts += [f"![{p.stem}]({p.name})" for p in visuals] + [""]
     parts += ["## Averaged curves", ""]
     for c, d in summary.items():

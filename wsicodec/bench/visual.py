@@ -11,13 +11,13 @@ from __future__ import annotations
 
 import math
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 
-__all__ = ["VISUAL_IMAGES", "CROP", "CropKeeper", "nearest_settings", "rate_anchors", "visual_name"]
+__all__ = ["CROP", "VISUAL_IMAGES", "CropKeeper", "nearest_settings", "rate_anchors", "visual_name"]
 
 #: test images that get a figure (the first ones, in the benchmark's order)
 VISUAL_IMAGES = 3

@@ -5,4 +5,4 @@ its own server; ``wsicodec view`` serves it with uvicorn and opens the page.
 """
 from wsicodec.view.server import TILE_FORMATS, Viewer, app
 
-__all__ = ["app", "Viewer", "TILE_FORMATS"]
+__all__ = ["TILE_FORMATS", "Viewer", "app"]

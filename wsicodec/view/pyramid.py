@@ -16,11 +16,11 @@ import logging
 import math
 import threading
 from collections import OrderedDict
-from typing import Callable, Hashable
+from collections.abc import Callable, Hashable
 
 import numpy as np
 
-__all__ = ["BlockCache", "DeepZoom", "Pyramid", "BlockUnreadable", "dzi_xml"]
+__all__ = ["BlockCache", "BlockUnreadable", "DeepZoom", "Pyramid", "dzi_xml"]
 
 log = logging.getLogger("wsicodec.view")
 

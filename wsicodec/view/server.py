@@ -32,7 +32,7 @@ from wsicodec.store import WsiStore
 from wsicodec.view.pyramid import BlockCache, Pyramid
 from wsicodec.view.sources import glass_tiles, source_pyramid, store_pyramid
 
-__all__ = ["app", "Viewer", "TILE_FORMATS"]
+__all__ = ["TILE_FORMATS", "Viewer", "app"]
 
 log = logging.getLogger("wsicodec.view")
 
@@ -94,7 +94,7 @@ class Viewer:
         if fmt not in TILE_FORMATS:
             raise ValueError(f"tile format {fmt!r} is not one of {', '.join(TILE_FORMATS)}")
         self.store = store if isinstance(store, WsiStore) else WsiStore(store, device=device)
-        self.store.coder  # loads and checks the store's model now: a missing model is an error here, not per tile
+        _ = self.store.coder  # loads and checks the store's model now: a missing model is an error here, not per tile
         self.fmt = fmt
         self.cache = BlockCache(cache_mb * 2**20 * 3 // 4)
         self.tile_bytes = _BytesLRU(cache_mb * 2**20 // 4)
@@ -179,7 +179,12 @@ def app(store: str | os.PathLike | WsiStore, against: str | os.PathLike | None =
     from starlette.concurrency import run_in_threadpool
     from starlette.exceptions import HTTPException
     from starlette.requests import Request
-    from starlette.responses import FileResponse, JSONResponse, PlainTextResponse, Response
+    from starlette.responses import (
+        FileResponse,
+        JSONResponse,
+        PlainTextResponse,
+        Response,
+    )
     from starlette.routing import Mount, Route
     from starlette.staticfiles import StaticFiles
 

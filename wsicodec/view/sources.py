@@ -11,7 +11,7 @@ from wsicodec.errors import first_line
 from wsicodec.store import TILE_GLASS, StoreError, WsiStore
 from wsicodec.view.pyramid import BlockCache, BlockUnreadable, Pyramid
 
-__all__ = ["store_pyramid", "source_pyramid", "glass_tiles"]
+__all__ = ["glass_tiles", "source_pyramid", "store_pyramid"]
 
 
 def store_pyramid(store: WsiStore, cache: BlockCache, tile_size: int, overlap: int) -> Pyramid:
