@@ -136,10 +136,10 @@ def run_script(store_path: Path, device: str, script_name: str) -> dict:
 
 def fetch_all(base: str, script: list[tuple[int, int, int]]) -> list[float]:
     """Milliseconds of each tile request, one at a time."""
-    import httpx
+    import httpx2
 
     out = []
-    with httpx.Client(base_url=base, timeout=600) as client:
+    with httpx2.Client(base_url=base, timeout=600) as client:
         for level, c, r in script:
             t0 = time.perf_counter()
             resp = client.get(f"/store_files/{level}/{c}_{r}.png")

@@ -214,3 +214,9 @@ def test_view_command_line_errors(example_store, tmp_path):
         r = run(main, ["view", str(example_store), "--port", str(port), "--no-browser"])
     assert r.exit_code == 1 and len(r.output.strip().splitlines()) == 1
     assert "port is in use" in r.output and "Traceback" not in r.output
+    with socket.socket() as busy:  # every interface: a warning first, then the same one-line error
+        busy.bind(("0.0.0.0", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        r = run(main, ["view", str(example_store), "--host", "0.0.0.0", "--port", str(port), "--no-browser"])
+    assert r.exit_code == 1 and "warning: listening on 0.0.0.0" in r.output and "port is in use" in r.output
