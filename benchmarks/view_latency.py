@@ -125,7 +125,8 @@ def run_script(store_path: Path, device: str, script_name: str) -> dict:
                     "seconds": round(time.perf_counter() - t_phase, 2),
                     "store_tiles_decoded": viewer.pyramids["store"].reads - reads0,
                     "store_tile_decode": summary(decode_ms),
-                    "all": summary(ms), "full_res": summary([t for t, (lv, _, _) in zip(ms, script) if lv == top]),
+                    "all": summary(ms),
+                    "full_res": summary([t for t, (lv, _, _) in zip(ms, script, strict=True) if lv == top]),
                 }
         finally:
             server.should_exit = True

@@ -136,7 +136,7 @@ def _figure(original: np.ndarray, chosen: list, anchor, path: Path, image: str) 
         (r.crop, f"{r.curve} {r.setting}\n{r.bpp:.3f} bpp"
                  + (f", {r.psnr:.2f} dB" if r.psnr is not None and math.isfinite(r.psnr) else ""))
         for r in chosen]
-    for ax, (px, label) in zip(axes.flat, panels):
+    for ax, (px, label) in zip(axes.flat, panels, strict=False):
         ax.imshow(px, interpolation="nearest")
         ax.set_title(label, fontsize=7)
         ax.axis("off")

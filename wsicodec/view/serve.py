@@ -5,10 +5,12 @@ import logging
 import socket
 import sys
 
+from wsicodec.errors import WsicodecError
+
 __all__ = ["ViewError", "listen", "serve"]
 
 
-class ViewError(Exception):
+class ViewError(WsicodecError):
     """The server cannot start; the message says why in one line."""
 
 

@@ -87,14 +87,14 @@ class Viewer:
     def __init__(self, store: str | os.PathLike | WsiStore, against: str | os.PathLike | None = None,
                  tile_size: int = 254, overlap: int = 1, fmt: str = "png", cache_mb: int = 512,
                  device: str = "auto"):
-        from wsicodec.inspect import describe
+        from wsicodec.info import describe
         from wsicodec.slide import open_input
         from wsicodec.store import StoreError
 
         if fmt not in TILE_FORMATS:
             raise ValueError(f"tile format {fmt!r} is not one of {', '.join(TILE_FORMATS)}")
         self.store = store if isinstance(store, WsiStore) else WsiStore(store, device=device)
-        _ = self.store.coder  # loads and checks the store's model now: a missing model is an error here, not per tile
+        self.store.load_model()  # a missing or different model is an error here, not a marked tile each
         self.fmt = fmt
         self.cache = BlockCache(cache_mb * 2**20 * 3 // 4)
         self.tile_bytes = _BytesLRU(cache_mb * 2**20 // 4)
@@ -110,16 +110,16 @@ class Viewer:
                                  f"{self.store.path} is {self.store.dimensions[0]}x{self.store.dimensions[1]}")
             self.pyramids["original"] = source_pyramid(self.source, self.store.grid.tile, self.cache,
                                                        tile_size, overlap)
-            self.info["against"] = {"name": Path(against).name, "bytes": self.source.file_size,
-                                    "ratio_to_store": round(self.source.file_size / max(self.info["bytes"], 1), 3)}
+            self.info["against"] = {"name": Path(against).name, "bytes": self.source.file_size}
 
     def _store_info(self, d: dict[str, Any]) -> dict[str, Any]:
         g = self.store.grid
+        W, H = d["dimensions"]
         return {
             "name": Path(self.store.path).name, "dimensions": d["dimensions"], "mpp": d["mpp"],
-            "model": d["model"], "bytes": d["bytes"], "bits_per_pixel": d["bits_per_pixel"],
-            "latent_bits_per_pixel": d["latent_bits_per_pixel"],
-            "source_file": d["source_file"], "ratio_to_source": d["ratio_to_source"],
+            "model": d["model"], "bytes": d["bytes"], "bits_per_pixel": round(8 * d["bytes"] / (W * H), 4),
+            "image_bits_per_pixel": d["image_bits_per_pixel"], "source_file": d["source_file"],
+            "source_bytes": d["source_bytes"], "times_smaller": d["times_smaller"], "summary": d["summary"],
             "associated": list(d["associated_images"]), "format": self.fmt,
             "grid": {"tile": g.tile, "tiles_x": g.tiles_x, "tiles_y": g.tiles_y, "glass": glass_tiles(self.store)},
             "against": None,

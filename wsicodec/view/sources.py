@@ -53,4 +53,4 @@ def source_pyramid(source, block: int, cache: BlockCache, tile_size: int, overla
 def glass_tiles(store: WsiStore) -> list[list[int]]:
     """``[tx, ty]`` of every glass (not coded) tile of a store."""
     ys, xs = np.nonzero(store.tile_state == TILE_GLASS)
-    return [[int(x), int(y)] for x, y in zip(xs, ys)]
+    return [[int(x), int(y)] for x, y in zip(xs, ys, strict=True)]

@@ -14,12 +14,15 @@
   const facts = [
     `<b>${info.name}</b>`, `${W} × ${H} px`, mpp ? `${mpp} µm/px` : "no MPP",
     `model ${info.model}`,
-    `${info.bits_per_pixel.toFixed(3)} bits/px (${info.latent_bits_per_pixel.toFixed(3)} for the image alone)`,
-    `source ${info.source_file} ÷ store: ${info.ratio_to_source}×`,
+    `${info.image_bits_per_pixel.toFixed(3)} bits/px for the image (${info.bits_per_pixel.toFixed(3)} the whole store)`,
   ];
+  if (info.times_smaller) {
+    facts.push(info.times_smaller >= 1 ? `${info.times_smaller.toFixed(1)}× smaller than ${info.source_file}`
+      : `${(1 / info.times_smaller).toFixed(1)}× larger than ${info.source_file}`);
+  }
   $("facts").innerHTML = facts.join(" · ");
   document.title = `${info.name} — wsicodec view`;
-  const storeCaption = `store: ${info.model}, ${info.latent_bits_per_pixel.toFixed(3)} bits/px`;
+  const storeCaption = `store: ${info.model}, ${info.image_bits_per_pixel.toFixed(3)} bits/px`;
   $("store-caption").textContent = storeCaption;
   if (info.against) $("original-caption").textContent = `original: ${info.against.name}`;
   for (const name of info.associated) {
