@@ -122,26 +122,12 @@ def nearest_settings(results: list, anchors: Sequence[tuple[str, str]]) -> tuple
 
 
 def _figure(original: np.ndarray, chosen: list, anchor, path: Path, image: str) -> Path:
-    from wsicodec.bench.plots import _plt
+    from wsicodec.bench.plots import image_grid
 
-    plt = _plt()
-    n = len(chosen) + 1
-    cols = min(n, 4)
-    rows = math.ceil(n / cols)
-    fig, axes = plt.subplots(rows, cols, figsize=(2.4 * cols, 2.7 * rows + 0.4), dpi=150,
-                             squeeze=False, layout="constrained")
-    for ax in axes.flat[n:]:
-        ax.axis("off")
-    panels = [(original, "original")] + [
-        (r.crop, f"{r.curve} {r.setting}\n{r.bpp:.3f} bpp"
-                 + (f", {r.psnr:.2f} dB" if r.psnr is not None and math.isfinite(r.psnr) else ""))
+    labels = ["original"] + [
+        f"{r.curve} {r.setting}\n{r.bpp:.3f} bpp"
+        + (f", {r.psnr:.2f} dB" if r.psnr is not None and math.isfinite(r.psnr) else "")
         for r in chosen]
-    for ax, (px, label) in zip(axes.flat, panels, strict=False):
-        ax.imshow(px, interpolation="nearest")
-        ax.set_title(label, fontsize=7)
-        ax.axis("off")
-    fig.suptitle(f"{image}: centre crop, each codec at its rate nearest {anchor.bpp:.3f} bpp\n"
-                 f"({anchor.curve} {anchor.setting})", fontsize=8)
-    fig.savefig(path)
-    plt.close(fig)
-    return Path(path)
+    title = (f"{image}: centre crop, each codec at its rate nearest {anchor.bpp:.3f} bpp\n"
+             f"({anchor.curve} {anchor.setting})")
+    return image_grid([original] + [r.crop for r in chosen], labels, title, path)
