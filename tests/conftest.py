@@ -66,3 +66,14 @@ def he_crop() -> np.ndarray:
 
     p = shared_file("data", "histology", "val", "monuseg-TCGA-49-4488-01Z-00-DX1.webp")
     return np.asarray(Image.open(p).convert("RGB"))[:400, :368]
+
+
+@pytest.fixture(scope="session")
+def example_store(tmp_path_factory) -> Path:
+    """The bundled example slide compressed once with the default shipped model (real tissue
+    pixels, for the viewer's tests)."""
+    from wsicodec.pipeline import compress
+
+    out = tmp_path_factory.mktemp("example") / "CMU-1-Small-Region.zarr"
+    compress(EXAMPLE, out, device="cpu", precision="fp32")
+    return out

@@ -315,3 +315,43 @@ def test_cli_bench_and_distortions(tmp_path):
     assert "missing.png" in res.output and "Traceback" not in res.output
     res = runner.invoke(main, ["bench", str(img), "--out", str(tmp_path / "x"), "--codecs", "gif"])
     assert res.exit_code == 1 and "unknown codec 'gif'" in res.output
+
+
+# -- Fig. 3: crops at the same rate ---------------------------------------------------------------
+
+def test_visual_comparison_at_nearest_rate(tmp_path, bench_models):
+    from openslide import OpenSlide
+    from PIL import Image
+
+    from wsicodec.bench.runner import run_benchmark
+
+    with OpenSlide(str(EXAMPLE_SLIDE)) as slide:  # a tissue crop of the bundled slide, 300 x 280
+        crop = slide.read_region((900, 1300), 0, (300, 280)).convert("RGB")
+    crop.save(tmp_path / "tissue.png")
+    out = tmp_path / "out"
+    run_benchmark([tmp_path / "tissue.png"], out, codecs="jpeg,webp,wsicodec", metrics="psnr",
+                  settings={"jpeg": [10, 50, 95], "webp": [5, 60, 95]}, model_dir=bench_models, progress=False)
+    fig = out / "visual_tissue.png"
+    assert fig.is_file()
+    im = np.asarray(Image.open(fig).convert("RGB"))
+    assert im.shape[1] > 4 * 200 and im.std() > 10  # four panels (original, jpeg, webp, wsicodec)
+    assert "![visual_tissue](visual_tissue.png)" in (out / "report.md").read_text()
+
+
+def test_nearest_settings_match_the_anchor_rate():
+    from wsicodec.bench.visual import _Decoded, nearest_settings, rate_anchors
+
+    px = np.zeros((2, 2, 3), np.uint8)
+    results = [_Decoded("jpeg", q, bpp, 30.0, px) for q, bpp in (("10", 0.2), ("50", 0.7), ("90", 2.5))]
+    results += [_Decoded("wsicodec", m, bpp, 31.0, px) for m, bpp in (("lo", 0.3), ("mid", 0.8), ("hi", 1.6))]
+    results += [_Decoded("wsicodec-hyperprior", "hp", 0.6, 31.5, px)]
+    anchors = rate_anchors({"jpeg": ["10", "50", "90"], "wsicodec": ["lo", "mid", "hi", "hp"]}, "mid")
+    assert anchors[0] == ("wsicodec", "mid")
+    anchor, chosen = nearest_settings(results, anchors)
+    assert (anchor.curve, anchor.setting) == ("wsicodec", "mid")
+    assert [(r.curve, r.setting) for r in chosen] == [("jpeg", "50"), ("wsicodec", "mid"),
+                                                       ("wsicodec-hyperprior", "hp")]
+    # without wsicodec, JPEG quality 80's rate (the reference point), else the middle setting
+    jpeg_only = [r for r in results if r.curve == "jpeg"]
+    anchor, chosen = nearest_settings(jpeg_only, rate_anchors({"jpeg": ["10", "50", "90"]}, None))
+    assert (anchor.setting, [r.setting for r in chosen]) == ("50", ["50"])

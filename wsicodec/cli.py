@@ -276,6 +276,41 @@ def models(as_json):
 
 
 @main.command()
+@click.argument("store", type=click.Path(path_type=Path))
+@click.option("--against", type=click.Path(path_type=Path), default=None, metavar="SLIDE",
+              help="Show the source SLIDE beside the store, pan and zoom kept together.")
+@click.option("--host", default="127.0.0.1", show_default=True,
+              help="Address to listen on (0.0.0.0: every interface, anyone who can reach this machine sees the slide).")
+@click.option("--port", type=click.IntRange(0, 65535), default=8765, show_default=True, help="0: any free port.")
+@click.option("--no-browser", is_flag=True, help="Do not open the page in a browser.")
+@click.option("--format", "fmt", type=click.Choice(["png", "webp"]), default="png", show_default=True,
+              help="Tile format (both lossless).")
+@click.option("--cache-mb", type=click.IntRange(16, 1 << 20), default=512, show_default=True,
+              help="Memory for decoded tiles.")
+@click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True)
+def view(store, against, host, port, no_browser, fmt, cache_mb, device):
+    """Look at STORE in the browser (DeepZoom, decoded on demand), beside its original with --against."""
+    from wsicodec.view import app
+    from wsicodec.view.serve import ViewError, listen, serve
+
+    if against is not None and not against.is_file():
+        raise UserError(f"{against}: {'is a folder, not a slide' if against.is_dir() else 'no such file'}")
+    if host not in ("127.0.0.1", "localhost", "::1"):
+        click.echo(f"wsicodec view: warning: listening on {host}: anyone who can reach this machine "
+                   f"can see the slide", err=True)
+    try:
+        sock = listen(host, port)
+    except ViewError as e:
+        raise UserError(str(e)) from None
+    try:
+        application = app(store, against=against, fmt=fmt, cache_mb=cache_mb, device=device)
+    except BaseException:
+        sock.close()
+        raise
+    serve(application, sock, open_browser=not no_browser)
+
+
+@main.command()
 def example():
     """Print the path of the bundled example slide (CMU-1-Small-Region.svs, CC0)."""
     from importlib import resources

@@ -1,7 +1,9 @@
 """Figures: one rate–distortion plot per metric (as in the paper's Fig. 2) and the distortion
-study (Fig. 1): metric responses and an example image strip. matplotlib, Agg backend."""
+study (Fig. 1): metric responses and an example image strip; image grids (Fig. 3). matplotlib,
+Agg backend."""
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -109,6 +111,26 @@ def image_strip(images: Sequence[np.ndarray], labels: Sequence[str], path: Path,
         ax.set_title(lab, fontsize=8)
         ax.axis("off")
     fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+    return Path(path)
+
+
+def image_grid(images: Sequence[np.ndarray], labels: Sequence[str], title: str, path: Path,
+               columns: int = 4) -> Path:
+    """Images at their own pixels in a grid of at most ``columns``, each labelled, one title."""
+    plt = _plt()
+    n = len(images)
+    cols = min(n, columns)
+    rows = math.ceil(n / cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(2.4 * cols, 2.7 * rows + 0.4), dpi=150,
+                             squeeze=False, layout="constrained")
+    for ax in axes.flat:
+        ax.axis("off")
+    for ax, px, label in zip(axes.flat, images, labels, strict=False):
+        ax.imshow(px, interpolation="nearest")
+        ax.set_title(label, fontsize=7)
+    fig.suptitle(title, fontsize=8)
     fig.savefig(path)
     plt.close(fig)
     return Path(path)

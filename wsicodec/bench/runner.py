@@ -171,7 +171,10 @@ def run_benchmark(inputs: Sequence[str | Path], out: str | Path, codecs: str | S
         for n in notes:
             console.print(f"[yellow]note:[/] {n}")
 
-        rows = _measure(images, built, mset, progress, console)
+        from wsicodec.bench.visual import CropKeeper
+
+        keeper = CropKeeper([im.name for im in images])
+        rows = _measure(images, built, mset, progress, console, keeper)
         if reuse:
             points = {(c.curve(x), str(x)) for c in built for x in c.settings}
             kept = reused_rows(reuse, {im.name for im in images}, points)
@@ -211,7 +214,9 @@ def run_benchmark(inputs: Sequence[str | Path], out: str | Path, codecs: str | S
 
     for m in computable:
         files.append(rd_plot(summary, m, out / f"rd_{m}.png"))
-    files.append(_write_report(out / "report.md", meta, summary, bd, need, notes, computable))
+    visuals = _write_visuals(keeper, built, model_dir, out)
+    files += visuals
+    files.append(_write_report(out / "report.md", meta, summary, bd, need, notes, computable, visuals))
     print_tables(console, bd, need, summary)
     return BenchResult(out, rows, summary, files, notes)
 
@@ -231,7 +236,24 @@ def reused_rows(path: str | Path, images: set[str], measured: set[tuple[str, str
     return out
 
 
-def _measure(images: list[TestImage], codecs: list[Codec], mset: MetricSet, progress: bool, console) -> list[dict]:
+def _write_visuals(keeper, built: list[Codec], model_dir: Path | None, out: Path) -> list[Path]:
+    """The Fig. 3 crops (:mod:`wsicodec.bench.visual`) at wsicodec's default model's rate."""
+    from wsicodec.bench.visual import rate_anchors
+
+    default = None
+    if any(c.name == "wsicodec" for c in built):
+        from wsicodec.models import ModelError
+        from wsicodec.models.registry import default_model_name
+
+        try:
+            default = default_model_name(model_dir)
+        except ModelError:  # no models: the anchors fall back to the other settings
+            default = None
+    return keeper.write(out, rate_anchors({c.name: [str(s) for s in c.settings] for c in built}, default))
+
+
+def _measure(images: list[TestImage], codecs: list[Codec], mset: MetricSet, progress: bool, console,
+             keeper=None) -> list[dict]:
     rows: list[dict] = []
     total = len(images) * sum(len(c.settings) for c in codecs)
     with progress_bar(progress, console) as bar:
@@ -245,6 +267,10 @@ def _measure(images: list[TestImage], codecs: list[Codec], mset: MetricSet, prog
                     coded = codec.run(im.rgb, s)
                     m = mset(im.rgb, coded.decoded)
                     pixels = w * h
+                    if keeper is not None:
+                        keeper.original(im.name, im.rgb)
+                        keeper.keep(im.name, codec.curve(s), str(s), 8 * coded.bytes / pixels, m.get("psnr"),
+                                    coded.decoded)
                     rows.append({
                         "image": im.name, "codec": codec.curve(s), "setting": str(s), "bytes": coded.bytes,
                         "pixels": pixels, "bpp": 8 * coded.bytes / pixels,
@@ -379,7 +405,7 @@ def print_tables(console, bd: dict, need: dict, summary: dict) -> None:
 
 
 def _write_report(path: Path, meta: dict, summary: dict, bd: dict, need: dict, notes: list[str],
-                  metrics: Sequence[str]) -> Path:
+                  metrics: Sequence[str], visuals: Sequence[Path] = ()) -> Path:
     parts = [
         "# wsicodec bench report", "",
         f"Generated {time.strftime('%Y-%m-%d %H:%M:%S')} on {meta['machine']['platform']} "
@@ -411,6 +437,15 @@ def _write_report(path: Path, meta: dict, summary: dict, bd: dict, need: dict, n
               "## Speed", "", _md_table(*_speed_rows(summary)), "",
               "Speeds are wall-clock, single process; wsicodec's include loading the model and writing / "
               "reading the Zarr store.", ""]
+    if visuals:
+        from wsicodec.bench.visual import CROP
+
+        parts += ["## Visual comparison at the same rate (the paper's Fig. 3)", "",
+                  (f"A {CROP}-px centre crop of the first test images, the original beside every codec at "
+                   "its setting nearest wsicodec's bits per pixel on that image (its default model where "
+                   "measured; without wsicodec, JPEG quality 80's). The captions give each setting, its bpp "
+                   "and PSNR."), ""]
+        parts += [f"![{p.stem}]({p.name})" for p in visuals] + [""]
     parts += ["## Averaged curves", ""]
     for c, d in summary.items():
         header = ["setting", "bpp"] + [m for m in metrics] + ["enc Mpx/s", "dec Mpx/s"]
