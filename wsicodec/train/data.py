@@ -84,7 +84,7 @@ def load_rgb(path: Path, max_pixels: int = 64_000_000, tiles_from_slide: int = 6
 def load_images(paths: list[str | Path]) -> list[np.ndarray]:
     """The training images of ``paths``: image files, slides, folders of them, and training packs
     (a folder with ``pack.json``: its crops)."""
-    from wsicodec.train.pack import is_pack, load_pack_crops
+    from wsicodec.train.pack_reader import is_pack, load_pack_crops
 
     images: list[np.ndarray] = []
     for p in map(Path, paths):

@@ -35,25 +35,12 @@ from pathlib import Path
 import numpy as np
 
 from wsicodec.errors import TrainError
+from wsicodec.train.pack_reader import PACK_FORMAT, PACK_VERSION, is_pack, load_pack_crops
 
 __all__ = ["PACK_FORMAT", "PackReport", "build_pack", "is_pack", "load_pack_crops"]
 
-PACK_FORMAT = "wsicodec-training-pack"
-PACK_VERSION = 1
 _SHEET_COLUMNS = 8
 _GLASS = (240, 240, 240)
-
-
-def is_pack(path: str | os.PathLike) -> bool:
-    return (Path(path) / "pack.json").is_file()
-
-
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def _webp_lossless(rgb: np.ndarray) -> bytes:
@@ -63,13 +50,6 @@ def _webp_lossless(rgb: np.ndarray) -> bytes:
     # quality / method 50 / 2: within 0.3 % of the smallest lossless file, 20x faster than method 6
     Image.fromarray(np.ascontiguousarray(rgb)).save(buf, "WEBP", lossless=True, quality=50, method=2, exact=True)
     return buf.getvalue()
-
-
-def _read_rgb(path: Path) -> np.ndarray:
-    from PIL import Image
-
-    with Image.open(path) as im:
-        return np.asarray(im.convert("RGB"))
 
 
 def _candidate_crops(image: np.ndarray, crop: int, rng: np.random.Generator) -> list[tuple[int, int, np.ndarray]]:
@@ -211,28 +191,3 @@ def build_pack(out: str | os.PathLike, train: list[str | os.PathLike], val: list
         raise
     return PackReport(out, crop, used, len(ordered), len(per_image), int((per_source > 0).sum()),
                       len(val_entries), total)
-
-
-def load_pack_crops(path: str | os.PathLike, verify: bool = True) -> list[np.ndarray]:
-    """The training crops of the pack at ``path`` (each sheet checked against its sha256)."""
-    path = Path(path)
-    try:
-        manifest = json.loads((path / "pack.json").read_text())
-    except (OSError, ValueError) as e:
-        raise TrainError(f"{path}: not a readable training pack ({e})") from None
-    if manifest.get("format") != PACK_FORMAT or manifest.get("version", 0) > PACK_VERSION:
-        raise TrainError(f"{path}: not a training pack of a version this wsicodec reads")
-    crop = int(manifest["crop"])
-    crops: list[np.ndarray] = []
-    for sheet in manifest["sheets"]:
-        f = path / sheet["file"]
-        if not f.is_file():
-            raise TrainError(f"{f}: missing from the training pack")
-        if verify and _sha256(f) != sheet["sha256"]:
-            raise TrainError(f"{f}: sha256 differs from pack.json (a damaged copy)")
-        rgb = _read_rgb(f)
-        cols = int(sheet["columns"])
-        for i in range(int(sheet["crops"])):
-            r, q = divmod(i, cols)
-            crops.append(rgb[r * crop : (r + 1) * crop, q * crop : (q + 1) * crop])
-    return crops
