@@ -44,7 +44,7 @@ __all__ = [
 
 #: the metrics a quality or a target speaks of (higher is better for both)
 METRICS = ("psnr", "ms_ssim")
-#: decimals a figure is published and compared with
+#: decimals a figure is published with
 DECIMALS = {"psnr": 2, "ms_ssim": 4, "bpp": 3}
 QUALITIES = range(1, 101)
 #: the default's reference: MS-SSIM at least JPEG's at this quality
@@ -123,9 +123,9 @@ class Figures:
 
 
 def reaches(value: float, reference: float, metric: str) -> bool:
-    """``value`` is at least ``reference`` as both are shown (``DECIMALS`` of ``metric``)."""
-    d = DECIMALS[metric]
-    return round(float(value), d) >= round(float(reference), d)
+    """``value`` is at least ``reference``, compared unrounded: a point that only ties JPEG once both
+    are rounded for display is not "as good" (``metric`` names the figure; higher is better)."""
+    return float(value) >= float(reference)
 
 
 @dataclass
@@ -158,7 +158,7 @@ class Calibration:
             "rule": "quality Q: the fewest bits per pixel with PSNR and MS-SSIM at least JPEG's at Q (their running "
                     "maximum up to Q) and fewer bits per pixel than JPEG at Q, on every image; beyond the limit, the "
                     f"top point. default: the fewest bits per pixel with mean {DEFAULT_REFERENCE[0]} at least JPEG's "
-                    f"at quality {DEFAULT_REFERENCE[1]}. Figures compared at the decimals shown.",
+                    f"at quality {DEFAULT_REFERENCE[1]}. Figures compared unrounded.",
             "limit": self.limit, "top": self.top.to_dict(),
             "default": {**self.default.to_dict(), "metric": DEFAULT_REFERENCE[0],
                         "reference_quality": DEFAULT_REFERENCE[1]},
