@@ -34,7 +34,9 @@ def main() -> None:
                    "of each slide (recorded in the store; `verify --against` checks it).")
 @click.option("--target-tiles", type=click.IntRange(1, 256), default=None,
               help="Tissue tiles sampled for --target  [default: 8]")
-@click.option("--model", "-m", default=None, help="Shipped model name, for experts (see `wsicodec models`).")
+@click.option("--model", "-m", default=None,
+              help="Shipped model name, for experts (see `wsicodec models`); a variable-rate model takes an "
+                   "operating point as NAME@P (P: 0 … K-1, or between two, e.g. NAME@4.5; default: its card's).")
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True)
 @click.option("--batch-size", type=click.IntRange(1, 1024), default=None,
               help="Tiles per network batch  [default: 32 on CUDA, 8 on the CPU]")

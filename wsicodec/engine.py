@@ -246,13 +246,18 @@ class Transforms:
       on the same cores). Skipped, with a warning, when this device's float64 products do not
       reproduce the integer hyper-decoder exactly.
 
+    * ``rate``: the operating point of a variable-rate model (:class:`~wsicodec.models.rates.RatePoint`,
+      required for one): the analysis's latents are multiplied by its gain before they are
+      rounded, the stored latents by its inverse gain before the synthesis (fp32 multiplies
+      outside the integer entropy coding, which never sees a gain).
+
     The GDN layers run as :class:`InferenceGDN` (same numbers, fewer temporaries).
     """
 
     def __init__(self, model: nn.Module, card: ModelCard, device: str | torch.device = "auto",
                  batch_size: int | None = None, *, channels_last: bool = True, threads: int | None = None,
                  half_synthesis: bool | None = None, keep_heap: bool | None = None, precision: str = "auto",
-                 hyper_on_device: bool | None = None):
+                 hyper_on_device: bool | None = None, rate: Any = None):
         self.device = pick_device(device) if isinstance(device, str) else device
         self.cuda = self.device.type == "cuda"
         if precision not in PRECISIONS:
@@ -285,6 +290,15 @@ class Transforms:
 
             self.offset = None
             self.unit = float(1 << ACT_BITS)
+        if self.spec.variable_rate and rate is None:
+            raise EngineError(f"model {card.name} has several operating points; name one (e.g. {card.name}@0)")
+        if rate is not None and not self.spec.variable_rate:
+            raise EngineError(f"model {card.name} has a single rate; it takes no operating point")
+        self.rate = rate
+        self.gain = self.inverse_gain = None
+        if rate is not None:  # (1, M, 1, 1) float32 on the device
+            self.gain, self.inverse_gain = (torch.from_numpy(np.asarray(g, np.float32)).reshape(1, -1, 1, 1).to(self.device)
+                                            for g in (rate.gain, rate.inverse_gain))
         self.hyper: DeviceHyperSymbols | None = None
         if self.offset is None and (self.cuda if hyper_on_device is None else hyper_on_device):
             self.hyper = DeviceHyperSymbols.checked(self.model, card, self.device)
@@ -354,6 +368,8 @@ class Transforms:
         else:
             with _no_tf32(self.device):
                 y = self.g_a(x)
+        if self.gain is not None:  # a variable-rate model's operating point
+            y = y.mul_(self.gain)
         y = y.mul_(self.unit) if self.offset is None else y - self.offset
         q = torch.round(y).to(torch.int32).contiguous()
         out = [q]
@@ -399,7 +415,10 @@ class Transforms:
         """int (N, M, h, w) -> uint8 (N, h*stride, w*stride, 3)."""
         bound_heap()
         q = self._upload(np.asarray(latents, dtype=np.float32))
-        q = self._format(q.div_(self.unit) if self.offset is None else q + self.offset)
+        q = q.div_(self.unit) if self.offset is None else q + self.offset
+        if self.inverse_gain is not None:
+            q = q.mul_(self.inverse_gain)
+        q = self._format(q)
         x = None
         if self.half_synthesis:
             with torch.autocast(self.device.type, dtype=torch.float16 if self.cuda else torch.bfloat16):

@@ -20,6 +20,7 @@ from wsicodec.codec import store_codec
 from wsicodec.engine import Transforms, encode_tiles
 from wsicodec.errors import QualityError, StoreError, first_line
 from wsicodec.models import load_model
+from wsicodec.models.rates import resolve, split_model_ref
 from wsicodec.quality import Choice, choose
 from wsicodec.remote_jobs import compress_urls, decompress_urls
 from wsicodec.slide import SlideError, SlideSource, open_input
@@ -195,7 +196,9 @@ def store_metadata(src: SlideSource, input_path: Path, card, transforms: Transfo
         deid = {"removed_properties": removed, "removed_associated": dropped, "removed_source": ["file_name"]}
     assoc = {name: pixels for name, pixels in assoc.items() if name != "thumbnail"}
     meta: dict[str, Any] = {
-        "format": FORMAT_NAME, "format_version": format_version(card.spec.entropy_model, associated=bool(assoc)),
+        "format": FORMAT_NAME,
+        "format_version": format_version(card.spec.entropy_model, associated=bool(assoc),
+                                         variable_rate=card.spec.variable_rate),
         "wsicodec_version": __version__,
         "created": now_iso(),
         "model": {"name": card.name, "sha256": card.sha256, "architecture": card.architecture,
@@ -210,6 +213,8 @@ def store_metadata(src: SlideSource, input_path: Path, card, transforms: Transfo
         # provenance: which arithmetic chose the latents (a resumed run records its own)
         "encoder": {"device": transforms.device.type, "precision": transforms.precision},
     }
+    if transforms.rate is not None:  # a variable-rate model: which of its operating points (format 4)
+        meta["operating_point"] = transforms.rate.to_meta()
     if deid is not None:
         meta["deidentification"] = deid
     if content is not None:
@@ -247,7 +252,9 @@ def compress(input_path: str | Path, output: str | Path, model: str | None = Non
              target_tiles: int | None = None, on_choice: Callable[[Choice], None] | None = None) -> CompressResult:
     """Compress level 0 of a slide or image into a store at ``output``.
 
-    The operating point: ``model`` (a shipped model, for experts), ``quality`` (1–100, at least
+    The operating point: ``model`` (a shipped model, for experts; a variable-rate model takes an
+    operating point as ``NAME@P``, ``P`` a trained point 0 … K−1 or a number between two, else its
+    card's default point, :mod:`wsicodec.models.rates`), ``quality`` (1–100, at least
     JPEG's at that quality on the calibration set, :mod:`wsicodec.quality`), ``target``
     (``"ms_ssim=0.99"``, ``"psnr=36"``: the cheapest that reaches it on ``target_tiles`` sampled
     tissue tiles of this slide, :mod:`wsicodec.target`), or none of them: the default. How it was
@@ -276,13 +283,15 @@ def compress(input_path: str | Path, output: str | Path, model: str | None = Non
     check_paths(input_path, output, overwrite)
 
     def load(choice: Choice) -> tuple[Any, Any, Transforms]:
+        name, position = split_model_ref(choice.point.model)  # NAME@P: a variable-rate model's point
         if choice.point.rate is not None:
-            raise QualityError(f"operating point {choice.point}: rate indexes need a variable-rate model")
-        net, card = load_model(choice.point.model, model_dir)
+            position = choice.point.rate
+        net, card = load_model(name, model_dir)
         if tile % (card.stride * card.spec.chunk_multiple):
             raise StoreError(f"{output}: tile size {tile} must be a multiple of "
                              f"{card.stride * card.spec.chunk_multiple} for model {card.name}")
-        return net, card, Transforms(net, card, device, batch_size, precision=precision)
+        return net, card, Transforms(net, card, device, batch_size, precision=precision,
+                                     rate=resolve(net, card, position))
 
     search_seconds = 0.0
     if target is None:

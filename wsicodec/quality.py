@@ -79,14 +79,14 @@ class OperatingPoint:
 
 def operating_points(directory: Path | None = None) -> list[OperatingPoint]:
     """Every operating point of the installed (not retired) models: one per fixed-rate model,
-    one per listed rate of a model whose card has ``operating_points`` (``[{"rate": i, ...}]``)."""
+    one per trained point of a model whose card has ``operating_points`` (``[{"index": i, ...}]``)."""
     from wsicodec.models import list_models
 
     points = []
     for card in list_models(directory):
         rates = getattr(card, "operating_points", None)
         if rates:
-            points += [OperatingPoint(card.name, int(r["rate"])) for r in rates]
+            points += [OperatingPoint(card.name, int(r["index"])) for r in rates]
         else:
             points.append(OperatingPoint(card.name))
     return points

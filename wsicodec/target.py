@@ -129,12 +129,11 @@ class TileCoder:
         from wsicodec.codec import LATENT_DTYPE, store_codec
         from wsicodec.engine import Transforms
         from wsicodec.models import load_model
+        from wsicodec.models.rates import resolve
 
-        if point.rate is not None:
-            raise QualityError(f"operating point {point}: rate indexes need a variable-rate model")
         net, card = load_model(point.model, model_dir)
         self.point, self.card = point, card
-        self.coder = Transforms(net, card, device, 1, precision=precision)
+        self.coder = Transforms(net, card, device, 1, precision=precision, rate=resolve(net, card, point.rate))
         self._codec = store_codec(net, card)
         self._dtype = np.dtype(LATENT_DTYPE[card.spec.entropy_model])
         self.hyper = card.spec.entropy_model != "factorized"

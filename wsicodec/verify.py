@@ -105,7 +105,7 @@ def verify_store(path: str | os.PathLike, against: str | os.PathLike | None = No
     m = meta["model"]
     rep.model = {"name": m["name"], "sha256": m["sha256"], "checked": False}
     if check_model:
-        _check_model(rep, latents, m, model_dir)
+        _check_model(rep, latents, m, model_dir, meta.get("operating_point"))
 
     # -- tile map ------------------------------------------------------------------------------
     try:
@@ -173,7 +173,8 @@ def _chunk_path(root: Path, latents: Any, tx: int, ty: int) -> Path:
     return root / "latents" / latents.metadata.encode_chunk_key((0, ty, tx))
 
 
-def _check_model(rep: VerifyReport, latents: Any, m: dict[str, Any], model_dir: Path | None) -> None:
+def _check_model(rep: VerifyReport, latents: Any, m: dict[str, Any], model_dir: Path | None,
+                 point: Any = None) -> None:
     from wsicodec.codec import store_codec
     from wsicodec.models import ModelError, load_model
 
@@ -194,6 +195,13 @@ def _check_model(rep: VerifyReport, latents: Any, m: dict[str, Any], model_dir: 
         return
     if stored != json_roundtrip(store_codec(net, card).to_dict()):
         rep.add("model", f"the store's entropy model differs from model {m['name']!r}'s")
+    if card.spec.variable_rate:
+        from wsicodec.models.rates import RateError, point_from_meta
+
+        try:
+            point_from_meta(net, point)
+        except RateError as e:
+            rep.add("operating_point", str(e))
 
 
 def _check_files(rep: VerifyReport, path: Path, grid: TileGrid, meta: dict[str, Any]) -> None:

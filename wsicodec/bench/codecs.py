@@ -149,19 +149,28 @@ class WsicodecCodec(Codec):
     def default_settings(self) -> list[str]:
         from wsicodec.models import list_models
 
-        cards = list_models(self.model_dir)
+        # a variable-rate model contributes each trained operating point (NAME@K, its λ)
+        points = [(f"{c.name}@{p['index']}", p.get("lambda")) for c in list_models(self.model_dir)
+                  for p in c.operating_points] + \
+                 [(c.name, c.lmbda) for c in list_models(self.model_dir) if not c.operating_points]
         # lowest rate first: larger lambda means higher rate; unknown lambdas keep name order
-        cards.sort(key=lambda c: (c.lmbda is None, c.lmbda if c.lmbda is not None else 0.0, c.name))
-        return [c.name for c in cards]
+        points.sort(key=lambda p: (p[1] is None, p[1] if p[1] is not None else 0.0, p[0]))
+        return [name for name, _ in points]
 
     def curve(self, setting: str) -> str:
         """``wsicodec`` for factorized models, ``wsicodec-hyperprior`` for mean-scale hyperprior
-        ones: one curve per entropy-model family, each compared with the classical codecs."""
+        ones, ``wsicodec-<model>`` for each variable-rate model (its points ``NAME@K``): one curve
+        per family, each compared with the classical codecs."""
         from wsicodec.models import list_models
 
         if not hasattr(self, "_kinds"):
-            self._kinds = {c.name: c.spec.entropy_model for c in list_models(self.model_dir)}
-        return self.name if self._kinds.get(setting, "factorized") == "factorized" else f"{self.name}-hyperprior"
+            self._kinds = {c.name: ("variable-rate" if c.spec.variable_rate else c.spec.entropy_model)
+                           for c in list_models(self.model_dir)}
+        name = setting.partition("@")[0]
+        kind = self._kinds.get(name, "factorized")
+        if kind == "variable-rate":
+            return f"{self.name}-{name}"
+        return self.name if kind == "factorized" else f"{self.name}-hyperprior"
 
     def run(self, rgb: np.ndarray, setting: str) -> Coded:
         from PIL import Image

@@ -117,6 +117,43 @@ class MeanScale(Factorized):
         self.gaussian_conditional = FrozenEntropyModel(GAUSSIAN_TABLES)
 
 
+class GainedMeanScale(nn.Module):
+    """A variable-rate mean-scale hyperprior with gain units (Cui et al. 2021): ``K`` operating
+    points, each a learned per-channel gain ``exp(log_gain[k])`` applied to the analysis's latents
+    before quantization and an inverse gain ``exp(log_inverse_gain[k])`` applied to the quantized
+    latents before the synthesis. ``h_s`` predicts the mean and scale of the gained latents, so
+    the integer hyper-decoder and the chunk codec are those of :class:`MeanScale`.
+
+    Widths: ``N`` for the analysis and the hyper-encoder, ``M`` latents, ``H`` for the
+    hyper-decoder's hidden layers (its last layer a 1x1 convolution: the integer hyper-decoder
+    runs on every decode, in float64), ``N_s1`` for the synthesis's first layer (at 1/8 scale:
+    4·N_s1 values per 16x16 block, at least the M latents) and ``N_s`` for its finer layers,
+    where most of its multiply-adds are. The gains themselves are not applied here but by the
+    caller (:class:`wsicodec.engine.Transforms`), from a :class:`wsicodec.models.rates.RatePoint`."""
+
+    def __init__(self, N: int = 128, M: int = 320, N_s1: int = 96, N_s: int = 48, H: int = 192, K: int = 8):
+        super().__init__()
+        self.g_a, self.g_s = _g_a(N, M), tapered_g_s(M, N_s1, N_s)
+        lrelu = nn.LeakyReLU
+        self.h_a = nn.Sequential(conv(M, N, 3, 1), lrelu(inplace=True), conv(N, N), lrelu(inplace=True), conv(N, N))
+        self.h_s = _gained_h_s(N, M, H)
+        self.log_gain = nn.Parameter(torch.zeros(K, M))
+        self.log_inverse_gain = nn.Parameter(torch.zeros(K, M))
+        self.entropy_bottleneck = FrozenEntropyModel(FACTORIZED_TABLES)
+        self.gaussian_conditional = FrozenEntropyModel(GAUSSIAN_TABLES)
+
+
+def tapered_g_s(M: int, N1: int, N: int) -> nn.Sequential:
+    """bmshj2018's synthesis with its first layer ``N1`` wide and the others ``N`` wide."""
+    return nn.Sequential(deconv(M, N1), GDN(N1, inverse=True), deconv(N1, N), GDN(N, inverse=True),
+                         deconv(N, N), GDN(N, inverse=True), deconv(N, 3))
+
+
+def _gained_h_s(N: int, M: int, H: int) -> nn.Sequential:
+    lrelu = nn.LeakyReLU
+    return nn.Sequential(deconv(N, H), lrelu(inplace=True), deconv(H, H), lrelu(inplace=True), conv(H, 2 * M, 1, 1))
+
+
 def load_weights(net: nn.Module, state: Mapping[str, torch.Tensor]) -> nn.Module:
     """Load a trained (``update()``'d) state dict into ``net``: every parameter and table ``net``
     has must be in it with its shape (tables take the state's shapes); keys ``net`` does not run

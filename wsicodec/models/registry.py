@@ -42,6 +42,13 @@ def _mean_scale(N: int = 64, M: int = 96) -> nn.Module:
     return MeanScaleHyperprior(N=N, M=M)
 
 
+def _gained(N: int = 128, M: int = 320, N_s1: int = 96, N_s: int = 48, H: int = 192, K: int = 8,
+            lambdas: list[float] | None = None) -> nn.Module:
+    from wsicodec.models.gained import GainedMeanScaleHyperprior
+
+    return GainedMeanScaleHyperprior(N=N, M=M, N_s1=N_s1, N_s=N_s, H=H, K=K, lambdas=lambdas)
+
+
 def _factorized_net(N: int = 128, M: int = 192) -> nn.Module:
     from wsicodec.models.networks import Factorized
 
@@ -52,6 +59,12 @@ def _mean_scale_net(N: int = 64, M: int = 96) -> nn.Module:
     from wsicodec.models.networks import MeanScale
 
     return MeanScale(N=N, M=M)
+
+
+def _gained_net(N: int = 128, M: int = 320, N_s1: int = 96, N_s: int = 48, H: int = 192, K: int = 8) -> nn.Module:
+    from wsicodec.models.networks import GainedMeanScale
+
+    return GainedMeanScale(N=N, M=M, N_s1=N_s1, N_s=N_s, H=H, K=K)
 
 
 @dataclass(frozen=True)
@@ -66,6 +79,7 @@ class Architecture:
     decode_halo: int     # latents of context each side so tiled pixels equal whole-image pixels
     entropy_model: str   # "factorized" | "gaussian-mean-scale" (a hyperprior: side information z per tile)
     chunk_multiple: int = 1  # latent chunk sides must be multiples of this (a hyperprior: its z stride, 4)
+    variable_rate: bool = False  # operating points chosen by gains (wsicodec.models.rates)
 
 
 #: Architecture name -> its spec. g_a of bmshj2018 is 4 conv(5x5, stride 2): a latent sees
@@ -76,6 +90,9 @@ ARCHITECTURES: dict[str, Architecture] = {
     # Minnen 2018 mean-scale hyperprior: the same g_a / g_s (so a factorized model's transforms
     # warm-start it), plus h_a / h_s predicting a Gaussian mean and scale for every latent.
     "mbt2018-mean": Architecture(_mean_scale, _mean_scale_net, 16, 32, 4, "gaussian-mean-scale", 4),
+    # the same with gain units (Cui et al. 2021): one model, K operating points, the chunk codec
+    # of mbt2018-mean over the gained latents; g_a / g_s have the same strides and kernels
+    "mbt2018-mean-gain": Architecture(_gained, _gained_net, 16, 32, 4, "gaussian-mean-scale", 4, variable_rate=True),
 }
 
 
@@ -92,6 +109,10 @@ class ModelCard:
     data: str = ""
     validation: dict[str, Any] = field(default_factory=dict)
     notes: str = ""
+    #: a variable-rate model's trained points: ``{"index", "lambda", "validation"}`` each
+    operating_points: list[dict[str, Any]] = field(default_factory=list)
+    #: the point used when a variable-rate model is named without one (``NAME@P`` names one)
+    default_point: float | None = None
 
     @property
     def stride(self) -> int:

@@ -17,22 +17,29 @@ from wsicodec.errors import first_line
 from wsicodec.tiling import TileGrid
 
 __all__ = ["ENCODED_ASSOCIATED", "FORMAT_NAME", "FORMAT_VERSION", "MAX_ASSOCIATED_PIXELS", "MAX_SIDE",
-           "READ_VERSIONS", "TILE_CODED", "TILE_GLASS", "TILE_MISSING", "check_arrays", "check_meta",
+           "READ_VERSIONS", "TILE_CODED", "TILE_GLASS", "TILE_MISSING", "VARIABLE_RATE", "check_arrays", "check_meta",
            "entropy_model", "format_version", "json_roundtrip", "latent_array_shape", "now_iso", "read_store_meta"]
 
 FORMAT_NAME = "wsicodec"
-FORMAT_VERSION = 3          #: the newest version this wsicodec reads and writes
+FORMAT_VERSION = 4          #: the newest version this wsicodec reads and writes
 #: a store takes the lowest version that describes it (docs/format.md, "Versions"): 1 =
-#: factorized entropy model, 2 = hyperprior, 3 = associated images kept encoded
-READ_VERSIONS = (1, 2, 3)
+#: factorized entropy model, 2 = hyperprior, 3 = associated images kept encoded, 4 = a
+#: variable-rate hyperprior (its operating point in the metadata); each version includes the
+#: ones before it
+READ_VERSIONS = (1, 2, 3, 4)
 #: the first version whose associated images are encoded bytes (:mod:`wsicodec.associated`)
 #: rather than raw pixels, and which keeps no thumbnail
 ENCODED_ASSOCIATED = 3
+#: the first version whose stores record a variable-rate model's operating point
+VARIABLE_RATE = 4
 
 
-def format_version(entropy_model: str, associated: bool = False) -> int:
+def format_version(entropy_model: str, associated: bool = False, variable_rate: bool = False) -> int:
     """The format version of a store of a model with this entropy model kind, holding associated
-    images (``associated``) or not."""
+    images (``associated``) or not, of a model with several operating points
+    (``variable_rate``) or one."""
+    if variable_rate:
+        return VARIABLE_RATE
     if associated:
         return ENCODED_ASSOCIATED
     return 1 if entropy_model == "factorized" else 2
@@ -122,6 +129,10 @@ def check_meta(meta: Any) -> str | None:
             bad.append(key)
     if not isinstance(meta.get("deidentified", False), bool):
         bad.append("deidentified")
+    point = meta.get("operating_point")  # whether the model needs one is checked when it is loaded
+    if point is not None and not (version >= VARIABLE_RATE and isinstance(point, dict) and _is_int(point.get("index"))
+                                  and point["index"] >= 0 and _is_num(point.get("t", 0)) and 0 <= point.get("t", 0) < 1):
+        bad.append("operating_point")  # and its vectors against the model's width
     if bad:
         return f"damaged store metadata (bad or missing: {', '.join(bad)})"
     return None

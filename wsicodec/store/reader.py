@@ -146,6 +146,9 @@ class WsiStore:
         props["wsicodec.model"] = self.meta["model"]["name"]
         props["wsicodec.model-sha256"] = self.meta["model"]["sha256"]
         props["wsicodec.format-version"] = str(self.meta["format_version"])
+        if "operating_point" in self.meta:
+            point = self.meta["operating_point"]
+            props["wsicodec.operating-point"] = f"{point['index'] + point.get('t', 0):g}"
         return props
 
     @property
@@ -188,8 +191,23 @@ class WsiStore:
 
                 hyper_entropy_model(m, model)
             self._transforms = Transforms(model, card, self._device, self._batch_size,
-                                      half_synthesis=self._half_synthesis)
+                                          half_synthesis=self._half_synthesis, rate=self._rate_point(model, card))
         return self._transforms
+
+    def _rate_point(self, model: Any, card: Any) -> Any:
+        """A variable-rate model's operating point as the store records it (None for a model of
+        one rate); the recorded point must be one this model has."""
+        if not card.spec.variable_rate:
+            return None
+        from wsicodec.models.rates import RateError, point_from_meta
+
+        if "operating_point" not in self.meta:
+            raise StoreError(f"{self.path}: model {card.name} has several operating points, but the store "
+                             f"(format version {self.meta['format_version']}) records none")
+        try:
+            return point_from_meta(model, self.meta.get("operating_point"))
+        except RateError as e:
+            raise StoreError(f"{self.path}: {e}") from None
 
     def fetch_latents(self, lx0: int, ly0: int, lx1: int, ly1: int) -> np.ndarray:
         """Latents of a box with glass tiles filled in; missing tiles are an error."""

@@ -21,9 +21,14 @@ def command() -> None:
 @click.option("--out", "out", required=True, type=click.Path(path_type=Path), help="Run folder (checkpoints, logs).")
 @click.option("--val", "val", multiple=True, help="Validation image folder or file (repeatable).")
 @click.option("--architecture", default="bmshj2018-factorized", show_default=True)
-@click.option("-N", "N", default=64, show_default=True, help="Transform width.")
-@click.option("-M", "M", default=96, show_default=True, help="Latent channels.")
+@click.option("-N", "N", type=int, default=None, help="Transform width  [default: 64; mbt2018-mean-gain: 128]")
+@click.option("-M", "M", type=int, default=None, help="Latent channels  [default: 96; mbt2018-mean-gain: 320]")
 @click.option("--lambda", "lmbda", default=0.013, show_default=True, help="Rate-distortion trade-off λ.")
+@click.option("--lambdas", default="", metavar="L0,L1,…",
+              help="A variable-rate architecture's λ ladder, one per operating point, increasing "
+                   "(default: 0.0008,0.002,0.005,0.013,0.032,0.08,0.2,0.5).")
+@click.option("--param", "params", multiple=True, metavar="KEY=INT",
+              help="An architecture parameter beyond -N / -M, e.g. --param N_s=48 (repeatable).")
 @click.option("--feature-net", default="none", show_default=True,
               help="none | stlpips | ciga:CHECKPOINT (the perceptual term's network C).")
 @click.option("--psi", default="0.5,0.7", show_default=True, help="ψ before,after the switch point.")
@@ -58,13 +63,22 @@ def command() -> None:
 @click.option("--compile/--no-compile", "compile_", default=False, show_default=True,
               help="torch.compile the training forward (pays on a GPU for long runs; compiles at the first step).")
 @click.option("--resume", is_flag=True, help="Continue the run in --out exactly where it stopped.")
-def run(data, out, val, architecture, N, M, lmbda, feature_net, psi, patch, batch, steps, lr, transform_lr, clip,
-        val_every, checkpoint_minutes, max_minutes, wall_minutes, seed, threads, init_from, precision, device,
-        workers, compile_, resume):
+def run(data, out, val, architecture, N, M, lmbda, lambdas, params, feature_net, psi, patch, batch, steps, lr,
+        transform_lr, clip, val_every, checkpoint_minutes, max_minutes, wall_minutes, seed, threads, init_from,
+        precision, device, workers, compile_, resume):
     """Train on DATA (image files, folders, slides, training packs)."""
     from wsicodec.train import TrainConfig, Trainer
 
+    try:
+        ladder = [float(v) for v in lambdas.split(",") if v.strip()]
+        extra = {k.strip(): int(v) for k, v in (p.split("=", 1) for p in params)}
+    except ValueError:
+        raise click.BadParameter("--lambdas takes numbers, --param KEY=INT") from None
+    from wsicodec.train.ladder import default_widths
+
+    N, M = (N, M) if N and M else tuple(a or b for a, b in zip((N, M), default_widths(architecture)))
     cfg = TrainConfig(data=list(data), out=str(out), architecture=architecture, N=N, M=M, lmbda=lmbda,
+                      lambdas=ladder, params=extra,
                       feature_net=feature_net, psi=[float(v) for v in psi.split(",")], patch=patch, batch=batch,
                       steps=steps, lr=lr, transform_lr=transform_lr, clip=clip, val=list(val), val_every=val_every,
                       checkpoint_minutes=checkpoint_minutes, max_minutes=max_minutes, wall_minutes=wall_minutes,
@@ -209,10 +223,35 @@ def merge(bundle_dir, run_dir, val, val_crop, half_weights):
         if ladder:  # a variable-rate model: every operating point
             from wsicodec.train.ladder import validate_ladder
 
-            points, _ = validate_ladder(t.model, t.val, ladder)
+            points, _ = validate_ladder(t.model, t.val, ladder, validate)
         else:
             points = [validate(t.model, t.val)]
         for k, v in enumerate(points):
             at = f" point {k}" if len(points) > 1 else ""
             click.echo(f"{name} (step {st['step']}){at}: {v['bpp']:.4f} bpp, {v['psnr']:.2f} dB, "
                        f"MS-SSIM {v['ms_ssim']:.4f}")
+
+
+@command.command("export")
+@click.argument("run_dir", type=click.Path(exists=True, file_okay=False, path_type=Path))
+@click.argument("name")
+@click.option("--models-dir", type=click.Path(path_type=Path), default=None,
+              help="Where to write (default: the package's model folder).")
+@click.option("--last", is_flag=True, help="Export the last weights, not the best validated ones.")
+@click.option("--data-desc", default="", help="How the model card describes the training data (default: the paths).")
+@click.option("--notes", default="", help="Free-text notes for the model card.")
+@click.option("--val", "val", multiple=True, help="Validation folder for the card's figures (default: the run's).")
+@click.option("--default-point", type=int, default=None,
+              help="A variable-rate model's default operating point (default: the ladder's middle).")
+def export(run_dir, name, models_dir, last, data_desc, notes, val, default_point):
+    """Write RUN_DIR's model as NAME (.pt with frozen CDF tables, .json model card with sha256;
+    a variable-rate model's card lists every operating point with its λ and validation figures)."""
+    from wsicodec.models import model_dir
+    from wsicodec.train.loop import Trainer
+
+    overrides = {"val": list(val)} if val else {}
+    if default_point is not None:
+        overrides["default_point"] = default_point
+    card = Trainer.from_checkpoint(run_dir, **overrides).export(name, models_dir or model_dir(), use_best=not last,
+                                                                data_desc=data_desc, notes=notes)
+    click.echo(f"{name}: sha256 {card.sha256}, validation {card.validation}")

@@ -30,6 +30,7 @@ from torch import nn
 
 from wsicodec.errors import TrainError
 from wsicodec.models import ModelCard, build_model, save_model
+from wsicodec.train import ladder as rate_ladder
 from wsicodec.train.data import CropSampler, find_inputs, load_images, load_rgb
 from wsicodec.train.device import Precision, compile_model, resolve_device, step_clock
 from wsicodec.train.loader import BatchStream, default_workers
@@ -70,6 +71,25 @@ class TrainConfig:
     device: str = "auto"             # auto | cpu | cuda[:N]
     workers: int = -1                # batch-making processes (-1: none on the CPU, most cores on a GPU)
     compile: bool = False            # torch.compile the training forward
+    lambdas: list[float] = field(default_factory=list)  # a variable-rate model's λ ladder (empty: ladder.py's)
+    params: dict = field(default_factory=dict)           # architecture parameters beyond N and M (e.g. N_s)
+    default_point: int = -1          # a variable-rate model's default operating point (-1: the ladder's middle)
+
+    @property
+    def ladder(self) -> list[float] | None:
+        """The λ of each operating point of a variable-rate architecture (None: one λ, ``lmbda``)."""
+        return rate_ladder.ladder_of(self.architecture, self.lambdas)
+
+    @property
+    def model_params(self) -> dict:
+        return rate_ladder.model_params(self.N, self.M, self.params, self.ladder)
+
+    def build(self, *, initial: bool = False) -> nn.Module:
+        """This run's model (compressai's modules); ``initial``: a variable-rate model's gains
+        start at its ladder's rates."""
+        ladder = self.ladder
+        start = {"lambdas": ladder} if initial and ladder else {}
+        return build_model(self.architecture, **self.model_params, **start)
 
     def psi_at(self, step: int, start: int = 0) -> float:
         """ψ at ``step`` of a run that began at ``start`` (a fine-tune switches halfway through its own steps)."""
@@ -106,9 +126,9 @@ def _val_images(paths: list[str], crop: int) -> list[torch.Tensor]:
 
 
 @torch.no_grad()
-def validate(model: nn.Module, images: list[torch.Tensor]) -> dict[str, float]:
+def validate(model: nn.Module, images: list[torch.Tensor], point: int | None = None) -> dict[str, float]:
     """Real entropy-coded bits (model.compress) and PSNR / MS-SSIM of the decoded crops, on the
-    model's device, in fp32."""
+    model's device, in fp32 (a variable-rate model: at operating ``point``)."""
     from pytorch_msssim import ms_ssim
 
     was_training = model.training
@@ -119,10 +139,11 @@ def validate(model: nn.Module, images: list[torch.Tensor]) -> dict[str, float]:
     psnrs, ssims = [], []
     for x in images:
         x = x.to(device)
-        enc = model.compress(x)
+        at = () if point is None else (point,)
+        enc = model.compress(x, *at)
         bits += 8 * sum(len(s[0]) for s in enc["strings"])
         pixels += x.shape[2] * x.shape[3]
-        x_hat = model.decompress(enc["strings"], enc["shape"])["x_hat"].clamp(0, 1)
+        x_hat = model.decompress(enc["strings"], enc["shape"], *at)["x_hat"].clamp(0, 1)
         x8, y8 = (x * 255).round(), (x_hat * 255).round()
         mse = torch.mean((x8 - y8) ** 2).item()
         psnrs.append(10 * math.log10(255**2 / max(mse, 1e-10)))
@@ -148,7 +169,10 @@ class Trainer:
             torch.backends.cudnn.allow_tf32 = True
         torch.manual_seed(cfg.seed)
         random.seed(cfg.seed)
-        self.model = build_model(cfg.architecture, N=cfg.N, M=cfg.M)
+        self.ladder = cfg.ladder
+        if self.ladder and cfg.feature_net != "none":
+            raise ValueError("a variable-rate model's loss is MSE at each point; it takes no --feature-net")
+        self.model = cfg.build(initial=True)
         self.precision = Precision.on(cfg.precision, self.device)
         self.precision.apply(self.model)
         self.model.to(self.device)
@@ -321,7 +345,10 @@ class Trainer:
         x = self.next_batch()
         self.opt.zero_grad(set_to_none=True)
         self.aux_opt.zero_grad(set_to_none=True)
-        terms = _rd_loss(self.model, x, cfg.lmbda, cfg.psi_at(self.step, self.start_step), self.feature)
+        if self.ladder:  # a variable-rate model: each element at a point of the ladder
+            terms = rate_ladder.ladder_loss(self.model, x, self.ladder)
+        else:
+            terms = _rd_loss(self.model, x, cfg.lmbda, cfg.psi_at(self.step, self.start_step), self.feature)
         self.precision.backward_and_step(terms["loss"], self.opt,
                                          [p for g in self.opt.param_groups for p in g["params"]], cfg.clip)
         aux = self.model.aux_loss()
@@ -390,6 +417,8 @@ class Trainer:
             signal.signal(signal.SIGINT, old)
 
     def validate_and_schedule(self) -> dict[str, float]:
+        if self.ladder:
+            return self._validate_ladder()
         t0 = time.monotonic()
         v = validate(self.model, self.val)
         self._reserve["validate"] = time.monotonic() - t0
@@ -406,10 +435,29 @@ class Trainer:
         self.log("val " + json.dumps(row))
         return v
 
+    def _validate_ladder(self) -> dict[str, float]:
+        """Every operating point validated (one ``val_log.csv`` row each); the schedule and the
+        best checkpoint follow the mean of the points' objectives. Returns that mean's row."""
+        t0 = time.monotonic()
+        points, obj = rate_ladder.validate_ladder(self.model, self.val, self.ladder, validate)
+        self._reserve["validate"] = time.monotonic() - t0
+        self.sched.step(obj)
+        if obj < self.best:
+            self.best = obj
+            torch.save({"model": self.model.state_dict(), "step": self.step}, self.out / "best_model.pt")
+        common = {"lr": self.opt.param_groups[-1]["lr"], "train_minutes": round(self.train_seconds / 60, 2),
+                  "time": round(time.time())}
+        for k, (lmbda, v) in enumerate(zip(self.ladder, points)):
+            row = {"step": self.step, "point": k, "lambda": lmbda, **{key: round(x, 5) for key, x in v.items()},
+                   "objective": round(rate_ladder.objective(lmbda, v), 5), **common}
+            self._log_row("val_log.csv", row)
+            self.log("val " + json.dumps(row))
+        return {"objective": obj}
+
     def export(self, name: str, directory: Path, data_desc: str = "", use_best: bool = True,
                notes: str = "") -> ModelCard:
         cfg = self.cfg
-        model = build_model(cfg.architecture, N=cfg.N, M=cfg.M)
+        model = cfg.build()
         best = self.out / "best_model.pt"
         step = self.step
         if use_best and best.exists():
@@ -418,13 +466,27 @@ class Trainer:
             step = int(st["step"])
         else:
             model.load_state_dict(self.model.state_dict())
+        where = {"set": ", ".join(cfg.val), "crop": cfg.val_crop}
+        if self.ladder:  # a variable-rate model: its points, each with its λ and figures
+            figures = (rate_ladder.validate_ladder(model, self.val, self.ladder, validate)[0] if self.val
+                       else [{}] * len(self.ladder))
+            points = [{"index": k, "lambda": lmbda,
+                       "validation": {**{key: round(x, 4) for key, x in v.items()}, **where}}
+                      for k, (lmbda, v) in enumerate(zip(self.ladder, figures))]
+            default = cfg.default_point if cfg.default_point >= 0 else len(self.ladder) // 2
+            if default >= len(self.ladder):
+                raise ValueError(f"default operating point {default}: the ladder has {len(self.ladder)} points")
+            card = ModelCard(name=name, architecture=cfg.architecture, params=cfg.model_params, lmbda=None, psi=0.0,
+                             feature_net="none", steps=step, data=data_desc or ", ".join(cfg.data),
+                             validation=dict(points[default]["validation"]), notes=notes,
+                             operating_points=points, default_point=default)
+            return save_model(model, card, directory)
         v = validate(model, self.val) if self.val else {}
         card = ModelCard(
-            name=name, architecture=cfg.architecture, params={"N": cfg.N, "M": cfg.M},
+            name=name, architecture=cfg.architecture, params=cfg.model_params,
             lmbda=cfg.lmbda, psi=cfg.psi_at(step, self.start_step), feature_net=cfg.feature_net, steps=step,
             data=data_desc or ", ".join(cfg.data),
-            validation={**{k: round(x, 4) for k, x in v.items()}, "set": ", ".join(cfg.val),
-                        "crop": cfg.val_crop},
+            validation={**{k: round(x, 4) for k, x in v.items()}, **where},
             notes=notes,
         )
         return save_model(model, card, directory)

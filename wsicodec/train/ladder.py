@@ -1,0 +1,92 @@
+"""Training a variable-rate model (architecture ``mbt2018-mean-gain``): its λ ladder, the loss of
+a batch whose elements each train one operating point, and validation at every point.
+
+Each batch element ``b`` draws a point ``k_b`` (uniformly, from torch's generator, so that
+``--resume`` stays exact) and contributes its own rate-distortion loss
+
+    L_b = bpp_b + λ_{k_b}·255²·MSE_b,      L = mean_b L_b
+
+so one step trains several rates at once, and every GPU minute serves the whole ladder.
+"""
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import torch
+from torch import nn
+
+__all__ = ["DEFAULT_LADDER", "default_widths", "ladder_loss", "ladder_of", "model_params", "validate_ladder"]
+
+#: The default λ ladder: today's single-rate zoo's λ (0.0008 … 0.032, so each point has a
+#: single-rate model of the same λ to be compared with) continued geometrically (×2.5) to 0.5,
+#: beyond the λ ≈ 0.2 that a high-rate estimate gives for 38 dB on H&E (MSE ≈ 3 / (2·ln 2·λ·255²)).
+DEFAULT_LADDER = (0.0008, 0.002, 0.005, 0.013, 0.032, 0.08, 0.2, 0.5)
+
+
+def ladder_of(architecture: str, lambdas: list[float] | tuple[float, ...]) -> list[float] | None:
+    """The λ ladder a run trains: ``lambdas`` (or :data:`DEFAULT_LADDER`) for a variable-rate
+    architecture, None for a single-rate one (which refuses a ladder)."""
+    from wsicodec.models.registry import _architecture
+
+    if not _architecture(architecture).variable_rate:
+        if lambdas:
+            raise ValueError(f"architecture {architecture} trains one λ (--lambda); "
+                             f"--lambdas is for a variable-rate one")
+        return None
+    ladder = [float(v) for v in (lambdas or DEFAULT_LADDER)]
+    if len(ladder) < 2 or any(not (v > 0 and math.isfinite(v)) for v in ladder) or ladder != sorted(set(ladder)):
+        raise ValueError(f"λ ladder {ladder}: at least two positive values, increasing")
+    return ladder
+
+
+def default_widths(architecture: str) -> tuple[int, int]:
+    """``(N, M)`` when none are given: the variable-rate architecture's own defaults (wide, for
+    the high rates), 64 / 96 for the single-rate ones (the zoo's, chosen for CPU training)."""
+    import inspect
+
+    from wsicodec.models.registry import _architecture
+
+    spec = _architecture(architecture)
+    if not spec.variable_rate:
+        return 64, 96
+    defaults = inspect.signature(spec.build_inference).parameters
+    return int(defaults["N"].default), int(defaults["M"].default)
+
+
+def model_params(N: int, M: int, extra: dict[str, Any], ladder: list[float] | None) -> dict[str, Any]:
+    """The architecture parameters a model card records (a variable-rate model's K: its ladder's length)."""
+    params = {"N": N, "M": M, **extra}
+    if ladder is not None:
+        params["K"] = len(ladder)
+    return params
+
+
+def ladder_loss(model: nn.Module, x: torch.Tensor, ladder: list[float]) -> dict[str, torch.Tensor]:
+    """The batch's loss, each element at a random point of ``ladder``; ``bpp`` / ``mse`` are batch
+    means (as for a single-rate model's log)."""
+    B = x.shape[0]
+    index = torch.randint(0, len(ladder), (B,))
+    out = model(x, index.to(x.device))
+    pixels = x.shape[2] * x.shape[3]
+    bits = sum(torch.log(lk).reshape(B, -1).sum(1) for lk in out["likelihoods"].values()) / -math.log(2)
+    bpp = bits / pixels
+    mse = torch.mean((out["x_hat"] - x) ** 2, dim=(1, 2, 3))
+    lmbda = torch.tensor(ladder, dtype=x.dtype, device=x.device)[index.to(x.device)]
+    loss = torch.mean(bpp + lmbda * 255**2 * mse)
+    return {"loss": loss, "bpp": bpp.mean(), "mse": mse.mean(), "feat": torch.zeros((), device=x.device)}
+
+
+def objective(lmbda: float, v: dict[str, float]) -> float:
+    """A point's rate-distortion objective on real bits, in the training loss's units."""
+    return lmbda * 255**2 * (10 ** (-v["psnr"] / 10)) + v["bpp"]
+
+
+def validate_ladder(model: nn.Module, images: list[torch.Tensor], ladder: list[float]
+                    ) -> tuple[list[dict[str, float]], float]:
+    """Every point's real bits, PSNR and MS-SSIM on ``images``, and the mean of the points'
+    objectives (what the learning-rate schedule and the best checkpoint follow)."""
+    from wsicodec.train.loop import validate
+
+    points = [validate(model, images, point=k) for k in range(len(ladder))]
+    return points, sum(objective(lmbda, v) for lmbda, v in zip(ladder, points)) / len(ladder)
