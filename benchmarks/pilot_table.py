@@ -35,8 +35,9 @@ def main(runs: list[str]) -> None:
                 break
         for r in last_validation(run):
             lam = r.get("lambda") or lmbda
-            print(f"| {run.name}{'@' + r['point'] if r.get('point') else ''} | {arch} | {float(lam):g} | {r['step']} | "
-                  f"{r['train_minutes']} | {float(r['bpp']):.3f} | {float(r['psnr']):.2f} | {float(r['ms_ssim']):.4f} | "
+            label = run.name + ("@" + r["point"] if r.get("point") else "")
+            print(f"| {label} | {arch} | {float(lam):g} | {r['step']} | {r['train_minutes']} | "
+                  f"{float(r['bpp']):.3f} | {float(r['psnr']):.2f} | {float(r['ms_ssim']):.4f} | "
                   f"{float(r['objective']):.3f} |")
 
 

@@ -93,4 +93,4 @@ def test_single_rate_config_builds_the_same_model_as_before(data_dir, tmp_path):
     built = cfg.build(initial=True)
     torch.manual_seed(3)
     ref = build_model("mbt2018-mean", N=8, M=8)
-    assert all(torch.equal(a, b) for a, b in zip(built.state_dict().values(), ref.state_dict().values()))
+    assert all(torch.equal(a, b) for a, b in zip(built.state_dict().values(), ref.state_dict().values(), strict=True))

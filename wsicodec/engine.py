@@ -297,8 +297,9 @@ class Transforms:
         self.rate = rate
         self.gain = self.inverse_gain = None
         if rate is not None:  # (1, M, 1, 1) float32 on the device
-            self.gain, self.inverse_gain = (torch.from_numpy(np.asarray(g, np.float32)).reshape(1, -1, 1, 1).to(self.device)
-                                            for g in (rate.gain, rate.inverse_gain))
+            self.gain, self.inverse_gain = (
+                torch.from_numpy(np.asarray(g, np.float32)).reshape(1, -1, 1, 1).to(self.device)
+                for g in (rate.gain, rate.inverse_gain))
         self.hyper: DeviceHyperSymbols | None = None
         if self.offset is None and (self.cuda if hyper_on_device is None else hyper_on_device):
             self.hyper = DeviceHyperSymbols.checked(self.model, card, self.device)

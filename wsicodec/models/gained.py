@@ -17,7 +17,7 @@ neighbouring points come from geometric interpolation of their gains (:mod:`wsic
 from __future__ import annotations
 
 import math
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 from compressai.entropy_models import EntropyBottleneck, GaussianConditional

@@ -11,8 +11,9 @@ alone means the model card's default point.
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any, Mapping
+from typing import Any
 
 import numpy as np
 
@@ -42,7 +43,7 @@ class RatePoint:
         return f"{self.position:g}"
 
     def to_meta(self) -> dict[str, Any]:
-        """The store metadata of this point (docs/format.md, version 3): index and t; an
+        """The store metadata of this point (docs/format.md, version 4): index and t; an
         interpolated point adds its gain vectors (float64, as JSON numbers: exact round trip),
         so that decoding never recomputes them."""
         meta: dict[str, Any] = {"index": self.index, "t": self.t}

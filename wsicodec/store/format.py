@@ -130,8 +130,9 @@ def check_meta(meta: Any) -> str | None:
     if not isinstance(meta.get("deidentified", False), bool):
         bad.append("deidentified")
     point = meta.get("operating_point")  # whether the model needs one is checked when it is loaded
-    if point is not None and not (version >= VARIABLE_RATE and isinstance(point, dict) and _is_int(point.get("index"))
-                                  and point["index"] >= 0 and _is_num(point.get("t", 0)) and 0 <= point.get("t", 0) < 1):
+    if point is not None and not (version >= VARIABLE_RATE and isinstance(point, dict)
+                                  and _is_int(point.get("index")) and point["index"] >= 0
+                                  and _is_num(point.get("t", 0)) and 0 <= point.get("t", 0) < 1):
         bad.append("operating_point")  # and its vectors against the model's width
     if bad:
         return f"damaged store metadata (bad or missing: {', '.join(bad)})"

@@ -76,7 +76,7 @@ def run(data, out, val, architecture, N, M, lmbda, lambdas, params, feature_net,
         raise click.BadParameter("--lambdas takes numbers, --param KEY=INT") from None
     from wsicodec.train.ladder import default_widths
 
-    N, M = (N, M) if N and M else tuple(a or b for a, b in zip((N, M), default_widths(architecture)))
+    N, M = (N, M) if N and M else tuple(a or b for a, b in zip((N, M), default_widths(architecture), strict=True))
     cfg = TrainConfig(data=list(data), out=str(out), architecture=architecture, N=N, M=M, lmbda=lmbda,
                       lambdas=ladder, params=extra,
                       feature_net=feature_net, psi=[float(v) for v in psi.split(",")], patch=patch, batch=batch,

@@ -89,4 +89,4 @@ def validate_ladder(model: nn.Module, images: list[torch.Tensor], ladder: list[f
     from wsicodec.train.loop import validate
 
     points = [validate(model, images, point=k) for k in range(len(ladder))]
-    return points, sum(objective(lmbda, v) for lmbda, v in zip(ladder, points)) / len(ladder)
+    return points, sum(objective(lmbda, v) for lmbda, v in zip(ladder, points, strict=True)) / len(ladder)

@@ -447,7 +447,7 @@ class Trainer:
             torch.save({"model": self.model.state_dict(), "step": self.step}, self.out / "best_model.pt")
         common = {"lr": self.opt.param_groups[-1]["lr"], "train_minutes": round(self.train_seconds / 60, 2),
                   "time": round(time.time())}
-        for k, (lmbda, v) in enumerate(zip(self.ladder, points)):
+        for k, (lmbda, v) in enumerate(zip(self.ladder, points, strict=True)):
             row = {"step": self.step, "point": k, "lambda": lmbda, **{key: round(x, 5) for key, x in v.items()},
                    "objective": round(rate_ladder.objective(lmbda, v), 5), **common}
             self._log_row("val_log.csv", row)
@@ -472,7 +472,7 @@ class Trainer:
                        else [{}] * len(self.ladder))
             points = [{"index": k, "lambda": lmbda,
                        "validation": {**{key: round(x, 4) for key, x in v.items()}, **where}}
-                      for k, (lmbda, v) in enumerate(zip(self.ladder, figures))]
+                      for k, (lmbda, v) in enumerate(zip(self.ladder, figures, strict=True))]
             default = cfg.default_point if cfg.default_point >= 0 else len(self.ladder) // 2
             if default >= len(self.ladder):
                 raise ValueError(f"default operating point {default}: the ladder has {len(self.ladder)} points")
