@@ -127,7 +127,8 @@ class ModelCard:
         return int(self.params.get("M", 192))
 
 
-def _architecture(name: str) -> Architecture:
+def architecture_spec(name: str) -> Architecture:
+    """A registered architecture's spec; :class:`ModelError` for an unknown name."""
     try:
         return ARCHITECTURES[name]
     except KeyError:
@@ -136,7 +137,7 @@ def _architecture(name: str) -> Architecture:
 
 def build_model(architecture: str, **params: Any) -> nn.Module:
     """Build an untrained model of a registered architecture (compressai's modules, to train)."""
-    return _architecture(architecture).build(**params)
+    return architecture_spec(architecture).build(**params)
 
 
 def model_dir() -> Path:
@@ -232,7 +233,7 @@ def load_model(
         model = build_model(card.architecture, **card.params)
         model.load_state_dict(state)
         return model.eval(), card
-    arch = _architecture(card.architecture)
+    arch = architecture_spec(card.architecture)
     try:
         model = networks.load_weights(arch.build_inference(**card.params), state)
     except (ValueError, TypeError, RuntimeError) as e:

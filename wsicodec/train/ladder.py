@@ -11,6 +11,7 @@ so one step trains several rates at once, and every GPU minute serves the whole 
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -27,9 +28,9 @@ DEFAULT_LADDER = (0.0008, 0.002, 0.005, 0.013, 0.032, 0.08, 0.2, 0.5)
 def ladder_of(architecture: str, lambdas: list[float] | tuple[float, ...]) -> list[float] | None:
     """The λ ladder a run trains: ``lambdas`` (or :data:`DEFAULT_LADDER`) for a variable-rate
     architecture, None for a single-rate one (which refuses a ladder)."""
-    from wsicodec.models.registry import _architecture
+    from wsicodec.models.registry import architecture_spec
 
-    if not _architecture(architecture).variable_rate:
+    if not architecture_spec(architecture).variable_rate:
         if lambdas:
             raise ValueError(f"architecture {architecture} trains one λ (--lambda); "
                              f"--lambdas is for a variable-rate one")
@@ -45,9 +46,9 @@ def default_widths(architecture: str) -> tuple[int, int]:
     the high rates), 64 / 96 for the single-rate ones (the zoo's, chosen for CPU training)."""
     import inspect
 
-    from wsicodec.models.registry import _architecture
+    from wsicodec.models.registry import architecture_spec
 
-    spec = _architecture(architecture)
+    spec = architecture_spec(architecture)
     if not spec.variable_rate:
         return 64, 96
     defaults = inspect.signature(spec.build_inference).parameters
@@ -82,11 +83,10 @@ def objective(lmbda: float, v: dict[str, float]) -> float:
     return lmbda * 255**2 * (10 ** (-v["psnr"] / 10)) + v["bpp"]
 
 
-def validate_ladder(model: nn.Module, images: list[torch.Tensor], ladder: list[float]
-                    ) -> tuple[list[dict[str, float]], float]:
-    """Every point's real bits, PSNR and MS-SSIM on ``images``, and the mean of the points'
-    objectives (what the learning-rate schedule and the best checkpoint follow)."""
-    from wsicodec.train.loop import validate
-
+def validate_ladder(model: nn.Module, images: list[torch.Tensor], ladder: list[float],
+                    validate: Callable[..., dict[str, float]]) -> tuple[list[dict[str, float]], float]:
+    """Every point's real bits, PSNR and MS-SSIM on ``images`` (``validate(model, images,
+    point=k)``: the training loop's validation), and the mean of the points' objectives (what
+    the learning-rate schedule and the best checkpoint follow)."""
     points = [validate(model, images, point=k) for k in range(len(ladder))]
     return points, sum(objective(lmbda, v) for lmbda, v in zip(ladder, points, strict=True)) / len(ladder)
