@@ -138,7 +138,7 @@ def test_default_point_and_refusals(vbr_models, texture_png, tmp_path):
     assert read_store_meta(out)["operating_point"] == {"index": 1, "t": 0.0}
     from wsicodec.info import describe
 
-    assert describe(out)["operating_point"] == "1" and describe(out)["format_version"] == 4
+    assert describe(out)["operating_point"] == "tiny-vbr@1" and describe(out)["format_version"] == 4
     with pytest.raises(RateError, match="outside"):
         compress(texture_png, tmp_path / "x.zarr", model="tiny-vbr@7", tile=64, model_dir=vbr_models, device="cpu")
     with pytest.raises(RateError, match="single rate"):

@@ -31,8 +31,6 @@ def _describe_store(s: WsiStore, path: Any) -> dict[str, Any]:
         "kind": "wsicodec store", "format_version": m["format_version"],
         "dimensions": [W, H], "mpp": m.get("mpp"), "objective_power": m.get("objective_power"),
         "vendor": m.get("vendor"), "model": m["model"]["name"], "model_sha256": m["model"]["sha256"],
-        # a variable-rate model's point (format 4): NAME@P codes at the same rate again
-        **({"operating_point": s.properties["wsicodec.operating-point"]} if "operating_point" in m else {}),
         "tile_size": m["tile_size"], "tiles": m.get("tiles"),
         "bytes": size, "source_file": source.get("file_name"), "source_bytes": source_bytes,
         "times_smaller": round(source_bytes / max(size, 1), 2) if source_bytes else None,
@@ -45,6 +43,8 @@ def _describe_store(s: WsiStore, path: Any) -> dict[str, Any]:
         **_content_entries(m.get("content")),
         "properties": s.properties,
     }
+    if "operating_point" in m:  # a variable-rate model's point (format 4): NAME@P codes at this rate again
+        d["operating_point"] = f"{m['model']['name']}@{s.properties['wsicodec.operating-point']}"
     d["summary"] = summary(d)
     return d
 

@@ -444,14 +444,17 @@ def model_rows(directory: Path | None = None) -> tuple[list[dict[str, Any]], str
     for p in operating_points(directory):
         c = cards[p.model]
         f = cal.points.get(p) if cal else None
-        v = c.validation
+        v, lmbda = c.validation, c.lmbda
+        if p.rate is not None:  # a variable-rate model's point: its own λ and figures on the card
+            own = next((q for q in c.operating_points if q.get("index") == p.rate), {})
+            v, lmbda = own.get("validation", {}), own.get("lambda")
         figures = f.to_dict() if f else {k: v.get(k) for k in ("bpp", "psnr", "ms_ssim")}
         qualities = [q for q in cal.qualities_of(p) if cal.mapping[q][1]] if cal and f else []
         beyond = cal is not None and p == cal.top and cal.limit is not None and cal.limit < 100
         rows.append({
             "name": p.model, "operating_point": p.label, "rate": p.rate, "default": p == default,
             "kind": "hyperprior" if c.spec.entropy_model != "factorized" else "factorized",
-            "N/M": f"{c.params.get('N')}/{c.params.get('M')}", "lambda": f"{c.lmbda:g}" if c.lmbda else "",
+            "N/M": f"{c.params.get('N')}/{c.params.get('M')}", "lambda": f"{lmbda:g}" if lmbda else "",
             **figures, "figures": f"calibration ({cal.meta.get('set', {}).get('name')})" if f else "model card",
             "matches_jpeg": cal.matches.get(p) if f else None,
             "qualities": _spans(qualities)
