@@ -142,12 +142,17 @@ def continue_run(run_dir, data, val, device, precision, batch, workers, compile_
 @click.option("--data-desc", default="", help="How the model card describes the training data (default: the paths).")
 @click.option("--notes", default="", help="Free-text notes for the model card.")
 @click.option("--val", "val", multiple=True, help="Validation folder for the card's figures (default: the run's).")
-def export(run_dir, name, models_dir, last, data_desc, notes, val):
-    """Write RUN_DIR's model as NAME (.pt with frozen CDF tables, .json model card with sha256)."""
+@click.option("--default-point", type=int, default=None,
+              help="A variable-rate model's default operating point (default: the ladder's middle).")
+def export(run_dir, name, models_dir, last, data_desc, notes, val, default_point):
+    """Write RUN_DIR's model as NAME (.pt with frozen CDF tables, .json model card with sha256;
+    a variable-rate model's card lists every operating point with its λ and validation figures)."""
     from wsicodec.models import model_dir
     from wsicodec.train.loop import Trainer
 
     overrides = {"val": list(val)} if val else {}
+    if default_point is not None:
+        overrides["default_point"] = default_point
     card = Trainer.from_checkpoint(run_dir, **overrides).export(name, models_dir or model_dir(), use_best=not last,
                                                                 data_desc=data_desc, notes=notes)
     click.echo(f"{name}: sha256 {card.sha256}, validation {card.validation}")
@@ -230,28 +235,3 @@ def merge(bundle_dir, run_dir, val, val_crop, half_weights):
             at = f" point {k}" if len(points) > 1 else ""
             click.echo(f"{name} (step {st['step']}){at}: {v['bpp']:.4f} bpp, {v['psnr']:.2f} dB, "
                        f"MS-SSIM {v['ms_ssim']:.4f}")
-
-
-@command.command("export")
-@click.argument("run_dir", type=click.Path(exists=True, file_okay=False, path_type=Path))
-@click.argument("name")
-@click.option("--models-dir", type=click.Path(path_type=Path), default=None,
-              help="Where to write (default: the package's model folder).")
-@click.option("--last", is_flag=True, help="Export the last weights, not the best validated ones.")
-@click.option("--data-desc", default="", help="How the model card describes the training data (default: the paths).")
-@click.option("--notes", default="", help="Free-text notes for the model card.")
-@click.option("--val", "val", multiple=True, help="Validation folder for the card's figures (default: the run's).")
-@click.option("--default-point", type=int, default=None,
-              help="A variable-rate model's default operating point (default: the ladder's middle).")
-def export(run_dir, name, models_dir, last, data_desc, notes, val, default_point):
-    """Write RUN_DIR's model as NAME (.pt with frozen CDF tables, .json model card with sha256;
-    a variable-rate model's card lists every operating point with its λ and validation figures)."""
-    from wsicodec.models import model_dir
-    from wsicodec.train.loop import Trainer
-
-    overrides = {"val": list(val)} if val else {}
-    if default_point is not None:
-        overrides["default_point"] = default_point
-    card = Trainer.from_checkpoint(run_dir, **overrides).export(name, models_dir or model_dir(), use_best=not last,
-                                                                data_desc=data_desc, notes=notes)
-    click.echo(f"{name}: sha256 {card.sha256}, validation {card.validation}")
