@@ -8,7 +8,6 @@ A shipped model is two files in the weights folder:
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import warnings
@@ -18,6 +17,7 @@ from importlib import resources
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from wsicodec._hashing import sha256_file
 from wsicodec.errors import WsicodecError
 
 if TYPE_CHECKING:
@@ -152,14 +152,6 @@ def model_dir() -> Path:
     except (ModuleNotFoundError, TypeError):
         pass
     return Path(__file__).resolve().parents[2] / "weights"
-
-
-def sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 #: the quality calibration table (:mod:`wsicodec.quality`) beside the weights: not a model card

@@ -23,6 +23,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from wsicodec._hashing import sha256_file
 from wsicodec.errors import TrainError
 
 __all__ = ["BUNDLE_FORMAT", "BundleError", "bundle_run", "merge_bundle"]
@@ -39,14 +40,6 @@ class BundleError(TrainError):
 
 def _sha256_bytes(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
-
-
-def _sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def _weights_only(checkpoint: Path, half: bool = False) -> bytes:
@@ -194,7 +187,7 @@ def merge_bundle(bundle_dir: str | os.PathLike, run_dir: str | os.PathLike,
                 raise BundleError(f"{bundle_dir}: the stream's files differ from {MANIFEST}")
             tar.extractall(staging, filter="data")
         for name, m in expected.items():
-            if _sha256_file(staging / name) != m["sha256"]:
+            if sha256_file(staging / name) != m["sha256"]:
                 raise BundleError(f"{bundle_dir}: {name} differs from its sha256 in {MANIFEST}")
         last = staging / ("checkpoint.pt" if "checkpoint.pt" in expected else "weights.pt")
         if manifest.get("best_is_last"):  # not sent twice: the best weights are the last ones

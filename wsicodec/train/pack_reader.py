@@ -3,16 +3,16 @@ them): kept apart from the writer so that the training data reader, which the wr
 packs without an import cycle. Needs Pillow and numpy only."""
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 from pathlib import Path
 
 import numpy as np
 
+from wsicodec._hashing import sha256_file
 from wsicodec.errors import TrainError
 
-__all__ = ["PACK_FORMAT", "PACK_VERSION", "is_pack", "load_pack_crops", "sha256_of"]
+__all__ = ["PACK_FORMAT", "PACK_VERSION", "is_pack", "load_pack_crops", "sha256_file"]
 
 PACK_FORMAT = "wsicodec-training-pack"
 PACK_VERSION = 1
@@ -20,14 +20,6 @@ PACK_VERSION = 1
 
 def is_pack(path: str | os.PathLike) -> bool:
     return (Path(path) / "pack.json").is_file()
-
-
-def sha256_of(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def _read_rgb(path: Path) -> np.ndarray:
@@ -52,7 +44,7 @@ def load_pack_crops(path: str | os.PathLike, verify: bool = True) -> list[np.nda
         f = path / sheet["file"]
         if not f.is_file():
             raise TrainError(f"{f}: missing from the training pack")
-        if verify and sha256_of(f) != sheet["sha256"]:
+        if verify and sha256_file(f) != sheet["sha256"]:
             raise TrainError(f"{f}: sha256 differs from pack.json (a damaged copy)")
         rgb = _read_rgb(f)
         cols = int(sheet["columns"])
