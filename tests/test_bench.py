@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import csv
 import json
-import os
 from pathlib import Path
 
 import numpy as np
@@ -13,24 +12,21 @@ import torch
 
 torch.set_num_threads(1)
 
-REPO = Path(__file__).resolve().parents[1]
-SHARED = Path(os.environ.get("WSICODEC_SHARED", REPO.parent / "shared"))
-EXAMPLE_SLIDE = REPO / "wsicodec" / "examples" / "CMU-1-Small-Region.svs"
-HE_IMAGE = SHARED / "data" / "histology" / "val" / "crchisto-img22.webp"
-HE_IMAGE2 = SHARED / "data" / "histology" / "val" / "glas-train_22.webp"
-
-
-def _he(path: Path = HE_IMAGE) -> np.ndarray:
-    if not path.exists():
-        pytest.skip(f"extra test data {path} is not available (the developer data set is not checked out here)")
-    from PIL import Image
-
-    return np.asarray(Image.open(path).convert("RGB"))
+from conftest import EXAMPLE as EXAMPLE_SLIDE
+from conftest import read_rgb, shared_cases
 
 
 @pytest.fixture(scope="module")
-def he_crop() -> np.ndarray:
-    return np.ascontiguousarray(_he()[100:292, 60:252])  # 192 x 192 H&E
+def he_crop(example_tissue) -> np.ndarray:
+    return np.ascontiguousarray(example_tissue[300:492, 300:492])  # 192 x 192 H&E: a hair follicle
+
+
+@pytest.fixture()
+def sweep_image(request, he_crop) -> np.ndarray:
+    """The parametrized test image: ``he_crop``, or a crop of a shared H&E image where one is given."""
+    if request.param == "example":
+        return he_crop
+    return np.ascontiguousarray(read_rgb(request.param)[100:292, 60:252])
 
 
 @pytest.fixture(scope="module")
@@ -143,8 +139,10 @@ def test_rate_at_quality_and_monotone():
 
 # -- codecs -----------------------------------------------------------------------------------
 
+@pytest.mark.parametrize("sweep_image", ["example", *shared_cases("data/histology/val", "crchisto-img22.webp")],
+                         indirect=True)
 @pytest.mark.parametrize("name", ["jpeg", "webp", "jxl", "avif", "j2k"])
-def test_classical_sweep_is_monotone(name, he_crop):
+def test_classical_sweep_is_monotone(name, sweep_image):
     from wsicodec.bench.codecs import make_codec
     from wsicodec.bench.metrics import ms_ssim, psnr
     from wsicodec.bench.rd import is_monotone
@@ -152,14 +150,14 @@ def test_classical_sweep_is_monotone(name, he_crop):
 
     codec = make_codec(name)
     assert len(codec.settings) >= 5
-    runs = [codec.run(he_crop, s) for s in codec.settings]
+    runs = [codec.run(sweep_image, s) for s in codec.settings]
     sizes = [r.bytes for r in runs]
     assert all(np.diff(sizes) > 0), sizes
-    p = [psnr(he_crop, r.decoded) for r in runs]
-    s = [ms_ssim(he_crop, r.decoded) for r in runs]
+    p = [psnr(sweep_image, r.decoded) for r in runs]
+    s = [ms_ssim(sweep_image, r.decoded) for r in runs]
     assert is_monotone(sizes, p, tol=MONOTONE_TOL["psnr"]), p
     assert is_monotone(sizes, s, tol=MONOTONE_TOL["ms_ssim"]), s
-    assert 28 < max(p) and min(p) < max(p) - 5
+    assert 28 < max(p) and min(p) < max(p) - 5  # a sweep from visible loss to good quality
 
 
 def test_wsicodec_codec_counts_latent_chunks_only(he_crop, bench_models):
@@ -180,20 +178,19 @@ def test_wsicodec_codec_counts_latent_chunks_only(he_crop, bench_models):
 
 # -- end to end ---------------------------------------------------------------------------------
 
-def _tiny_inputs(tmp_path: Path) -> list[Path]:
+def _tiny_inputs(tmp_path: Path, tissue: np.ndarray) -> list[Path]:
     from PIL import Image
 
-    he = _he()
     a, b = tmp_path / "a.png", tmp_path / "b.png"
-    Image.fromarray(he[:128, :160]).save(a)
-    Image.fromarray(_he(HE_IMAGE2)[:144, :128]).save(b)
+    Image.fromarray(tissue[:128, :160]).save(a)
+    Image.fromarray(tissue[600:744, 500:628]).save(b)
     return [a, b, EXAMPLE_SLIDE]
 
 
-def test_bench_end_to_end_writes_every_output(tmp_path, bench_models):
+def test_bench_end_to_end_writes_every_output(tmp_path, bench_models, example_tissue):
     from wsicodec.bench.runner import CSV_COLUMNS, run_benchmark
 
-    inputs = _tiny_inputs(tmp_path)
+    inputs = _tiny_inputs(tmp_path, example_tissue)
     out = tmp_path / "out"
     settings = {"jpeg": [30, 80, 95], "webp": [30, 90], "jxl": [30, 90], "avif": [30, 90], "j2k": [30, 42]}
     r = run_benchmark(inputs, out, tiles=1, tile_size=128, seed=3, settings=settings,
@@ -248,14 +245,14 @@ def test_lab_shift_round_trip_and_size():
 
 # -- CLI ----------------------------------------------------------------------------------------
 
-def test_cli_bench_adds_chosen_models_to_reused_classical_rows(tmp_path, bench_models):
+def test_cli_bench_adds_chosen_models_to_reused_classical_rows(tmp_path, bench_models, he_crop):
     from click.testing import CliRunner
     from PIL import Image
 
     from wsicodec.cli import main
 
     img = tmp_path / "crop.png"
-    Image.fromarray(_he()[:96, :112]).save(img)
+    Image.fromarray(he_crop[:96, :112]).save(img)
     runner = CliRunner()
 
     def bench(out: str, *args: str) -> list[dict]:
@@ -280,16 +277,14 @@ def test_cli_bench_adds_chosen_models_to_reused_classical_rows(tmp_path, bench_m
     assert [r for r in rows3 if r["setting"] == "tiny-hi"] == [r for r in rows if r["setting"] == "tiny-hi"]
 
 
-def test_cli_bench_and_distortions(tmp_path):
+def test_cli_bench_and_distortions(tmp_path, he_crop):
     from click.testing import CliRunner
+    from PIL import Image
 
     from wsicodec.cli import main
 
-    he = _he()
-    from PIL import Image
-
     img = tmp_path / "crop.png"
-    Image.fromarray(he[:96, :112]).save(img)
+    Image.fromarray(he_crop[:96, :112]).save(img)
     runner = CliRunner()
     res = runner.invoke(main, ["bench", str(img), "--out", str(tmp_path / "rd"), "--codecs", "jpeg,webp",
                                "--metrics", "psnr,ms_ssim", "-q"])
