@@ -39,6 +39,10 @@ def bench_models(tmp_path_factory) -> Path:
         m = build_model("bmshj2018-factorized", N=8, M=8)
         save_model(m, ModelCard(name=name, architecture="bmshj2018-factorized", params={"N": 8, "M": 8},
                                 lmbda=0.001 * (i + 1)), d)
+    # an older model of tiny-hi's rate: still in the folder, not in the default zoo
+    save_model(build_model("bmshj2018-factorized", N=8, M=8),
+               ModelCard(name="tiny-old", architecture="bmshj2018-factorized", params={"N": 8, "M": 8},
+                         lmbda=0.002, superseded_by="tiny-hi"), d)
     return d
 
 
@@ -164,7 +168,8 @@ def test_wsicodec_codec_counts_latent_chunks_only(he_crop, bench_models):
     from wsicodec.bench.codecs import WsicodecCodec, wsicodec_bytes
 
     c = WsicodecCodec(model_dir=bench_models)
-    assert c.settings == ["tiny-lo", "tiny-hi"]  # ordered by lambda
+    assert c.settings == ["tiny-lo", "tiny-hi"]  # ordered by lambda; the superseded tiny-old left out
+    assert WsicodecCodec(["tiny-old"], model_dir=bench_models).settings == ["tiny-old"]  # named: measured
     try:
         r = c.run(he_crop[:150, :170], "tiny-lo")
         store = Path(c._tmp.name) / "bench.zarr"
@@ -220,6 +225,57 @@ def test_bench_end_to_end_writes_every_output(tmp_path, bench_models, example_ti
     if lp:  # no cached AlexNet weights: column empty, said once, no plot
         assert all(row["lpips"] == "" for row in rows) and not (out / "rd_lpips.png").exists()
         assert sum("lpips unavailable" in n for n in summary["notes"]) == 1
+
+
+def _write_results(path: Path, rows: list[dict]) -> Path:
+    from wsicodec.bench.runner import CSV_COLUMNS
+
+    with open(path, "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=CSV_COLUMNS)
+        w.writeheader()
+        for r in rows:
+            w.writerow({k: r.get(k, "") for k in CSV_COLUMNS})
+    return path
+
+
+def _rows(codec: str, points: list[tuple[str, float, float]]) -> list[dict]:
+    """Rows of two images for each (setting, bpp, psnr) point: the second image 10 % more bits, 1 dB less."""
+    return [{"image": im, "codec": codec, "setting": s, "bytes": int(bpp * 1000 * k / 8), "pixels": 1000,
+             "bpp": bpp * k, "psnr": q - d, "st_lpips": 0.5 / q, "encode_mpix_s": 1.0, "decode_mpix_s": 1.0}
+            for s, bpp, q in points for im, k, d in (("a", 1.0, 0.0), ("b", 1.1, 1.0))]
+
+
+def test_plots_are_redrawn_from_a_results_file(tmp_path):
+    from PIL import Image
+
+    from wsicodec.bench.runner import plot_results
+
+    jpeg = _rows("jpeg", [("30", 0.6, 28.0), ("80", 1.5, 32.0), ("95", 3.0, 36.0)])
+    # the models in another order than their rates, as a merged results file may hold them
+    models = _rows("wsicodec", [("m-q2-v1", 0.4, 29.0), ("m-q1-v1", 0.2, 26.0)])
+    results = _write_results(tmp_path / "results.csv", jpeg + models)
+    files = plot_results(results, tmp_path / "plots")
+    assert [f.name for f in files] == ["rd_psnr.png", "rd_st_lpips.png"]  # the metrics with values
+    two_panels = Image.open(files[0]).size
+    # every point under 1 bpp: one panel shows it all
+    low = _write_results(tmp_path / "low.csv", models + _rows("jpeg", [("30", 0.6, 28.0), ("50", 0.9, 30.0)]))
+    (one_panel,) = plot_results(low, metrics="psnr")
+    assert one_panel == tmp_path / "rd_psnr.png"
+    assert Image.open(one_panel).size[0] < 0.6 * two_panels[0]
+    with pytest.raises(ValueError, match="not a results.csv"):
+        plot_results(_write_results(tmp_path / "empty.csv", []))
+
+
+def test_low_rate_panel_limits_and_model_tags():
+    from wsicodec.bench.plots import _low_rate_limits, model_tag
+    from wsicodec.bench.rd import average_curves
+
+    rows = _rows("jpeg", [("30", 0.6, 28.0), ("80", 1.5, 32.0)]) + _rows("wsicodec", [("m-q1-v1", 0.2, 26.0)])
+    summary = average_curves(rows, ["psnr"])
+    (x0, x1), (y0, y1) = _low_rate_limits(summary, "psnr", 1.0)
+    assert x0 < 0.21 < 0.63 < x1 < 1.1 and y0 < 25.5 < 27.5 < y1 < 29  # the two low points, not 1.5 bpp
+    assert _low_rate_limits(summary, "psnr", 5.0) is None  # nothing left out: no second panel
+    assert [model_tag(s) for s in ("hne-hp64-q3-v2", "hne-f64-q10-v1", "tiny", "80")] == ["q3", "q10", "tiny", "80"]
 
 
 def test_bench_rejects_unknown_codec_and_missing_input(tmp_path):
@@ -304,6 +360,12 @@ def test_cli_bench_and_distortions(tmp_path, he_crop):
     sh = doc["curves"]["lab_shift"]
     assert sh["levels"][0] == 0 and sh["levels"][-1] == 50 and sh["mean"]["mse"][0] == 0
     assert sh["mean"]["ms_ssim"][0] == 1.0 and sh["mean"]["ms_ssim"][-1] < 1.0
+
+    res = runner.invoke(main, ["bench", "plot", str(tmp_path / "rd" / "results.csv"), "--out", str(tmp_path / "re")])
+    assert res.exit_code == 0, res.output
+    assert sorted(p.name for p in (tmp_path / "re").iterdir()) == ["rd_ms_ssim.png", "rd_psnr.png"]
+    res = runner.invoke(main, ["bench", "plot", str(tmp_path / "none.csv")])
+    assert res.exit_code == 1 and "none.csv" in res.output and "Traceback" not in res.output
 
     res = runner.invoke(main, ["bench", str(tmp_path / "missing.png"), "--out", str(tmp_path / "x")])
     assert res.exit_code == 1

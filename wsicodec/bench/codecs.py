@@ -125,7 +125,7 @@ def wsicodec_bytes(store: Path) -> int:
 
 
 class WsicodecCodec(Codec):
-    """Every shipped model (``setting`` = model name), measured on the real entropy-coded bytes
+    """Every current shipped model (``setting`` = model name), measured on the real entropy-coded bytes
     through :func:`wsicodec.pipeline.compress` and decoded with :class:`wsicodec.store.WsiStore`.
 
     Timings are wall-clock of those two calls: they include loading the model and writing /
@@ -147,9 +147,11 @@ class WsicodecCodec(Codec):
             raise BenchError(f"codec 'wsicodec': no shipped models in {self.model_dir or default_dir()}")
 
     def default_settings(self) -> list[str]:
+        """The current zoo: every listed model except those whose card names a successor
+        (``superseded_by``); retired models are not listed at all."""
         from wsicodec.models import list_models
 
-        cards = list_models(self.model_dir)
+        cards = [c for c in list_models(self.model_dir) if not c.superseded_by]
         # lowest rate first: larger lambda means higher rate; unknown lambdas keep name order
         cards.sort(key=lambda c: (c.lmbda is None, c.lmbda if c.lmbda is not None else 0.0, c.name))
         return [c.name for c in cards]

@@ -92,6 +92,9 @@ class ModelCard:
     data: str = ""
     validation: dict[str, Any] = field(default_factory=dict)
     notes: str = ""
+    #: the model that replaces this one at about the same rate, if any: kept so that stores written
+    #: with it still decode, left out of the benchmark's default zoo
+    superseded_by: str = ""
 
     @property
     def stride(self) -> int:
