@@ -9,11 +9,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-
-torch.set_num_threads(1)
-
 from conftest import EXAMPLE as EXAMPLE_SLIDE
 from conftest import read_rgb, shared_cases
+
+torch.set_num_threads(1)
 
 
 @pytest.fixture(scope="module")

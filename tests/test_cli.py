@@ -6,9 +6,9 @@ import shutil
 from pathlib import Path
 
 import pytest
+import slide_files
 import torch
 from click.testing import CliRunner
-import slide_files
 from conftest import EXAMPLE, shared_cases
 
 from wsicodec.cli import main

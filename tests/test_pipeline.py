@@ -9,8 +9,8 @@ from pathlib import Path
 import numpy as np
 import openslide
 import pytest
-import tifffile
 import slide_files
+import tifffile
 from conftest import EXAMPLE, shared_cases
 
 from wsicodec import open_slide
