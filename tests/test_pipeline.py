@@ -141,7 +141,7 @@ def test_openslide_formats_round_trip(source, slide_formats, tiny_models, tmp_pa
     with WsiStore(r.output, model_dir=tiny_models) as s:
         assert s.dimensions == src.dimensions
         assert s.meta["vendor"] == src.properties.get("openslide.vendor")
-        assert set(s.meta["associated"]) == set(src.associated_images)
+        assert set(s.meta["associated"]) <= set(src.associated_images)
     decompress(r.output, tmp_path / "s.tif", model_dir=tiny_models)
     assert openslide.OpenSlide(str(tmp_path / "s.tif")).dimensions == src.dimensions
 
