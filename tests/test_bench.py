@@ -248,6 +248,7 @@ def test_plots_are_redrawn_from_a_results_file(tmp_path):
     from PIL import Image
 
     from wsicodec.bench.runner import plot_results
+    from wsicodec.errors import BenchError
 
     jpeg = _rows("jpeg", [("30", 0.6, 28.0), ("80", 1.5, 32.0), ("95", 3.0, 36.0)])
     # the models in another order than their rates, as a merged results file may hold them
@@ -261,7 +262,7 @@ def test_plots_are_redrawn_from_a_results_file(tmp_path):
     (one_panel,) = plot_results(low, metrics="psnr")
     assert one_panel == tmp_path / "rd_psnr.png"
     assert Image.open(one_panel).size[0] < 0.6 * two_panels[0]
-    with pytest.raises(ValueError, match="not a results.csv"):
+    with pytest.raises(BenchError, match="not a results.csv"):
         plot_results(_write_results(tmp_path / "empty.csv", []))
 
 
