@@ -1,5 +1,7 @@
-"""Shared fixtures: a tiny untrained model saved the way shipped models are, and paths to the
-optional extra test data (the developer data set; tests needing it skip when it is absent)."""
+"""Fixtures every test can use: a tiny untrained model saved the way shipped models are, and real
+H&E pixels from the example slide the package ships (CMU-1-Small-Region.svs, CC0), so that the
+suite runs in any clone. A ``shared`` data folder beside the repository (or $WSICODEC_SHARED),
+where present, adds extra cases through :func:`shared_cases`; no test needs it."""
 from __future__ import annotations
 
 import os
@@ -13,16 +15,25 @@ torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED = Path(os.environ.get("WSICODEC_SHARED", REPO.parent / "shared"))
-SLIDES = SHARED / "slides"
-HISTOLOGY = SHARED / "data" / "histology"
 EXAMPLE = REPO / "wsicodec" / "examples" / "CMU-1-Small-Region.svs"
 
 
-def shared_file(*parts: str) -> Path:
-    p = SHARED.joinpath(*parts)
-    if not p.exists():
-        pytest.skip(f"extra test data {p} is not available (the developer data set is not checked out here)")
-    return p
+#: A tissue region of the example slide's level 0 (x, y, width, height): epidermis, dermis and a
+#: hair follicle, no glass.
+EXAMPLE_TISSUE = (800, 1700, 1024, 1024)
+
+
+def shared_cases(folder: str, *names: str) -> list:
+    """``pytest.param(path, id=name)`` for each of ``names`` present in ``folder`` of the shared
+    data folder: extra cases for a parametrized test, none where that folder is absent."""
+    return [pytest.param(SHARED / folder / n, id=n) for n in names if (SHARED / folder / n).is_file()]
+
+
+def read_rgb(path: Path) -> np.ndarray:
+    from PIL import Image
+
+    with Image.open(path) as im:
+        return np.asarray(im.convert("RGB"))
 
 
 @pytest.fixture(scope="session")
@@ -60,12 +71,22 @@ def one_thread():
     torch.set_num_threads(before)
 
 
-@pytest.fixture()
-def he_crop() -> np.ndarray:
-    from PIL import Image
+@pytest.fixture(scope="session")
+def example_tissue() -> np.ndarray:
+    """:data:`EXAMPLE_TISSUE` of the example slide as uint8 RGB (read once; do not modify)."""
+    import openslide
 
-    p = shared_file("data", "histology", "val", "monuseg-TCGA-49-4488-01Z-00-DX1.webp")
-    return np.asarray(Image.open(p).convert("RGB"))[:400, :368]
+    x, y, w, h = EXAMPLE_TISSUE
+    with openslide.OpenSlide(str(EXAMPLE)) as slide:
+        rgb = np.asarray(slide.read_region((x, y), 0, (w, h)).convert("RGB"))
+    rgb.setflags(write=False)
+    return rgb
+
+
+@pytest.fixture()
+def he_crop(example_tissue) -> np.ndarray:
+    """400 x 368 pixels of H&E tissue."""
+    return np.ascontiguousarray(example_tissue[:400, :368])
 
 
 @pytest.fixture(scope="session")

@@ -4,33 +4,28 @@ from __future__ import annotations
 
 import csv
 import json
-import os
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+from conftest import EXAMPLE as EXAMPLE_SLIDE
+from conftest import read_rgb, shared_cases
 
 torch.set_num_threads(1)
 
-REPO = Path(__file__).resolve().parents[1]
-SHARED = Path(os.environ.get("WSICODEC_SHARED", REPO.parent / "shared"))
-EXAMPLE_SLIDE = REPO / "wsicodec" / "examples" / "CMU-1-Small-Region.svs"
-HE_IMAGE = SHARED / "data" / "histology" / "val" / "crchisto-img22.webp"
-HE_IMAGE2 = SHARED / "data" / "histology" / "val" / "glas-train_22.webp"
-
-
-def _he(path: Path = HE_IMAGE) -> np.ndarray:
-    if not path.exists():
-        pytest.skip(f"extra test data {path} is not available (the developer data set is not checked out here)")
-    from PIL import Image
-
-    return np.asarray(Image.open(path).convert("RGB"))
-
 
 @pytest.fixture(scope="module")
-def he_crop() -> np.ndarray:
-    return np.ascontiguousarray(_he()[100:292, 60:252])  # 192 x 192 H&E
+def he_crop(example_tissue) -> np.ndarray:
+    return np.ascontiguousarray(example_tissue[300:492, 300:492])  # 192 x 192 H&E: a hair follicle
+
+
+@pytest.fixture()
+def sweep_image(request, he_crop) -> np.ndarray:
+    """The parametrized test image: ``he_crop``, or a crop of a shared H&E image where one is given."""
+    if request.param == "example":
+        return he_crop
+    return np.ascontiguousarray(read_rgb(request.param)[100:292, 60:252])
 
 
 @pytest.fixture(scope="module")
@@ -43,6 +38,10 @@ def bench_models(tmp_path_factory) -> Path:
         m = build_model("bmshj2018-factorized", N=8, M=8)
         save_model(m, ModelCard(name=name, architecture="bmshj2018-factorized", params={"N": 8, "M": 8},
                                 lmbda=0.001 * (i + 1)), d)
+    # an older model of tiny-hi's rate: still in the folder, not in the default zoo
+    save_model(build_model("bmshj2018-factorized", N=8, M=8),
+               ModelCard(name="tiny-old", architecture="bmshj2018-factorized", params={"N": 8, "M": 8},
+                         lmbda=0.002, superseded_by="tiny-hi"), d)
     return d
 
 
@@ -143,8 +142,10 @@ def test_rate_at_quality_and_monotone():
 
 # -- codecs -----------------------------------------------------------------------------------
 
+@pytest.mark.parametrize("sweep_image", ["example", *shared_cases("data/histology/val", "crchisto-img22.webp")],
+                         indirect=True)
 @pytest.mark.parametrize("name", ["jpeg", "webp", "jxl", "avif", "j2k"])
-def test_classical_sweep_is_monotone(name, he_crop):
+def test_classical_sweep_is_monotone(name, sweep_image):
     from wsicodec.bench.codecs import make_codec
     from wsicodec.bench.metrics import ms_ssim, psnr
     from wsicodec.bench.rd import is_monotone
@@ -152,21 +153,22 @@ def test_classical_sweep_is_monotone(name, he_crop):
 
     codec = make_codec(name)
     assert len(codec.settings) >= 5
-    runs = [codec.run(he_crop, s) for s in codec.settings]
+    runs = [codec.run(sweep_image, s) for s in codec.settings]
     sizes = [r.bytes for r in runs]
     assert all(np.diff(sizes) > 0), sizes
-    p = [psnr(he_crop, r.decoded) for r in runs]
-    s = [ms_ssim(he_crop, r.decoded) for r in runs]
+    p = [psnr(sweep_image, r.decoded) for r in runs]
+    s = [ms_ssim(sweep_image, r.decoded) for r in runs]
     assert is_monotone(sizes, p, tol=MONOTONE_TOL["psnr"]), p
     assert is_monotone(sizes, s, tol=MONOTONE_TOL["ms_ssim"]), s
-    assert 28 < max(p) and min(p) < max(p) - 5
+    assert 28 < max(p) and min(p) < max(p) - 5  # a sweep from visible loss to good quality
 
 
 def test_wsicodec_codec_counts_latent_chunks_only(he_crop, bench_models):
     from wsicodec.bench.codecs import WsicodecCodec, wsicodec_bytes
 
     c = WsicodecCodec(model_dir=bench_models)
-    assert c.settings == ["tiny-lo", "tiny-hi"]  # ordered by lambda
+    assert c.settings == ["tiny-lo", "tiny-hi"]  # ordered by lambda; the superseded tiny-old left out
+    assert WsicodecCodec(["tiny-old"], model_dir=bench_models).settings == ["tiny-old"]  # named: measured
     try:
         r = c.run(he_crop[:150, :170], "tiny-lo")
         store = Path(c._tmp.name) / "bench.zarr"
@@ -180,20 +182,19 @@ def test_wsicodec_codec_counts_latent_chunks_only(he_crop, bench_models):
 
 # -- end to end ---------------------------------------------------------------------------------
 
-def _tiny_inputs(tmp_path: Path) -> list[Path]:
+def _tiny_inputs(tmp_path: Path, tissue: np.ndarray) -> list[Path]:
     from PIL import Image
 
-    he = _he()
     a, b = tmp_path / "a.png", tmp_path / "b.png"
-    Image.fromarray(he[:128, :160]).save(a)
-    Image.fromarray(_he(HE_IMAGE2)[:144, :128]).save(b)
+    Image.fromarray(tissue[:128, :160]).save(a)
+    Image.fromarray(tissue[600:744, 500:628]).save(b)
     return [a, b, EXAMPLE_SLIDE]
 
 
-def test_bench_end_to_end_writes_every_output(tmp_path, bench_models):
+def test_bench_end_to_end_writes_every_output(tmp_path, bench_models, example_tissue):
     from wsicodec.bench.runner import CSV_COLUMNS, run_benchmark
 
-    inputs = _tiny_inputs(tmp_path)
+    inputs = _tiny_inputs(tmp_path, example_tissue)
     out = tmp_path / "out"
     settings = {"jpeg": [30, 80, 95], "webp": [30, 90], "jxl": [30, 90], "avif": [30, 90], "j2k": [30, 42]}
     r = run_benchmark(inputs, out, tiles=1, tile_size=128, seed=3, settings=settings,
@@ -225,6 +226,58 @@ def test_bench_end_to_end_writes_every_output(tmp_path, bench_models):
         assert sum("lpips unavailable" in n for n in summary["notes"]) == 1
 
 
+def _write_results(path: Path, rows: list[dict]) -> Path:
+    from wsicodec.bench.runner import CSV_COLUMNS
+
+    with open(path, "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=CSV_COLUMNS)
+        w.writeheader()
+        for r in rows:
+            w.writerow({k: r.get(k, "") for k in CSV_COLUMNS})
+    return path
+
+
+def _rows(codec: str, points: list[tuple[str, float, float]]) -> list[dict]:
+    """Rows of two images for each (setting, bpp, psnr) point: the second image 10 % more bits, 1 dB less."""
+    return [{"image": im, "codec": codec, "setting": s, "bytes": int(bpp * 1000 * k / 8), "pixels": 1000,
+             "bpp": bpp * k, "psnr": q - d, "st_lpips": 0.5 / q, "encode_mpix_s": 1.0, "decode_mpix_s": 1.0}
+            for s, bpp, q in points for im, k, d in (("a", 1.0, 0.0), ("b", 1.1, 1.0))]
+
+
+def test_plots_are_redrawn_from_a_results_file(tmp_path):
+    from PIL import Image
+
+    from wsicodec.bench.runner import plot_results
+    from wsicodec.errors import BenchError
+
+    jpeg = _rows("jpeg", [("30", 0.6, 28.0), ("80", 1.5, 32.0), ("95", 3.0, 36.0)])
+    # the models in another order than their rates, as a merged results file may hold them
+    models = _rows("wsicodec", [("m-q2-v1", 0.4, 29.0), ("m-q1-v1", 0.2, 26.0)])
+    results = _write_results(tmp_path / "results.csv", jpeg + models)
+    files = plot_results(results, tmp_path / "plots")
+    assert [f.name for f in files] == ["rd_psnr.png", "rd_st_lpips.png"]  # the metrics with values
+    two_panels = Image.open(files[0]).size
+    # every point under 1 bpp: one panel shows it all
+    low = _write_results(tmp_path / "low.csv", models + _rows("jpeg", [("30", 0.6, 28.0), ("50", 0.9, 30.0)]))
+    (one_panel,) = plot_results(low, metrics="psnr")
+    assert one_panel == tmp_path / "rd_psnr.png"
+    assert Image.open(one_panel).size[0] < 0.6 * two_panels[0]
+    with pytest.raises(BenchError, match="not a results.csv"):
+        plot_results(_write_results(tmp_path / "empty.csv", []))
+
+
+def test_low_rate_panel_limits_and_model_tags():
+    from wsicodec.bench.plots import _low_rate_limits, model_tag
+    from wsicodec.bench.rd import average_curves
+
+    rows = _rows("jpeg", [("30", 0.6, 28.0), ("80", 1.5, 32.0)]) + _rows("wsicodec", [("m-q1-v1", 0.2, 26.0)])
+    summary = average_curves(rows, ["psnr"])
+    (x0, x1), (y0, y1) = _low_rate_limits(summary, "psnr", 1.0)
+    assert x0 < 0.21 < 0.63 < x1 < 1.1 and y0 < 25.5 < 27.5 < y1 < 29  # the two low points, not 1.5 bpp
+    assert _low_rate_limits(summary, "psnr", 5.0) is None  # nothing left out: no second panel
+    assert [model_tag(s) for s in ("hne-hp64-q3-v2", "hne-f64-q10-v1", "tiny", "80")] == ["q3", "q10", "tiny", "80"]
+
+
 def test_bench_rejects_unknown_codec_and_missing_input(tmp_path):
     from wsicodec.bench.runner import run_benchmark
     from wsicodec.errors import WsicodecError
@@ -248,14 +301,14 @@ def test_lab_shift_round_trip_and_size():
 
 # -- CLI ----------------------------------------------------------------------------------------
 
-def test_cli_bench_adds_chosen_models_to_reused_classical_rows(tmp_path, bench_models):
+def test_cli_bench_adds_chosen_models_to_reused_classical_rows(tmp_path, bench_models, he_crop):
     from click.testing import CliRunner
     from PIL import Image
 
     from wsicodec.cli import main
 
     img = tmp_path / "crop.png"
-    Image.fromarray(_he()[:96, :112]).save(img)
+    Image.fromarray(he_crop[:96, :112]).save(img)
     runner = CliRunner()
 
     def bench(out: str, *args: str) -> list[dict]:
@@ -280,16 +333,14 @@ def test_cli_bench_adds_chosen_models_to_reused_classical_rows(tmp_path, bench_m
     assert [r for r in rows3 if r["setting"] == "tiny-hi"] == [r for r in rows if r["setting"] == "tiny-hi"]
 
 
-def test_cli_bench_and_distortions(tmp_path):
+def test_cli_bench_and_distortions(tmp_path, he_crop):
     from click.testing import CliRunner
+    from PIL import Image
 
     from wsicodec.cli import main
 
-    he = _he()
-    from PIL import Image
-
     img = tmp_path / "crop.png"
-    Image.fromarray(he[:96, :112]).save(img)
+    Image.fromarray(he_crop[:96, :112]).save(img)
     runner = CliRunner()
     res = runner.invoke(main, ["bench", str(img), "--out", str(tmp_path / "rd"), "--codecs", "jpeg,webp",
                                "--metrics", "psnr,ms_ssim", "-q"])
@@ -309,6 +360,12 @@ def test_cli_bench_and_distortions(tmp_path):
     sh = doc["curves"]["lab_shift"]
     assert sh["levels"][0] == 0 and sh["levels"][-1] == 50 and sh["mean"]["mse"][0] == 0
     assert sh["mean"]["ms_ssim"][0] == 1.0 and sh["mean"]["ms_ssim"][-1] < 1.0
+
+    res = runner.invoke(main, ["bench", "plot", str(tmp_path / "rd" / "results.csv"), "--out", str(tmp_path / "re")])
+    assert res.exit_code == 0, res.output
+    assert sorted(p.name for p in (tmp_path / "re").iterdir()) == ["rd_ms_ssim.png", "rd_psnr.png"]
+    res = runner.invoke(main, ["bench", "plot", str(tmp_path / "none.csv")])
+    assert res.exit_code == 1 and "none.csv" in res.output and "Traceback" not in res.output
 
     res = runner.invoke(main, ["bench", str(tmp_path / "missing.png"), "--out", str(tmp_path / "x")])
     assert res.exit_code == 1

@@ -3,11 +3,13 @@ from __future__ import annotations
 
 import json
 import shutil
+from pathlib import Path
 
 import pytest
+import slide_files
 import torch
 from click.testing import CliRunner
-from conftest import EXAMPLE, shared_file
+from conftest import EXAMPLE, shared_cases
 
 from wsicodec.cli import main
 
@@ -55,14 +57,29 @@ def test_compress_info_decompress(run, tmp_path):
     assert "tiny *" in run("models").output
 
 
+@pytest.fixture(scope="module")
+def damaged_inputs(tmp_path_factory, example_tissue) -> dict[str, Path]:
+    """Inputs no reader can use, named as a user would have them."""
+    d = tmp_path_factory.mktemp("damaged")
+    svs = slide_files.write_aperio_svs(d / "good.svs", example_tissue[:128, :128])
+    return {
+        "garbage": slide_files.write_garbage(d / "broken.svs"),
+        "unknown compression": slide_files.write_unknown_compression_tiff(d / "unopenable.tiff"),
+        "corrupt tiles": slide_files.write_corrupt_svs(d / "unreadable.svs", svs),
+    }
+
+
+@pytest.mark.parametrize("damaged", ["garbage", "unknown compression", "corrupt tiles",
+                                     *shared_cases("slides/fixtures", "broken.svs", "unopenable.tiff",
+                                                   "unreadable.svs")])
+def test_damaged_slides_are_one_line_errors(run, damaged_inputs, damaged, tmp_path):
+    path = damaged if isinstance(damaged, Path) else damaged_inputs[damaged]
+    _one_line_error(run("compress", path, tmp_path / "o.zarr"), path.name)
+    assert not list(tmp_path.iterdir())  # nothing half-written left behind
+
+
 def test_bad_inputs_are_one_line_errors(run, tmp_path):
     _one_line_error(run("compress", tmp_path / "nope.svs", tmp_path / "o.zarr"), "nope.svs", "no such file")
-    broken = shared_file("slides", "fixtures", "broken.svs")
-    _one_line_error(run("compress", broken, tmp_path / "o.zarr"), "broken.svs")
-    _one_line_error(run("compress", shared_file("slides", "fixtures", "unopenable.tiff"), tmp_path / "o.zarr"),
-                    "unopenable.tiff")
-    _one_line_error(run("compress", shared_file("slides", "fixtures", "unreadable.svs"), tmp_path / "o.zarr"),
-                    "unreadable.svs")
     _one_line_error(run("compress", EXAMPLE, tmp_path / "o.zarr", "--model", "nosuch"), "unknown model", "nosuch")
     assert not list(tmp_path.iterdir())  # nothing half-written left behind
     (tmp_path / "exists.zarr").mkdir()

@@ -1,4 +1,4 @@
-"""Entropy decoding does not depend on thread counts : a store's latents read the
+"""Entropy decoding does not depend on thread counts: a store's latents read the
 same in fresh processes with 1 or 2 torch threads and 1 or 16 concurrent zarr chunk decodes, and
 equal what was written. (Encoding on a GPU and decoding here is in tests/test_cuda.py.)"""
 from __future__ import annotations

@@ -183,7 +183,7 @@ def test_no_tf32_restores_the_backend_flags():
         torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = saved
 
 
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device on this machine")
 def test_cuda_tuned_path_matches_cpu_latents(tiny_models, he_tiles):
     from wsicodec.engine import Transforms
     from wsicodec.models import load_model

@@ -49,6 +49,6 @@ def test_stlpips_works_offline_and_is_differentiable():
     y = (x + 0.1 * torch.randn_like(x)).clamp(0, 1).requires_grad_(True)
     v = d(x, y)
     v.backward()
-    assert float(d(x, x)) == pytest.approx(0.0, abs=1e-6) and float(v) > 0 and y.grad is not None
+    assert float(d(x, x).detach()) == pytest.approx(0.0, abs=1e-6) and float(v.detach()) > 0 and y.grad is not None
     with pytest.raises(FeatureNetError):
         feature_network("nope")

@@ -358,6 +358,7 @@ def _png_header(path: Path, W: int, H: int) -> Path:
     return path
 
 
+@pytest.mark.filterwarnings("ignore::PIL.Image.DecompressionBombWarning")  # Pillow's, for big.png: refused anyway
 def test_huge_or_malformed_dimensions_are_refused_before_allocating(run, tmp_path):
     import resource
 

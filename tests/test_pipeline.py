@@ -4,12 +4,14 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import openslide
 import pytest
+import slide_files
 import tifffile
-from conftest import EXAMPLE, shared_file
+from conftest import EXAMPLE, shared_cases
 
 from wsicodec import open_slide
 from wsicodec.pipeline import compress, decompress
@@ -119,14 +121,27 @@ def test_decoding_precision(cmu_store, tiny_models, tmp_path):
     assert np.array_equal(tifffile.imread(out, key=0), pb)
 
 
-@pytest.mark.parametrize("name", ["boxes.tiff", "small.svs", "boxes_0.dcm"])
-def test_openslide_fixtures_round_trip(name, tiny_models, tmp_path):
-    src_path = shared_file("slides", "fixtures", name)
+@pytest.fixture(scope="module")
+def slide_formats(tmp_path_factory, example_tissue) -> dict[str, Path]:
+    """Slides of other formats and vendors than the example, written in the test."""
+    d = tmp_path_factory.mktemp("formats")
+    tissue = example_tissue[:250, :300]
+    return {"generic-tiff": slide_files.write_generic_tiff(d / "pyramid.tiff", tissue),
+            "aperio": slide_files.write_aperio_svs(d / "small.svs", tissue)}
+
+
+@pytest.mark.parametrize("source", ["generic-tiff", "aperio",
+                                    *shared_cases("slides/fixtures", "boxes.tiff", "small.svs", "boxes_0.dcm")])
+def test_openslide_formats_round_trip(source, slide_formats, tiny_models, tmp_path):
+    src_path = source if isinstance(source, Path) else slide_formats[source]
     src = openslide.OpenSlide(str(src_path))
+    if not isinstance(source, Path):
+        assert src.properties["openslide.vendor"] == source  # the file is the format it is meant to be
     r = compress(src_path, tmp_path / "s.zarr", model_dir=tiny_models, tile=128)
     with WsiStore(r.output, model_dir=tiny_models) as s:
         assert s.dimensions == src.dimensions
         assert s.meta["vendor"] == src.properties.get("openslide.vendor")
+        assert set(s.meta["associated"]) <= set(src.associated_images)
     decompress(r.output, tmp_path / "s.tif", model_dir=tiny_models)
     assert openslide.OpenSlide(str(tmp_path / "s.tif")).dimensions == src.dimensions
 

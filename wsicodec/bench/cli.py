@@ -1,11 +1,13 @@
 """``wsicodec bench``: a click group whose default command runs the rate–distortion benchmark
-(``wsicodec bench INPUT... --out DIR``) and whose ``distortions`` subcommand runs the metric
-study (``wsicodec bench distortions IMAGES... --out DIR``). Thin shells over
-:func:`wsicodec.bench.runner.run_benchmark` and :func:`wsicodec.bench.distortions.run_distortions`.
+(``wsicodec bench INPUT... --out DIR``), whose ``distortions`` subcommand runs the metric study
+(``wsicodec bench distortions IMAGES... --out DIR``) and whose ``plot`` subcommand draws the
+rate–distortion plots of an earlier run again (``wsicodec bench plot RESULTS.csv``). Thin shells
+over :func:`wsicodec.bench.runner.run_benchmark`, :func:`wsicodec.bench.distortions.run_distortions`
+and :func:`wsicodec.bench.runner.plot_results`.
 
 Anything that is not a subcommand name (or ``--help``) as the first argument goes to the default
-``run`` command; to benchmark a file literally called ``distortions``, write ``./distortions`` or
-``wsicodec bench run distortions``.
+``run`` command; to benchmark a file literally called ``distortions`` or ``plot``, write
+``./distortions`` or ``wsicodec bench run distortions``.
 """
 from __future__ import annotations
 
@@ -26,6 +28,7 @@ def command() -> None:
     \b
     wsicodec bench INPUT... --out DIR            rate–distortion benchmark (the `run` command)
     wsicodec bench distortions IMAGES... --out DIR   metric responses to JPEG and colour shifts
+    wsicodec bench plot RESULTS.csv              draw the plots of an earlier run again
     """
 
 
@@ -54,7 +57,8 @@ def _threads(n: int) -> None:
 @click.option("--precision", type=click.Choice(["auto", "fp32"]), default="auto", show_default=True,
               help="wsicodec's arithmetic, compress and decompress alike (auto: half precision where native).")
 @click.option("--models", default=None, metavar="LIST",
-              help="Comma-separated wsicodec models to measure (default: every model in the model folder).")
+              help="Comma-separated wsicodec models to measure (default: every model in the model folder "
+                   "that no other supersedes).")
 @click.option("--settings", "sweeps", multiple=True, metavar="CODEC=LIST",
               help="A classical codec's sweep instead of its default, e.g. jpeg=1-100 or jpeg=50,80 (repeatable).")
 @click.option("--models-dir", type=click.Path(exists=True, file_okay=False, path_type=Path), default=None,
@@ -119,3 +123,19 @@ def distortions(inputs, out, metrics, tiles, tile_size, seed, threads, quiet):
                     progress=not quiet)
     if not quiet:
         click.echo(f"wrote distortions.csv, distortions.json, distortions.png, distortions_strip.png to {out}")
+
+
+@command.command("plot")
+@click.argument("results", type=click.Path(path_type=Path), metavar="RESULTS.csv")
+@click.option("--out", "-o", type=click.Path(file_okay=False, path_type=Path), default=None,
+              help="Folder for the plots (default: the folder of RESULTS.csv).")
+@click.option("--metrics", default=None, metavar="LIST",
+              help="Comma-separated metrics to plot (default: every metric RESULTS.csv has values of).")
+@click.option("--quiet", "-q", is_flag=True)
+def plot(results, out, metrics, quiet):
+    """Draw the rate–distortion plots of a results.csv again, measuring nothing."""
+    from wsicodec.bench.runner import plot_results
+
+    files = plot_results(results, out, metrics=metrics)
+    if not quiet:
+        click.echo(f"wrote {', '.join(p.name for p in files)} to {files[0].parent if files else out}")

@@ -125,7 +125,7 @@ def wsicodec_bytes(store: Path) -> int:
 
 
 class WsicodecCodec(Codec):
-    """Every shipped model (``setting`` = model name), measured on the real entropy-coded bytes
+    """Every current shipped model (``setting`` = model name), measured on the real entropy-coded bytes
     through :func:`wsicodec.pipeline.compress` and decoded with :class:`wsicodec.store.WsiStore`.
 
     Timings are wall-clock of those two calls: they include loading the model and writing /
@@ -147,12 +147,14 @@ class WsicodecCodec(Codec):
             raise BenchError(f"codec 'wsicodec': no shipped models in {self.model_dir or default_dir()}")
 
     def default_settings(self) -> list[str]:
+        """The current zoo: every listed model except those whose card names a successor
+        (``superseded_by``); retired models are not listed at all."""
         from wsicodec.models import list_models
 
+        cards = [c for c in list_models(self.model_dir) if not c.superseded_by]
         # a variable-rate model contributes each trained operating point (NAME@K, its λ)
-        points = [(f"{c.name}@{p['index']}", p.get("lambda")) for c in list_models(self.model_dir)
-                  for p in c.operating_points] + \
-                 [(c.name, c.lmbda) for c in list_models(self.model_dir) if not c.operating_points]
+        points = [(f"{c.name}@{p['index']}", p.get("lambda")) for c in cards for p in c.operating_points] + \
+                 [(c.name, c.lmbda) for c in cards if not c.operating_points]
         # lowest rate first: larger lambda means higher rate; unknown lambdas keep name order
         points.sort(key=lambda p: (p[1] is None, p[1] if p[1] is not None else 0.0, p[0]))
         return [name for name, _ in points]

@@ -1,9 +1,10 @@
-"""Figures: one rate–distortion plot per metric (as in the paper's Fig. 2) and the distortion
-study (Fig. 1): metric responses and an example image strip; image grids (Fig. 3). matplotlib,
-Agg backend."""
+"""Figures: one rate–distortion plot per metric (as in the paper's Fig. 2; the whole range and a
+low-rate panel), the distortion study (Fig. 1): metric responses and an example image strip; image
+grids (Fig. 3). matplotlib, Agg backend."""
 from __future__ import annotations
 
 import math
+import re
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -30,36 +31,111 @@ def better_label(metric: str) -> str:
     return f"{LABELS.get(metric, metric)}  ({'↑' if HIGHER_IS_BETTER.get(metric, True) else '↓'} better)"
 
 
-def rd_plot(summary: dict, metric: str, path: Path, title: str | None = None) -> Path:
-    """bpp (x, ← better) against ``metric`` (y, arrow says which way is better) for every codec's
-    averaged sweep; the JPEG quality-80 point is marked and labelled."""
-    plt = _plt()
-    fig, ax = plt.subplots(figsize=(6.4, 4.8), dpi=120)
+#: upper end (bpp) of the rate–distortion plots' low-rate panel, where the learned models sit
+LOW_RATE_BPP = 1.0
+_LOG_TICKS = (0.05, 0.07, 0.1, 0.15, 0.2, 0.3, 0.5, 0.7, 1.0, 1.5, 2.0, 3.0, 5.0)
+
+
+def model_tag(setting: str) -> str:
+    """The short label of a model on a plot: its quality level (``hne-hp64-q3-v2`` -> ``q3``), or
+    the whole name when it has none."""
+    m = re.search(r"(?:^|-)(q\d+)(?:-|$)", str(setting))
+    return m.group(1) if m else str(setting)
+
+
+def _draw_curves(ax, summary: dict, metric: str, low_rate: bool) -> None:
     ref_codec, ref_setting = REFERENCE_POINT
     for codec, data in summary.items():
-        pts = [p for p in data["points"] if p.get(metric) is not None]
+        # in rate order: a curve is drawn through its points from the lowest rate up, whatever
+        # order the settings were measured (or a results file was merged) in
+        pts = sorted((p for p in data["points"] if p.get(metric) is not None), key=lambda p: p["bpp"])
         if not pts:
             continue
         colour, marker = _STYLE.get(codec, ("black", "x"))
-        ax.plot([p["bpp"] for p in pts], [p[metric] for p in pts], marker=marker, color=colour,
-                label=codec, linewidth=1.5, markersize=5 if marker != "*" else 9)
-        if codec.startswith("wsicodec") and len(pts) > 1:
+        learned = codec.startswith("wsicodec")
+        label = codec
+        if learned and len(pts) > 1:
+            label = f"{codec} ({', '.join(model_tag(p['setting']) for p in pts)})"
+        ax.plot([p["bpp"] for p in pts], [p[metric] for p in pts], marker=marker, color=colour, label=label,
+                linewidth=2.0 if learned else 1.3, markersize=9 if marker == "*" else 5, zorder=4 if learned else 3)
+        if learned and low_rate and len(pts) > 1:
+            # each model's quality level beside its point, off the curve on the side away from the
+            # other family: the hyperprior (the better curve) towards better quality and lower
+            # rate, the factorized family the other way, so the two families' labels never meet
+            left = codec.endswith("hyperprior")
+            up = left == HIGHER_IS_BETTER.get(metric, True)
             for p in pts:
-                ax.annotate(str(p["setting"]), (p["bpp"], p[metric]), textcoords="offset points",
-                            xytext=(4, -10), fontsize=7, color=colour)
-        if codec == ref_codec:
+                ax.annotate(model_tag(p["setting"]), (p["bpp"], p[metric]), textcoords="offset points",
+                            xytext=(-6 if left else 6, 6 if up else -6), ha="right" if left else "left",
+                            va="bottom" if up else "top", fontsize=8, color=colour, fontweight="bold",
+                            clip_on=True)
+        if codec == ref_codec and not low_rate:
             for p in pts:
                 if str(p["setting"]) == ref_setting:
                     ax.plot([p["bpp"]], [p[metric]], marker="o", markersize=13, markerfacecolor="none",
                             markeredgecolor="black", markeredgewidth=1.5, zorder=5)
+                    # below the JPEG curve where higher is better, above it where lower is: clear
+                    # of the codecs that beat it
+                    below = HIGHER_IS_BETTER.get(metric, True)
                     ax.annotate("JPEG q=80", (p["bpp"], p[metric]), textcoords="offset points",
-                                xytext=(8, 8), fontsize=8, fontweight="bold")
-    ax.set_xlabel("bits per pixel  (← better)")
-    ax.set_ylabel(better_label(metric))
-    ax.set_xlim(left=0)
-    ax.grid(True, alpha=0.3)
-    ax.legend(loc="lower right" if HIGHER_IS_BETTER.get(metric, True) else "upper right", fontsize=8)
-    ax.set_title(title or f"Rate–distortion: {LABELS.get(metric, metric)}")
+                                xytext=(9, -9 if below else 9), va="top" if below else "bottom", fontsize=8,
+                                fontweight="bold")
+
+
+def _low_rate_limits(summary: dict, metric: str, top: float) -> tuple[tuple[float, float], tuple[float, float]] | None:
+    """x and y limits of the low-rate panel: the points at most ``top`` bpp, with a margin; None
+    when fewer than two points are that low or every point is (the full plot shows it all)."""
+    pts = [(p["bpp"], p[metric]) for d in summary.values() for p in d["points"]
+           if p.get(metric) is not None and p["bpp"] > 0]
+    low = [(r, q) for r, q in pts if r <= top]
+    if len(low) < 2 or len(low) == len(pts):
+        return None
+    rates, quals = [r for r, _ in low], [q for _, q in low]
+    pad = 0.08 * (max(quals) - min(quals) or 1.0)
+    return (min(rates) / 1.15, top * 1.05), (min(quals) - pad, max(quals) + pad)
+
+
+def rd_plot(summary: dict, metric: str, path: Path, title: str | None = None,
+            low_rate_bpp: float = LOW_RATE_BPP) -> Path:
+    """bpp (x, ← better) against ``metric`` (y, arrow says which way is better) for every codec's
+    averaged sweep: the whole range on the left (the JPEG quality-80 point marked), and on the
+    right the rates up to ``low_rate_bpp`` on a log axis, where each learned model's point is
+    labelled with its quality level. One legend names the curves (and the models of the learned
+    ones, in rate order)."""
+    plt = _plt()
+    from matplotlib.ticker import FixedLocator, NullFormatter, NullLocator
+
+    limits = _low_rate_limits(summary, metric, low_rate_bpp)
+    if limits is None:
+        fig, ax_all = plt.subplots(figsize=(6.4, 4.8), dpi=120)
+        axes = [ax_all]
+    else:
+        fig, axes = plt.subplots(1, 2, figsize=(12.8, 5.4), dpi=120, gridspec_kw={"width_ratios": [1, 1.15]})
+        ax_all = axes[0]
+    _draw_curves(ax_all, summary, metric, low_rate=False)
+    ax_all.set_xlim(left=0)
+    ax_all.set_title("all rates")
+    if limits is not None:
+        ax_low = axes[1]
+        _draw_curves(ax_low, summary, metric, low_rate=True)
+        ax_low.set_xscale("log")
+        (x0, x1), (y0, y1) = limits
+        ax_low.set_xlim(x0, x1)
+        ax_low.set_ylim(y0, y1)
+        ticks = [t for t in _LOG_TICKS if x0 <= t <= x1]
+        ax_low.xaxis.set_major_locator(FixedLocator(ticks))
+        ax_low.xaxis.set_major_formatter(lambda v, _pos: f"{v:g}")
+        ax_low.xaxis.set_minor_locator(NullLocator())
+        ax_low.xaxis.set_minor_formatter(NullFormatter())
+        ax_low.set_title(f"below {low_rate_bpp:g} bpp (log scale)")
+        ax_all.axvspan(0, x1, color="0.85", alpha=0.35, zorder=0)
+    for ax in axes:
+        ax.set_xlabel("bits per pixel  (← better)")
+        ax.set_ylabel(better_label(metric))
+        ax.grid(True, alpha=0.3)
+    higher = HIGHER_IS_BETTER.get(metric, True)
+    ax_all.legend(loc="lower right" if higher else "upper right", fontsize=8)
+    fig.suptitle(title or f"Rate–distortion: {LABELS.get(metric, metric)}")
     fig.tight_layout()
     fig.savefig(path)
     plt.close(fig)

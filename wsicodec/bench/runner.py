@@ -1,6 +1,7 @@
 """``run_benchmark``: sample the test images, run every codec's sweep, measure every metric, and
 write ``results.csv``, ``summary.json``, one rate–distortion PNG per metric and ``report.md``
-(BD-rate table and bpp-at-target table), printing the same tables in the terminal."""
+(BD-rate table and bpp-at-target table), printing the same tables in the terminal.
+``plot_results`` draws the PNGs again from a ``results.csv``."""
 from __future__ import annotations
 
 import csv
@@ -221,19 +222,44 @@ def run_benchmark(inputs: Sequence[str | Path], out: str | Path, codecs: str | S
     return BenchResult(out, rows, summary, files, notes)
 
 
-def reused_rows(path: str | Path, images: set[str], measured: set[tuple[str, str]]) -> list[dict]:
-    """Rows of an earlier ``results.csv`` for ``images``, leaving out the (codec, setting) pairs
-    ``measured`` now."""
-    out = []
+def read_results(path: str | Path) -> list[dict]:
+    """The rows of a ``results.csv`` (numbers as floats, empty cells as None)."""
+    rows = []
     with open(path, newline="") as f:
         for row in csv.DictReader(f):
-            if row.get("image") not in images or (row.get("codec"), row.get("setting")) in measured:
-                continue
             for k, v in row.items():
                 if k not in ("image", "codec", "setting"):
                     row[k] = float(v) if v not in ("", None) else None
-            out.append(row)
-    return out
+            rows.append(row)
+    return rows
+
+
+def reused_rows(path: str | Path, images: set[str], measured: set[tuple[str, str]]) -> list[dict]:
+    """Rows of an earlier ``results.csv`` for ``images``, leaving out the (codec, setting) pairs
+    ``measured`` now."""
+    return [r for r in read_results(path)
+            if r.get("image") in images and (r.get("codec"), r.get("setting")) not in measured]
+
+
+def plot_results(results: str | Path, out: str | Path | None = None,
+                 metrics: str | Sequence[str] | None = None) -> list[Path]:
+    """Draw the rate–distortion plots (``rd_<metric>.png``) of a ``results.csv`` again, without
+    measuring anything: into ``out`` (default: the CSV's folder), for ``metrics`` (default: every
+    metric the CSV has values of)."""
+    from wsicodec.bench.plots import rd_plot
+
+    results = Path(results)
+    if not results.is_file():
+        raise BenchError(f"{results}: no such results file")
+    rows = read_results(results)
+    if not rows or not {"image", "codec", "setting", "bpp"} <= set(rows[0]):
+        raise BenchError(f"{results}: not a results.csv of wsicodec bench (no rows, or no image/codec/setting/bpp)")
+    names = parse_list(metrics, ALL_METRICS, "metric") or \
+        [m for m in ALL_METRICS if any(r.get(m) is not None for r in rows)]
+    out = Path(out) if out is not None else results.parent
+    out.mkdir(parents=True, exist_ok=True)
+    summary = average_curves(rows, names)
+    return [rd_plot(summary, m, out / f"rd_{m}.png") for m in names]
 
 
 def _write_visuals(keeper, built: list[Codec], model_dir: Path | None, out: Path) -> list[Path]:

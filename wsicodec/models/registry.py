@@ -113,6 +113,9 @@ class ModelCard:
     operating_points: list[dict[str, Any]] = field(default_factory=list)
     #: the point used when a variable-rate model is named without one (``NAME@P`` names one)
     default_point: float | None = None
+    #: the model that replaces this one at about the same rate, if any: kept so that stores written
+    #: with it still decode, left out of the benchmark's default zoo
+    superseded_by: str = ""
 
     @property
     def stride(self) -> int:
