@@ -98,3 +98,14 @@ def example_store(tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("example") / "CMU-1-Small-Region.zarr"
     compress(EXAMPLE, out, device="cpu", precision="fp32")
     return out
+
+
+def one_line_error(result, *needles: str) -> None:
+    """A CLI result (click's CliRunner) that failed with one line, ``wsicodec: error: ...``,
+    holding every one of ``needles``, and no traceback."""
+    assert result.exit_code != 0
+    out = result.output.strip()
+    assert "Traceback" not in out and len(out.splitlines()) == 1, out
+    assert out.startswith("wsicodec: error:"), out
+    for n in needles:
+        assert n in out, out

@@ -9,7 +9,7 @@ import pytest
 import slide_files
 import torch
 from click.testing import CliRunner
-from conftest import EXAMPLE, shared_cases
+from conftest import EXAMPLE, one_line_error, shared_cases
 
 from wsicodec.cli import main
 
@@ -20,15 +20,6 @@ def run(tiny_models):
         return CliRunner().invoke(main, [str(a) for a in args], env={"WSICODEC_MODELS": str(tiny_models)})
 
     return _run
-
-
-def _one_line_error(result, *needles: str) -> None:
-    assert result.exit_code != 0
-    out = result.output.strip()
-    assert "Traceback" not in out and len(out.splitlines()) == 1, out
-    assert out.startswith("wsicodec: error:"), out
-    for n in needles:
-        assert n in out, out
 
 
 def test_compress_info_decompress(run, tmp_path):
@@ -74,19 +65,19 @@ def damaged_inputs(tmp_path_factory, example_tissue) -> dict[str, Path]:
                                                    "unreadable.svs")])
 def test_damaged_slides_are_one_line_errors(run, damaged_inputs, damaged, tmp_path):
     path = damaged if isinstance(damaged, Path) else damaged_inputs[damaged]
-    _one_line_error(run("compress", path, tmp_path / "o.zarr"), path.name)
+    one_line_error(run("compress", path, tmp_path / "o.zarr"), path.name)
     assert not list(tmp_path.iterdir())  # nothing half-written left behind
 
 
 def test_bad_inputs_are_one_line_errors(run, tmp_path):
-    _one_line_error(run("compress", tmp_path / "nope.svs", tmp_path / "o.zarr"), "nope.svs", "no such file")
-    _one_line_error(run("compress", EXAMPLE, tmp_path / "o.zarr", "--model", "nosuch"), "unknown model", "nosuch")
+    one_line_error(run("compress", tmp_path / "nope.svs", tmp_path / "o.zarr"), "nope.svs", "no such file")
+    one_line_error(run("compress", EXAMPLE, tmp_path / "o.zarr", "--model", "nosuch"), "unknown model", "nosuch")
     assert not list(tmp_path.iterdir())  # nothing half-written left behind
     (tmp_path / "exists.zarr").mkdir()
-    _one_line_error(run("compress", EXAMPLE, tmp_path / "exists.zarr"), "already exists", "--overwrite")
-    _one_line_error(run("decompress", tmp_path / "nostore.zarr", tmp_path / "o.tif"), "no such store")
-    _one_line_error(run("decompress", tmp_path / "exists.zarr", tmp_path / "o.tif"), "not a wsicodec store")
-    _one_line_error(run("info", tmp_path / "nothing"), "nothing")
+    one_line_error(run("compress", EXAMPLE, tmp_path / "exists.zarr"), "already exists", "--overwrite")
+    one_line_error(run("decompress", tmp_path / "nostore.zarr", tmp_path / "o.tif"), "no such store")
+    one_line_error(run("decompress", tmp_path / "exists.zarr", tmp_path / "o.tif"), "not a wsicodec store")
+    one_line_error(run("info", tmp_path / "nothing"), "nothing")
 
 
 def test_store_from_another_model_is_refused(run, tiny_models, tmp_path):
@@ -106,11 +97,11 @@ def test_store_from_another_model_is_refused(run, tiny_models, tmp_path):
                ModelCard(name="tiny", architecture="bmshj2018-factorized", params={"N": 8, "M": 8}), other)
     r = CliRunner().invoke(main, ["decompress", str(store), str(tmp_path / "o.tif")],
                            env={"WSICODEC_MODELS": str(other)})
-    _one_line_error(r, "different model")
+    one_line_error(r, "different model")
     (other / "tiny.pt").write_bytes((other / "tiny.pt").read_bytes()[:-8] + b"tampered")
     r = CliRunner().invoke(main, ["decompress", str(store), str(tmp_path / "o.tif")],
                            env={"WSICODEC_MODELS": str(other)})
-    _one_line_error(r, "refusing a modified model")
+    one_line_error(r, "refusing a modified model")
     assert not (tmp_path / "o.tif").exists()
 
 
@@ -121,9 +112,9 @@ def test_existing_tiff_needs_overwrite(run, tmp_path):
     Image.fromarray(np.full((40, 40, 3), 120, np.uint8)).save(tmp_path / "a.png")
     assert run("compress", tmp_path / "a.png", tmp_path / "a.zarr", "-q").exit_code == 0
     (tmp_path / "a.tif").write_bytes(b"x")
-    _one_line_error(run("decompress", tmp_path / "a.zarr", tmp_path / "a.tif", "-q"), "already exists")
+    one_line_error(run("decompress", tmp_path / "a.zarr", tmp_path / "a.tif", "-q"), "already exists")
     assert run("decompress", tmp_path / "a.zarr", tmp_path / "a.tif", "-q", "--overwrite").exit_code == 0
-    _one_line_error(run("decompress", tmp_path / "a.zarr", tmp_path / "b.tif", "--region", "0", "0", "99", "9"),
+    one_line_error(run("decompress", tmp_path / "a.zarr", tmp_path / "b.tif", "--region", "0", "0", "99", "9"),
                     "not inside the slide")
 
 

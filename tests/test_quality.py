@@ -7,7 +7,7 @@ import json
 import numpy as np
 import pytest
 from click.testing import CliRunner
-from conftest import EXAMPLE
+from conftest import EXAMPLE, one_line_error
 
 from wsicodec.cli import main
 from wsicodec.quality import QUALITIES, Figures, OperatingPoint, QualityError, choose, derive, load_calibration, reaches
@@ -149,15 +149,6 @@ def _cli(*args):
     return CliRunner().invoke(main, [str(a) for a in args])
 
 
-def _one_line_error(result, *needles: str) -> None:
-    assert result.exit_code != 0
-    out = result.output.strip()
-    assert "Traceback" not in out and len(out.splitlines()) == 1, out
-    assert out.startswith("wsicodec: error:"), out
-    for n in needles:
-        assert n in out, out
-
-
 def _record(store):
     return json.loads((store / "zarr.json").read_text())["attributes"]["wsicodec"]["quality"]
 
@@ -224,13 +215,13 @@ def test_target_on_the_command_line(calibration, small_input, tmp_path, one_thre
 def test_target_and_quality_errors_are_one_line(small_input, tmp_path, one_thread):
     out = tmp_path / "o.zarr"
     r = _cli("compress", small_input, out, "--target", "psnr=99", "--target-tiles", 1)
-    _one_line_error(r, "target psnr=99 is out of reach", "the best the installed models reach", "dB")
+    one_line_error(r, "target psnr=99 is out of reach", "the best the installed models reach", "dB")
     assert not out.exists()
-    _one_line_error(_cli("compress", small_input, out, "--target", "ssim=0.9"), "expected ms_ssim=VALUE or psnr=VALUE")
-    _one_line_error(_cli("compress", small_input, out, "--target", "ms_ssim=1.5"), "MS-SSIM targets lie in")
-    _one_line_error(_cli("compress", small_input, out, "--quality", 50, "--model", "hne-hp64-q1-v2"),
+    one_line_error(_cli("compress", small_input, out, "--target", "ssim=0.9"), "expected ms_ssim=VALUE or psnr=VALUE")
+    one_line_error(_cli("compress", small_input, out, "--target", "ms_ssim=1.5"), "MS-SSIM targets lie in")
+    one_line_error(_cli("compress", small_input, out, "--quality", 50, "--model", "hne-hp64-q1-v2"),
                     "one of --model, --quality and --target")
-    _one_line_error(_cli("compress", small_input, out, "--target-tiles", 2), "--target-tiles needs --target")
+    one_line_error(_cli("compress", small_input, out, "--target-tiles", 2), "--target-tiles needs --target")
     assert _cli("compress", small_input, out, "--quality", 0).exit_code != 0  # click's range check
     assert not out.exists()
     with pytest.raises(QualityError):
