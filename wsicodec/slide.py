@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 
 from wsicodec.errors import first_line as _short
-from wsicodec.source import MAX_SIDE, MAX_THUMBNAIL_READ, SlideError, SlideSource, flatten_rgba
+from wsicodec.source import MAX_SIDE, MAX_THUMBNAIL_READ, SlideError, SlideSource, flatten_rgba, shrink_in_bands
 
 __all__ = ["MAX_IMAGE_PIXELS", "MAX_SIDE", "MAX_THUMBNAIL_READ", "ImageSource", "OpenSlideSource", "SlideError",
            "SlideSource", "flatten_rgba", "image_rgb", "open_input"]
@@ -86,21 +86,15 @@ class OpenSlideSource(SlideSource):
     def _strip_thumbnail(self, level: int, max_size: int) -> np.ndarray:
         """A thumbnail of a slide without a small enough pyramid level (OpenSlide's own would read the
         whole level at once): read the level in strips of at most MAX_THUMBNAIL_READ pixels."""
-        from PIL import Image
-
         lw, lh = self._slide.level_dimensions[level]
         ds = self._slide.level_downsamples[level]
         scale = max_size / max(lw, lh)
         tw, th = max(1, round(lw * scale)), max(1, round(lh * scale))
-        out = np.empty((th, tw, 3), np.uint8)
-        rows_per_strip = max(1, int(MAX_THUMBNAIL_READ / lw * th / lh))
-        for r0 in range(0, th, rows_per_strip):
-            r1 = min(th, r0 + rows_per_strip)
-            y0, y1 = r0 * lh // th, max(r0 * lh // th + 1, r1 * lh // th)
-            region = self._slide.read_region((0, int(y0 * ds)), level, (lw, y1 - y0))
-            strip = Image.fromarray(image_rgb(region, self.background))
-            out[r0:r1] = np.asarray(strip.resize((tw, r1 - r0), Image.Resampling.BOX))
-        return out
+
+        def read_rows(y0: int, y1: int) -> np.ndarray:
+            return image_rgb(self._slide.read_region((0, int(y0 * ds)), level, (lw, y1 - y0)), self.background)
+
+        return shrink_in_bands((lw, lh), (tw, th), read_rows, MAX_THUMBNAIL_READ)
 
     def close(self) -> None:
         self._slide.close()

@@ -23,7 +23,7 @@ from typing import Any
 import numpy as np
 
 from wsicodec.errors import first_line as _short
-from wsicodec.source import MAX_THUMBNAIL_READ, SlideError, SlideSource, flatten_rgba
+from wsicodec.source import SlideError, SlideSource, flatten_rgba, shrink_in_bands
 
 __all__ = ["TiffParseError", "TiffSource", "is_tiff", "openslide_reads_fully"]
 
@@ -241,22 +241,13 @@ class TiffSource(SlideSource):
     def thumbnail(self, max_size: int = 1024) -> np.ndarray:
         """Read from the smallest pyramid level at least ``max_size`` on its longer side, in bands of
         at most MAX_THUMBNAIL_READ pixels, each shrunk by area averaging."""
-        from PIL import Image
-
         self._check_codable()
         fits = [i for i, (lw, lh) in enumerate(self._level_dims) if max(lw, lh) >= max_size]
         level = min(fits, key=lambda i: self._level_dims[i][0] * self._level_dims[i][1]) if fits else 0
         lw, lh = self._level_dims[level]
         scale = min(1.0, max_size / max(lw, lh))
         tw, th = max(1, round(lw * scale)), max(1, round(lh * scale))
-        out = np.empty((th, tw, 3), np.uint8)
-        rows_per_band = max(1, int(MAX_THUMBNAIL_READ / lw * th / lh))
-        for r0 in range(0, th, rows_per_band):
-            r1 = min(th, r0 + rows_per_band)
-            y0, y1 = r0 * lh // th, max(r0 * lh // th + 1, r1 * lh // th)
-            band = Image.fromarray(self._read(level, 0, y0, lw, y1 - y0))
-            out[r0:r1] = np.asarray(band.resize((tw, r1 - r0), Image.Resampling.BOX))
-        return out
+        return shrink_in_bands((lw, lh), (tw, th), lambda y0, y1: self._read(level, 0, y0, lw, y1 - y0))
 
     def close(self) -> None:
         self._chunk_cache.clear()

@@ -6,6 +6,7 @@ picks one) and :mod:`wsicodec.slide_tiff` (tifffile).
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -13,7 +14,7 @@ import numpy as np
 
 from wsicodec.errors import WsicodecError
 
-__all__ = ["MAX_SIDE", "MAX_THUMBNAIL_READ", "SlideError", "SlideSource", "flatten_rgba"]
+__all__ = ["MAX_SIDE", "MAX_THUMBNAIL_READ", "SlideError", "SlideSource", "flatten_rgba", "shrink_in_bands"]
 
 #: Largest accepted level-0 side, checked before any pixel is allocated.
 MAX_SIDE = 1 << 20
@@ -111,3 +112,21 @@ class SlideSource:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def shrink_in_bands(level_size: tuple[int, int], size: tuple[int, int],
+                    read_rows: Callable[[int, int], np.ndarray], max_read: int = MAX_THUMBNAIL_READ) -> np.ndarray:
+    """A level of ``level_size`` (w, h) shrunk to ``size`` (w, h) by area averaging, read in bands
+    of whole rows of at most ``max_read`` pixels (``read_rows(y0, y1)`` gives rows ``y0:y1`` of
+    the level as RGB), so that a thumbnail never holds a whole large level."""
+    from PIL import Image
+
+    (lw, lh), (tw, th) = level_size, size
+    out = np.empty((th, tw, 3), np.uint8)
+    rows_per_band = max(1, int(max_read / lw * th / lh))
+    for r0 in range(0, th, rows_per_band):
+        r1 = min(th, r0 + rows_per_band)
+        y0, y1 = r0 * lh // th, max(r0 * lh // th + 1, r1 * lh // th)
+        band = Image.fromarray(read_rows(y0, y1))
+        out[r0:r1] = np.asarray(band.resize((tw, r1 - r0), Image.Resampling.BOX))
+    return out
