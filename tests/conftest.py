@@ -109,3 +109,26 @@ def one_line_error(result, *needles: str) -> None:
     assert out.startswith("wsicodec: error:"), out
     for n in needles:
         assert n in out, out
+
+
+def side_information_on_device(monkeypatch) -> list:
+    """Make ``compress`` compute a hyperprior's side information in the engine's batches, as it
+    does on CUDA, on any device; returns the list that records each engine's decoder."""
+    import wsicodec.pipeline as pipeline
+    from wsicodec.engine import Transforms
+
+    made: list = []
+
+    class OnDevice(Transforms):
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, **kwargs, hyper_on_device=True)
+            made.append(self.hyper)
+
+    monkeypatch.setattr(pipeline, "Transforms", OnDevice)
+    return made
+
+
+def differing_files(a, b) -> tuple[list, list]:
+    """(every file of store ``a``, those whose bytes differ in store ``b``), relative paths."""
+    files = sorted(p.relative_to(a) for p in a.rglob("*") if p.is_file())
+    return files, [f for f in files if (a / f).read_bytes() != (b / f).read_bytes()]

@@ -10,7 +10,7 @@ import sys
 import numpy as np
 import pytest
 import torch
-from conftest import EXAMPLE
+from conftest import EXAMPLE, differing_files, side_information_on_device
 
 from wsicodec.codec import (
     CodecError,
@@ -146,27 +146,17 @@ def test_hyper_symbols_on_a_device_that_is_not_exact_are_not_used(tiny_models, m
 def test_hyper_store_with_symbols_made_by_the_engine_is_the_same_store(tiny_models, tmp_path, monkeypatch):
     """compress with the side information made in the engine's batches (as on CUDA), coded in
     this process and in worker processes: the bytes of the store the chunk writers make alone."""
-    import wsicodec.pipeline as pipeline
-    from wsicodec.engine import Transforms
-
     monkeypatch.setenv("SOURCE_DATE_EPOCH", "1764115200")
     kw = dict(model="tiny-hyper", model_dir=tiny_models, tile=256, precision="fp32")
     a = compress(EXAMPLE, tmp_path / "a.zarr", **kw).output
-    made = []
-
-    class Coder(Transforms):
-        def __init__(self, *args, **kwargs):
-            super().__init__(*args, **kwargs, hyper_on_device=True)
-            made.append(self.hyper)
-
-    monkeypatch.setattr(pipeline, "Transforms", Coder)
+    made = side_information_on_device(monkeypatch)
     b = compress(EXAMPLE, tmp_path / "b.zarr", **kw).output
     c = compress(EXAMPLE, tmp_path / "c.zarr", **kw, writer_processes=2).output
     assert len(made) == 2 and all(made)
-    files = sorted(p.relative_to(a) for p in a.rglob("*") if p.is_file())
+    files, differ_b = differing_files(a, b)
     assert len(files) > 50
-    assert [f for f in files if (a / f).read_bytes() != (b / f).read_bytes()] == []
-    assert [f for f in files if (a / f).read_bytes() != (c / f).read_bytes()] == []
+    assert differ_b == []
+    assert differing_files(a, c)[1] == []
 
 
 @pytest.fixture(scope="module")

@@ -20,12 +20,12 @@ BUCKET = "wsicodec-test"
 KEY, SECRET = "testing", "testing"
 
 
-def _close_s3_sessions(s3fs) -> None:
-    """Close the HTTP sessions of the cached S3 filesystems before the cache is dropped. zarr reads
+def _close_s3_connections(s3fs) -> None:
+    """Close the HTTP clients of the cached S3 filesystems before the cache is dropped. zarr reads
     remote stores through asynchronous instances (one per set of storage options, kept in fsspec's
     instance cache and reused); unlike synchronous ones they have no finaliser that closes their
-    aiohttp session, so dropping them unclosed makes aiohttp report "Unclosed client session".
-    Their sessions live on zarr's event loop, so they are closed there."""
+    aiohttp client, so dropping them unclosed makes aiohttp warn about an unclosed client.
+    Their clients live on zarr's event loop, so they are closed there."""
     from zarr.core.sync import sync
 
     for fs in list(s3fs.S3FileSystem._cache.values()):
@@ -66,7 +66,7 @@ def s3():
         try:
             yield {"fs": fs, "options": options, "endpoint": endpoint}
         finally:
-            _close_s3_sessions(s3fs)
+            _close_s3_connections(s3fs)
             s3fs.S3FileSystem.clear_instance_cache()
             server.stop()
 

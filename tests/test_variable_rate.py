@@ -8,6 +8,7 @@ import json
 import numpy as np
 import pytest
 import torch
+from conftest import differing_files, side_information_on_device
 from PIL import Image
 
 from wsicodec.models import ModelCard, build_model, load_model, save_model
@@ -230,22 +231,12 @@ def test_symbols_made_by_the_engine_give_the_same_store(vbr_models, texture_png,
     """The side information made in the engine's batches from the gained latents (as on CUDA),
     coded in worker processes that load the model themselves: the store the chunk writers make
     alone, byte for byte (no gain reaches the entropy coding)."""
-    import wsicodec.pipeline as pipeline
-    from wsicodec.engine import Transforms
-
     monkeypatch.setenv("SOURCE_DATE_EPOCH", "1764115200")
     kw = dict(model="tiny-vbr@2.5", model_dir=vbr_models, tile=64, precision="fp32", skip_glass=False)
     a = compress(texture_png, tmp_path / "a.zarr", **kw).output
-    made = []
-
-    class Coder(Transforms):
-        def __init__(self, *args, **kwargs):
-            super().__init__(*args, **kwargs, hyper_on_device=True)
-            made.append(self.hyper)
-
-    monkeypatch.setattr(pipeline, "Transforms", Coder)
+    made = side_information_on_device(monkeypatch)
     b = compress(texture_png, tmp_path / "b.zarr", **kw, writer_processes=2).output
     assert len(made) == 1 and all(made)
-    files = sorted(p.relative_to(a) for p in a.rglob("*") if p.is_file())
+    files, differ = differing_files(a, b)
     assert len(files) > 10
-    assert [f for f in files if (a / f).read_bytes() != (b / f).read_bytes()] == []
+    assert differ == []
