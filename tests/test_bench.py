@@ -127,6 +127,29 @@ def test_bd_rate_self_is_zero_and_halved_rates_minus_50():
     assert np.isnan(bd_rate(r, q, [1, 2], [50, 60]))
 
 
+def test_bd_rate_within_a_quality_range_and_over_the_anchor_upper_half():
+    from wsicodec.bench.rd import average_curves, bd_rate
+    from wsicodec.bench.runner import bd_table, upper_range
+
+    r = [0.15, 0.3, 0.62, 1.1, 2.0, 3.3]
+    q = [27.0, 30.1, 33.5, 36.0, 39.2, 42.0]
+    # log-rate 0.1 per dB above the anchor's from 36 dB: the BD-rate over a range is exp(0.1 x
+    # (its middle - 36)) - 1 exactly (the difference of the two cubic fits is that line)
+    test = [x * np.exp(0.1 * (y - 36.0)) for x, y in zip(r, q, strict=True)]
+    assert bd_rate(r, q, test, q) == pytest.approx(100 * (np.exp(0.1 * (34.5 - 36)) - 1), abs=1e-6)
+    assert bd_rate(r, q, test, q, within=(36.0, 42.0)) == pytest.approx(100 * (np.exp(0.3) - 1), abs=1e-6)
+    assert np.isnan(bd_rate(r, q, test, q, within=(50.0, 60.0)))
+    settings = ["10", "30", "50", "70", "90", "95"]
+    rows = [{"image": "a", "codec": "jxl", "setting": s, "bpp": x, "psnr": y, "pixels": 1}
+            for s, x, y in zip(settings, r, q, strict=True)]
+    rows += [{"image": "a", "codec": "wsicodec", "setting": f"m{i}", "bpp": x / 2, "psnr": y, "pixels": 1}
+             for i, (x, y) in enumerate(zip(r, q, strict=True))]
+    summary = average_curves(rows, ["psnr"])
+    assert upper_range(summary, "jxl", "psnr") == (36.0, 42.0)  # the anchor's settings 70-95
+    assert upper_range(summary, "wsicodec", "psnr") is None     # no quality scale
+    assert bd_table(summary, ["psnr"], upper=True)["psnr"]["wsicodec"]["jxl"] == pytest.approx(-50.0, abs=1e-6)
+
+
 def test_rate_at_quality_and_monotone():
     from wsicodec.bench.rd import is_monotone, rate_at_quality
 
@@ -412,3 +435,25 @@ def test_nearest_settings_match_the_anchor_rate():
     jpeg_only = [r for r in results if r.curve == "jpeg"]
     anchor, chosen = nearest_settings(jpeg_only, rate_anchors({"jpeg": ["10", "50", "90"]}, None))
     assert (anchor.setting, [r.setting for r in chosen]) == ("50", ["50"])
+
+
+def test_benchmarks_doc_rewrites_only_its_generated_blocks(tmp_path):
+    import subprocess
+    import sys
+
+    script = Path(__file__).resolve().parents[1] / "benchmarks" / "benchmarks_doc.py"
+    jxl = _rows("jxl", [("30", 0.6, 28.0), ("70", 1.5, 32.0), ("90", 2.4, 35.5), ("95", 3.5, 38.0)])
+    models = _rows("wsicodec-hyperprior", [("m-q2-v1", 0.8, 31.0), ("m-q1-v1", 0.3, 27.0), ("m-q3-v1", 1.6, 34.0)])
+    (tmp_path / "bench").mkdir()
+    results = _write_results(tmp_path / "bench" / "results.csv", jxl + models)
+    doc = tmp_path / "benchmarks.md"
+    doc.write_text("# Title\n\nhand text\n<!-- begin generated: headline -->\nold\n<!-- end generated: headline -->\n"
+                   "middle\n<!-- begin generated: results -->\nold\n<!-- end generated: results -->\ntail\n")
+    subprocess.run([sys.executable, str(script), str(results), str(doc), "--metrics", "psnr"], check=True,
+                   capture_output=True)
+    text = doc.read_text()
+    assert "old" not in text and text.startswith("# Title\n\nhand text\n") and text.endswith("tail\n")
+    assert "**hyperprior zoo** (0.32–1.68 bpp, top point `m-q3-v1`: 33.50 dB)" in text
+    assert "JPEG-XL −" in text and "upper half: JPEG-XL" in text
+    assert text.index("| `m-q1-v1`") < text.index("| `m-q2-v1`") < text.index("| `m-q3-v1`")  # by rate
+    assert "![PSNR (dB)](bench/rd_psnr.png)" in text and (tmp_path / "bench" / "rd_psnr.png").is_file()

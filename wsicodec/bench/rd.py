@@ -29,18 +29,22 @@ def is_monotone(rates: Sequence[float], quals: Sequence[float], higher_is_better
 
 
 def bd_rate(rates_a: Sequence[float], quals_a: Sequence[float], rates_b: Sequence[float],
-            quals_b: Sequence[float]) -> float:
+            quals_b: Sequence[float], within: tuple[float, float] | None = None) -> float:
     """Bjøntegaard delta rate of curve B against anchor A, in percent: the average difference of
     log-rate at equal quality over the quality range both curves cover (negative: B needs fewer
     bits). log-rate is fitted as a polynomial in quality (cubic for >= 4 points, as in VCEG-M33;
     lower degree for fewer) and integrated exactly. Works for any quality metric, whichever
-    direction is better. NaN when a curve has < 2 points or the ranges do not overlap."""
+    direction is better. ``within`` (lo, hi) narrows the quality range further (the fits still
+    use every point): BD-rate over part of the anchor's sweep. NaN when a curve has < 2 points or
+    the ranges do not overlap."""
     ra, qa = _clean(rates_a, quals_a)
     rb, qb = _clean(rates_b, quals_b)
     if len(ra) < 2 or len(rb) < 2 or np.ptp(qa) == 0 or np.ptp(qb) == 0:
         return float("nan")
     lo = max(qa.min(), qb.min())
     hi = min(qa.max(), qb.max())
+    if within is not None:
+        lo, hi = max(lo, min(within)), min(hi, max(within))
     if not hi > lo:
         return float("nan")
     pa = np.polyfit(qa, np.log(ra), min(3, len(ra) - 1))

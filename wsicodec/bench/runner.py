@@ -25,6 +25,10 @@ CSV_COLUMNS = ["image", "codec", "setting", "bytes", "pixels", "bpp", "psnr", "m
                "st_lpips_vgg", "encode_mpix_s", "decode_mpix_s"]
 #: quality targets of the "bpp needed" table: (metric, target)
 TARGETS = (("ms_ssim", 0.99), ("psnr", 38.0))
+#: the "upper half" BD-rate table integrates over the quality range of the anchor's settings from
+#: this quality up (70–95: what scanners and archives write); for the codecs with a 1–100 scale
+UPPER_FROM = 70
+UPPER_ANCHORS = ("jpeg", "webp", "jxl", "avif")
 #: a sweep may lose this much quality from one setting to the next and still count as monotone
 #: (PSNR in dB, MS-SSIM and LPIPS in their units); larger drops are reported.
 MONOTONE_TOL = {"psnr": 0.05, "ms_ssim": 0.0005, "lpips": 0.002, "st_lpips": 0.002, "st_lpips_vgg": 0.002}
@@ -195,6 +199,7 @@ def run_benchmark(inputs: Sequence[str | Path], out: str | Path, codecs: str | S
                          f"({', '.join(imgs[:3])}{'…' if len(imgs) > 3 else ''})")
     computable = [m for m in metric_names if m not in mset.unavailable()]
     bd = bd_table(summary, computable)
+    bd_upper = bd_table(summary, computable, upper=True)
     need = target_table(summary)
     meta = {
         "images": [{"name": im.name, "source": im.source, "width": int(im.rgb.shape[1]),
@@ -206,8 +211,8 @@ def run_benchmark(inputs: Sequence[str | Path], out: str | Path, codecs: str | S
                     "python": platform.python_version()},
         "wsicodec_bytes": "entropy-coded latent chunks (files under <store>/latents/c/), store JSON metadata excluded",
     }
-    doc = {"meta": meta, "curves": summary, "bd_rate": bd, "bpp_at_target": need, "monotone_violations": mono,
-           "notes": notes}
+    doc = {"meta": meta, "curves": summary, "bd_rate": bd, "bd_rate_upper": bd_upper, "bpp_at_target": need,
+           "monotone_violations": mono, "notes": notes}
     files = [_write_csv(rows, out / "results.csv")]
     (out / "summary.json").write_text(json.dumps(_jsonable(doc), indent=2) + "\n")
     files.append(out / "summary.json")
@@ -217,8 +222,8 @@ def run_benchmark(inputs: Sequence[str | Path], out: str | Path, codecs: str | S
         files.append(rd_plot(summary, m, out / f"rd_{m}.png"))
     visuals = _write_visuals(keeper, built, model_dir, out)
     files += visuals
-    files.append(_write_report(out / "report.md", meta, summary, bd, need, notes, computable, visuals))
-    print_tables(console, bd, need, summary)
+    files.append(_write_report(out / "report.md", meta, summary, bd, bd_upper, need, notes, computable, visuals))
+    print_tables(console, bd, bd_upper, need, summary)
     return BenchResult(out, rows, summary, files, notes)
 
 
@@ -327,10 +332,29 @@ def _monotonicity(rows: list[dict], codecs: Iterable[str], metrics: Sequence[str
     return bad
 
 
-def bd_table(summary: dict, metrics: Sequence[str]) -> dict[str, dict[str, dict[str, float | None]]]:
+def upper_range(summary: dict, anchor: str, metric: str) -> tuple[float, float] | None:
+    """The quality range the anchor covers with its upper sweep settings (quality ≥
+    :data:`UPPER_FROM`, the archives' range); None for a codec without a 1–100 quality scale or
+    without two such points."""
+    if anchor not in UPPER_ANCHORS:
+        return None
+    vals = []
+    for p in summary[anchor]["points"]:
+        try:
+            upper = float(p["setting"]) >= UPPER_FROM
+        except (TypeError, ValueError):
+            continue
+        if upper and p.get(metric) is not None:
+            vals.append(p[metric])
+    return (min(vals), max(vals)) if len(vals) >= 2 else None
+
+
+def bd_table(summary: dict, metrics: Sequence[str],
+             upper: bool = False) -> dict[str, dict[str, dict[str, float | None]]]:
     """BD-rate (%) of every codec against every classical codec, per metric:
-    ``table[metric][codec][anchor]``; None where it cannot be computed."""
-    anchors = [c for c in summary if c in CLASSICAL]
+    ``table[metric][codec][anchor]``; None where it cannot be computed. ``upper``: only over the
+    quality range of the anchor's settings ≥ :data:`UPPER_FROM` (:func:`upper_range`)."""
+    anchors = [c for c in summary if c in CLASSICAL and (not upper or c in UPPER_ANCHORS)]
     table: dict = {}
     for m in metrics:
         table[m] = {}
@@ -339,7 +363,8 @@ def bd_table(summary: dict, metrics: Sequence[str]) -> dict[str, dict[str, dict[
             table[m][c] = {}
             for a in anchors:
                 ra, qa = curve(summary, a, m)
-                v = bd_rate(ra, qa, rc, qc)
+                within = upper_range(summary, a, m) if upper else None
+                v = float("nan") if upper and within is None else bd_rate(ra, qa, rc, qc, within)
                 table[m][c][a] = None if not math.isfinite(v) else v
     return table
 
@@ -413,7 +438,30 @@ def _speed_rows(summary: dict) -> tuple[list[str], list[list[str]]]:
     return ["codec", "images", "settings", "encode Mpx/s (median)", "decode Mpx/s (median)"], rows
 
 
-def print_tables(console, bd: dict, need: dict, summary: dict) -> None:
+def result_tables(summary: dict, metrics: Sequence[str], bd: dict | None = None, bd_upper: dict | None = None,
+                  need: dict | None = None, plots: bool = False, level: int = 2) -> str:
+    """The report's Markdown tables of averaged curves (``summary``): BD-rate per metric over the
+    whole overlap and over the upper half, bits needed for each target, speed; with ``plots`` the
+    ``rd_<metric>.png`` beside each metric. Tables not given are computed from ``summary``."""
+    bd = bd if bd is not None else bd_table(summary, metrics)
+    bd_upper = bd_upper if bd_upper is not None else bd_table(summary, metrics, upper=True)
+    need = need if need is not None else target_table(summary)
+    h = "#" * level
+    parts: list[str] = []
+    for m in metrics:
+        parts += [f"{h} BD-rate, {LABELS[m]}", "", _md_table(*_bd_rows(bd, m)), "",
+                  f"Upper half only: over the quality range of the anchor's settings {UPPER_FROM}–95 "
+                  "(where archives keep slides):", "", _md_table(*_bd_rows(bd_upper, m)), ""]
+        if plots:
+            parts += [f"![{m}](rd_{m}.png)", ""]
+    parts += [f"{h} Bits per pixel needed to reach a target", "", _md_table(*_target_rows(need)), "",
+              f"{h} Speed", "", _md_table(*_speed_rows(summary)), "",
+              "Speeds are wall-clock, single process; wsicodec's include loading the model and writing / "
+              "reading the Zarr store.", ""]
+    return "\n".join(parts)
+
+
+def print_tables(console, bd: dict, bd_upper: dict, need: dict, summary: dict) -> None:
     from rich.table import Table
 
     def show(title: str, header: list[str], body: list[list[str]]) -> None:
@@ -426,11 +474,12 @@ def print_tables(console, bd: dict, need: dict, summary: dict) -> None:
 
     for m in bd:
         show(f"BD-rate, {LABELS[m]} (negative = fewer bits than the anchor)", *_bd_rows(bd, m))
+        show(f"BD-rate, {LABELS[m]}, upper half (anchor quality {UPPER_FROM}–95)", *_bd_rows(bd_upper, m))
     show("bits per pixel needed to reach a target", *_target_rows(need))
     show("speed", *_speed_rows(summary))
 
 
-def _write_report(path: Path, meta: dict, summary: dict, bd: dict, need: dict, notes: list[str],
+def _write_report(path: Path, meta: dict, summary: dict, bd: dict, bd_upper: dict, need: dict, notes: list[str],
                   metrics: Sequence[str], visuals: Sequence[Path] = ()) -> Path:
     parts = [
         "# wsicodec bench report", "",
@@ -456,13 +505,7 @@ def _write_report(path: Path, meta: dict, summary: dict, bd: dict, need: dict, n
         for m, why in meta["unavailable_metrics"].items():
             parts.append(f"- **{m} not computed:** {why}.")
         parts.append("")
-    for m in metrics:
-        parts += [f"## BD-rate, {LABELS[m]}", "", _md_table(*_bd_rows(bd, m)), "",
-                  f"![{m}](rd_{m}.png)", ""]
-    parts += ["## Bits per pixel needed to reach a target", "", _md_table(*_target_rows(need)), "",
-              "## Speed", "", _md_table(*_speed_rows(summary)), "",
-              "Speeds are wall-clock, single process; wsicodec's include loading the model and writing / "
-              "reading the Zarr store.", ""]
+    parts.append(result_tables(summary, metrics, bd, bd_upper, need, plots=True))
     if visuals:
         from wsicodec.bench.visual import CROP
 

@@ -34,6 +34,7 @@ from wsicodec.train import ladder as rate_ladder
 from wsicodec.train.data import CropSampler, find_inputs, load_images, load_rgb
 from wsicodec.train.device import Precision, compile_model, resolve_device, step_clock
 from wsicodec.train.loader import BatchStream, default_workers
+from wsicodec.train.widen import embed_narrower
 
 
 @dataclass
@@ -281,8 +282,10 @@ class Trainer:
         bare state dict). From the same architecture every tensor is loaded and, with
         ``continue_steps``, the step count continues from a file that records it. From another
         architecture (a factorized model warm-starting a hyperprior's ``g_a`` / ``g_s``) only the
-        tensors of the same name and shape are taken and the step count starts at 0. Returns the
-        names of the tensors loaded."""
+        tensors of the same name and shape are taken and the step count starts at 0; from a
+        narrower model of the same layout (N = 64 / M = 96 into M = 320) every layer is embedded
+        so that the wide model starts out computing what the narrow one did
+        (:func:`wsicodec.train.widen.embed_narrower`). Returns the names of the tensors loaded."""
         st = torch.load(path, map_location="cpu", weights_only=False)
         weights = st["model"] if "model" in st else st
         own = self.model.state_dict()
@@ -291,6 +294,14 @@ class Trainer:
             if continue_steps and "step" in st:
                 self.step = self.start_step = int(st["step"])
             return list(own)
+        if any(k in own and own[k].shape != v.shape and v.dim() == own[k].dim()
+               and all(a <= b for a, b in zip(v.shape, own[k].shape, strict=True)) for k, v in weights.items()):
+            try:  # a narrower model of the same layout: embedded, computing what it computed
+                names = embed_narrower(self.model, weights)
+            except ValueError as exc:
+                raise TrainError(f"{path}: {exc}") from None
+            self.log(f"init from {path}: {len(names)} of {len(own)} tensors embedded (narrower model)")
+            return names
         taken = {k: v for k, v in weights.items()
                  if k.startswith(("g_a.", "g_s.")) and k in own and own[k].shape == v.shape}
         if not taken:

@@ -1,0 +1,14 @@
+#!/usr/bin/env bash
+# Measure everything docs/benchmarks.md reports and write it there, in one line from a clean
+# checkout (pip install ".[metrics]" first):
+#
+#   bash benchmarks/regenerate_docs.sh H&E_VAL_FOLDER
+#
+# every classical codec's sweep and every model of the current zoo on the folder's images, fp32,
+# one thread (docs/bench/val: results.csv, summary.json, report.md, plots, visual comparison),
+# then the generated blocks of docs/benchmarks.md from those results (benchmarks/benchmarks_doc.py).
+set -eu
+[ $# -eq 1 ] || { echo "usage: $0 H&E_VAL_FOLDER" >&2; exit 2; }
+cd "$(dirname "$0")/.."
+OMP_NUM_THREADS=1 wsicodec bench "$1" --out docs/bench/val --threads 1 --precision fp32 -q
+python benchmarks/benchmarks_doc.py docs/bench/val/results.csv docs/benchmarks.md
