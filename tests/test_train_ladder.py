@@ -68,6 +68,7 @@ def test_steps_validation_export_and_resume(data_dir, tmp_path):
     assert [int(r["point"]) for r in rows] == [0, 1, 2] and [float(r["lambda"]) for r in rows] == LADDER
     bpp = [float(r["bpp"]) for r in rows]
     assert bpp[0] < bpp[1] < bpp[2]  # the gains' starting rates already order the points
+    assert all(float(r["psnr_unquantized"]) > 0 for r in rows)
     a.save()
 
     b = Trainer.from_checkpoint(tmp_path / "a")

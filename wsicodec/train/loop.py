@@ -154,6 +154,27 @@ def validate(model: nn.Module, images: list[torch.Tensor], point: int | None = N
     return {"bpp": bits / max(pixels, 1), "psnr": float(np.mean(psnrs)), "ms_ssim": ssim}
 
 
+@torch.no_grad()
+def transform_ceiling(model: nn.Module, images: list[torch.Tensor], point: int | None = None) -> float:
+    """Mean PSNR of ``g_s(g_a(x))`` without quantization (a variable-rate model: through its
+    gain and inverse gain at ``point``): the most any rate can buy from these transforms. A model
+    whose coded PSNR stalls just below it is limited by its transforms, not by its bits."""
+    was_training = model.training
+    model.eval()
+    device = next(model.parameters()).device
+    psnrs = []
+    for x in images:
+        x = x.to(device)
+        y = model.g_a(x)
+        if point is not None:
+            gain, inverse = model.gains(point)
+            y = y * gain * inverse
+        x8, y8 = (x * 255).round(), (model.g_s(y).clamp(0, 1) * 255).round()
+        psnrs.append(10 * math.log10(255**2 / max(torch.mean((x8 - y8) ** 2).item(), 1e-10)))
+    model.train(was_training)
+    return float(np.mean(psnrs))
+
+
 class Trainer:
     def __init__(self, cfg: TrainConfig, log: Callable[[str], None] = print):
         self.created = time.monotonic()  # --wall-minutes counts from here (data loading included)
@@ -440,6 +461,7 @@ class Trainer:
             self.best = obj
             torch.save({"model": self.model.state_dict(), "step": self.step}, self.out / "best_model.pt")
         row = {"step": self.step, **{k: round(x, 5) for k, x in v.items()}, "objective": round(obj, 5),
+               "psnr_unquantized": round(transform_ceiling(self.model, self.val), 5),
                "lr": self.opt.param_groups[-1]["lr"], "train_minutes": round(self.train_seconds / 60, 2),
                "time": round(time.time())}
         self._log_row("val_log.csv", row)
@@ -460,7 +482,8 @@ class Trainer:
                   "time": round(time.time())}
         for k, (lmbda, v) in enumerate(zip(self.ladder, points, strict=True)):
             row = {"step": self.step, "point": k, "lambda": lmbda, **{key: round(x, 5) for key, x in v.items()},
-                   "objective": round(rate_ladder.objective(lmbda, v), 5), **common}
+                   "objective": round(rate_ladder.objective(lmbda, v), 5),
+                   "psnr_unquantized": round(transform_ceiling(self.model, self.val, k), 5), **common}
             self._log_row("val_log.csv", row)
             self.log("val " + json.dumps(row))
         return {"objective": obj}
