@@ -28,8 +28,8 @@ def _zero_gamma_value(gdn: nn.Module) -> torch.Tensor:
 def embed_narrower(model: nn.Module, narrow: Mapping[str, torch.Tensor]) -> list[str]:
     """Copy ``narrow`` (a state dict) into ``model``'s convolutions, transposed convolutions and
     GDNs of the same names, each into its leading channels, zeroing the weights from new inputs
-    into old outputs. Tensors of equal shape elsewhere (entropy models of the same width) are copied
-    as they are. Returns the names of the tensors taken; raises ``ValueError`` when nothing fits."""
+    into old outputs. Elsewhere (the entropy models' per-channel parameters) the narrow model's
+    channels go into the leading rows. Returns the names of the tensors taken; raises ``ValueError`` when nothing fits."""
     taken: list[str] = []
     own = model.state_dict()
     with torch.no_grad():
@@ -63,11 +63,14 @@ def embed_narrower(model: nn.Module, narrow: Mapping[str, torch.Tensor]) -> list
                 module.gamma[:c, c:] = _zero_gamma_value(module)  # new channels do not normalise old ones
                 module.beta[:c] = old_beta
                 taken += [prefix + "gamma", prefix + "beta"]
+        # the rest (entropy models' parameters, one row per channel): equal shapes copied, a
+        # narrower model's channels into the leading rows
         rest = {k: v for k, v in narrow.items()
-                if k not in taken and k in own and own[k].shape == v.shape
+                if k not in taken and k in own and v.dim() == own[k].dim() and v.dim() > 0
+                and v.shape[1:] == own[k].shape[1:] and v.shape[0] <= own[k].shape[0]
                 and not k.endswith(("gamma", "beta")) and not k.endswith(("weight", "bias"))}
         for k, v in rest.items():
-            own[k].copy_(v)
+            own[k][: v.shape[0]].copy_(v)
         taken += list(rest)
     if not taken:
         raise ValueError("no layer of the narrow model fits the wide one")
