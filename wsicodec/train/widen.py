@@ -29,7 +29,8 @@ def embed_narrower(model: nn.Module, narrow: Mapping[str, torch.Tensor]) -> list
     """Copy ``narrow`` (a state dict) into ``model``'s convolutions, transposed convolutions and
     GDNs of the same names, each into its leading channels, zeroing the weights from new inputs
     into old outputs. Elsewhere (the entropy models' per-channel parameters) the narrow model's
-    channels go into the leading rows. Returns the names of the tensors taken; raises ``ValueError`` when nothing fits."""
+    channels go into the leading rows. Returns the names of the tensors taken; raises
+    ``ValueError`` when nothing fits."""
     taken: list[str] = []
     own = model.state_dict()
     with torch.no_grad():
