@@ -33,10 +33,10 @@ def _pct(v: float | None) -> str:
     return "n/a" if v is None else f"{v:+.1f} %".replace("-", "−")
 
 
-def headline(summary: dict, metric: str = "psnr") -> str:
+def headline(summary: dict, whole: dict, upper: dict, metric: str = "psnr") -> str:
     """One line per wsicodec curve: its rate span, BD-rate on ``metric`` against every classical
-    codec over the whole overlap and over the upper half, and its best figures."""
-    whole, upper = bd_table(summary, [metric]), bd_table(summary, [metric], upper=True)
+    codec over the whole overlap (``whole``, a :func:`bd_table`) and over the upper half
+    (``upper``), and its best figures."""
     lines = []
     for c in (c for c in summary if c.startswith("wsicodec")):
         pts = summary[c]["points"]
@@ -57,7 +57,7 @@ def headline(summary: dict, metric: str = "psnr") -> str:
     return "\n".join(lines)
 
 
-def results_block(results: Path, doc: Path, summary: dict, metrics: list[str]) -> str:
+def results_block(results: Path, doc: Path, summary: dict, metrics: list[str], whole: dict, upper: dict) -> str:
     rel = Path(os.path.relpath(results.parent, doc.parent))
     parts = [f"Full output: [`report.md`]({rel}/report.md), [`results.csv`]({rel}/results.csv), "
              f"[`summary.json`]({rel}/summary.json).", ""]
@@ -72,7 +72,7 @@ def results_block(results: Path, doc: Path, summary: dict, metrics: list[str]) -
             ranges.append(f"{ANCHOR_NAMES[a]} {r[0]:.2f}–{r[1]:.2f} dB")
     if ranges:
         parts += [f"The upper half's PSNR ranges (each anchor's quality 70–95): {', '.join(ranges)}.", ""]
-    parts.append(result_tables(summary, metrics, level=3))
+    parts.append(result_tables(summary, metrics, whole, upper, level=3))
     return "\n".join(parts)
 
 
@@ -95,8 +95,9 @@ def main() -> None:
     summary = average_curves(rows, metrics)
     plot_results(args.results, metrics=metrics)
     text = args.doc.read_text()
-    text = replace_block(text, "headline", headline(summary))
-    text = replace_block(text, "results", results_block(args.results, args.doc, summary, metrics))
+    whole, upper = bd_table(summary, metrics), bd_table(summary, metrics, upper=True)
+    text = replace_block(text, "headline", headline(summary, whole, upper))
+    text = replace_block(text, "results", results_block(args.results, args.doc, summary, metrics, whole, upper))
     args.doc.write_text(text)
     print(f"{args.doc}: generated blocks rewritten from {args.results}", file=sys.stderr)
 

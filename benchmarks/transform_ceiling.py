@@ -10,18 +10,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 from pathlib import Path
 
 import torch
 
 from wsicodec.models import build_model, list_models
-from wsicodec.train.loop import Trainer, _val_images, transform_ceiling
-
-
-def _psnr(x: torch.Tensor, y: torch.Tensor) -> float:
-    x8, y8 = (x * 255).round(), (y.clamp(0, 1) * 255).round()
-    return 10 * math.log10(255**2 / max(torch.mean((x8 - y8) ** 2).item(), 1e-10))
+from wsicodec.train.loop import Trainer, _val_images, psnr8, transform_ceiling
 
 
 def load(path: Path, val: list[str]) -> tuple[torch.nn.Module, int | None]:
@@ -43,12 +37,13 @@ def measure(model: torch.nn.Module, images: list[torch.Tensor], keep: int | None
     rounded, kept = [], []
     for x in images:
         y = model.g_a(x) * gain
-        rounded.append(_psnr(x, model.g_s(torch.round(y) * inverse)))
+        x8 = (x * 255).round()
+        rounded.append(psnr8(x8, (model.g_s(torch.round(y) * inverse).clamp(0, 1) * 255).round()))
         if keep is not None:
             y = y.clone()
             y[:, keep:] = 0
-            kept.append(_psnr(x, model.g_s(y * inverse)))
-    out = {"point": point, "psnr_unquantized": transform_ceiling(model, images, point),
+            kept.append(psnr8(x8, (model.g_s(y * inverse).clamp(0, 1) * 255).round()))
+    out = {"point": point, "psnr_unquantized": transform_ceiling(model, images, [point])[0],
            "psnr_rounded": sum(rounded) / len(rounded)}
     if kept:
         out[f"psnr_unquantized_first_{keep}_latents"] = sum(kept) / len(kept)

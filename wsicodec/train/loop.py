@@ -20,7 +20,7 @@ import os
 import random
 import signal
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -146,33 +146,42 @@ def validate(model: nn.Module, images: list[torch.Tensor], point: int | None = N
         pixels += x.shape[2] * x.shape[3]
         x_hat = model.decompress(enc["strings"], enc["shape"], *at)["x_hat"].clamp(0, 1)
         x8, y8 = (x * 255).round(), (x_hat * 255).round()
-        mse = torch.mean((x8 - y8) ** 2).item()
-        psnrs.append(10 * math.log10(255**2 / max(mse, 1e-10)))
+        psnrs.append(psnr8(x8, y8))
         ssims.append(ms_ssim(x8, y8, data_range=255).item() if min(x.shape[2:]) >= 161 else float("nan"))
     model.train(was_training)
     ssim = float(np.nanmean(ssims)) if not np.isnan(ssims).all() else float("nan")  # crops < 161 px: none
     return {"bpp": bits / max(pixels, 1), "psnr": float(np.mean(psnrs)), "ms_ssim": ssim}
 
 
+def psnr8(x8: torch.Tensor, y8: torch.Tensor) -> float:
+    """PSNR (dB) of two images already rounded to 8-bit levels (values 0–255)."""
+    return 10 * math.log10(255**2 / max(torch.mean((x8 - y8) ** 2).item(), 1e-10))
+
+
 @torch.no_grad()
-def transform_ceiling(model: nn.Module, images: list[torch.Tensor], point: int | None = None) -> float:
-    """Mean PSNR of ``g_s(g_a(x))`` without quantization (a variable-rate model: through its
-    gain and inverse gain at ``point``): the most any rate can buy from these transforms. A model
-    whose coded PSNR stalls just below it is limited by its transforms, not by its bits."""
+def transform_ceiling(model: nn.Module, images: list[torch.Tensor],
+                      points: Sequence[int | None] = (None,)) -> list[float]:
+    """Mean PSNR of ``g_s(g_a(x))`` without quantization, one figure per entry of ``points``
+    (None: no gains; a variable-rate model's point ``k``: through its gain and inverse gain): the
+    most any rate can buy from these transforms. A model whose coded PSNR stalls just below it is
+    limited by its transforms, not by its bits. The analysis runs once per image for all points."""
     was_training = model.training
     model.eval()
     device = next(model.parameters()).device
-    psnrs = []
+    psnrs: list[list[float]] = [[] for _ in points]
     for x in images:
         x = x.to(device)
         y = model.g_a(x)
-        if point is not None:
-            gain, inverse = model.gains(point)
-            y = y * gain * inverse
-        x8, y8 = (x * 255).round(), (model.g_s(y).clamp(0, 1) * 255).round()
-        psnrs.append(10 * math.log10(255**2 / max(torch.mean((x8 - y8) ** 2).item(), 1e-10)))
+        x8 = (x * 255).round()
+        for out, point in zip(psnrs, points, strict=True):
+            if point is None:
+                y_p = y
+            else:
+                gain, inverse = model.gains(point)
+                y_p = y * gain * inverse
+            out.append(psnr8(x8, (model.g_s(y_p).clamp(0, 1) * 255).round()))
     model.train(was_training)
-    return float(np.mean(psnrs))
+    return [float(np.mean(p)) for p in psnrs]
 
 
 class Trainer:
@@ -461,7 +470,7 @@ class Trainer:
             self.best = obj
             torch.save({"model": self.model.state_dict(), "step": self.step}, self.out / "best_model.pt")
         row = {"step": self.step, **{k: round(x, 5) for k, x in v.items()}, "objective": round(obj, 5),
-               "psnr_unquantized": round(transform_ceiling(self.model, self.val), 5),
+               "psnr_unquantized": round(transform_ceiling(self.model, self.val)[0], 5),
                "lr": self.opt.param_groups[-1]["lr"], "train_minutes": round(self.train_seconds / 60, 2),
                "time": round(time.time())}
         self._log_row("val_log.csv", row)
@@ -480,10 +489,11 @@ class Trainer:
             torch.save({"model": self.model.state_dict(), "step": self.step}, self.out / "best_model.pt")
         common = {"lr": self.opt.param_groups[-1]["lr"], "train_minutes": round(self.train_seconds / 60, 2),
                   "time": round(time.time())}
-        for k, (lmbda, v) in enumerate(zip(self.ladder, points, strict=True)):
+        ceilings = transform_ceiling(self.model, self.val, range(len(self.ladder)))
+        for k, (lmbda, v, ceiling) in enumerate(zip(self.ladder, points, ceilings, strict=True)):
             row = {"step": self.step, "point": k, "lambda": lmbda, **{key: round(x, 5) for key, x in v.items()},
                    "objective": round(rate_ladder.objective(lmbda, v), 5),
-                   "psnr_unquantized": round(transform_ceiling(self.model, self.val, k), 5), **common}
+                   "psnr_unquantized": round(ceiling, 5), **common}
             self._log_row("val_log.csv", row)
             self.log("val " + json.dumps(row))
         return {"objective": obj}
