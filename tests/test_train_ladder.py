@@ -3,12 +3,14 @@ model card listing the points, exact resume."""
 from __future__ import annotations
 
 import csv
+import math
 
 import numpy as np
 import pytest
 import torch
 from PIL import Image
 
+from wsicodec.errors import TrainError
 from wsicodec.train import TrainConfig, Trainer
 from wsicodec.train.ladder import DEFAULT_LADDER, ladder_of
 
@@ -28,9 +30,9 @@ def data_dir(tmp_path):
     return d
 
 
-def _cfg(data_dir, out, **kw):
+def _cfg(data_dir, out, lambdas=LADDER, **kw):
     return TrainConfig(data=[str(data_dir)], out=str(out), architecture="mbt2018-mean-gain", N=8, M=16,
-                       lambdas=LADDER, params=PARAMS, patch=64, batch=4, lr=3e-3, steps=100, val_every=1000,
+                       lambdas=lambdas, params=PARAMS, patch=64, batch=4, lr=3e-3, steps=100, val_every=1000,
                        val=[str(data_dir)], val_crop=192, **kw)
 
 
@@ -84,6 +86,35 @@ def test_steps_validation_export_and_resume(data_dir, tmp_path):
     model, loaded = load_model("mini-vbr", tmp_path / "models")
     assert loaded.operating_points == card.operating_points and model.log_gain.shape == (3, 16)
 
+
+
+def test_gains_carry_to_another_ladder():
+    from wsicodec.models.gained import log_gains_for_ladder
+
+    logs = torch.tensor([[0.0, 1.0], [2.0, 5.0]])  # points at λ 1 and λ 100, two channels
+    carried = log_gains_for_ladder(logs, [1.0, 100.0], [0.01, 1.0, 10.0, 100.0, 1e4])
+    assert torch.allclose(carried[1], logs[0]) and torch.allclose(carried[3], logs[1])
+    assert torch.allclose(carried[2], (logs[0] + logs[1]) / 2)  # halfway in log λ
+    shift = 0.5 * math.log(100.0)  # beyond the ends: the high-rate slope, not the learned one
+    assert torch.allclose(carried[0], logs[0] - shift) and torch.allclose(carried[4], logs[1] + shift)
+    with pytest.raises(ValueError, match="increasing"):
+        log_gains_for_ladder(logs, [100.0, 1.0], [1.0])
+
+
+def test_fine_tune_at_another_ladder_keeps_the_transforms(data_dir, tmp_path):
+    torch.manual_seed(0)
+    a = Trainer(_cfg(data_dir, tmp_path / "a"))
+    a.train_step()
+    a.save()
+    b = Trainer(_cfg(data_dir, tmp_path / "b", lambdas=[0.02, 2.0]))
+    b.init_weights_from(tmp_path / "a" / "checkpoint.pt")
+    assert torch.equal(b.model.g_a[0].weight, a.model.g_a[0].weight)
+    assert b.model.log_gain.shape == (2, 16)
+    assert torch.allclose(b.model.log_gain[0], a.model.log_gain[1])  # λ 0.02 was trained
+    assert torch.allclose(b.model.log_gain[1], a.model.log_gain[2] + 0.5 * math.log(10.0))
+    torch.save(a.model.state_dict(), tmp_path / "bare.pt")  # a model file: its ladder is unknown
+    with pytest.raises(TrainError, match="ladder is unknown"):
+        b.init_weights_from(tmp_path / "bare.pt")
 
 def test_single_rate_config_builds_the_same_model_as_before(data_dir, tmp_path):
     from wsicodec.models import build_model

@@ -26,7 +26,7 @@ from compressai.models import MeanScaleHyperprior
 from compressai.models.utils import conv, deconv
 from torch import nn
 
-__all__ = ["GainedMeanScaleHyperprior", "initial_log_gains"]
+__all__ = ["GainedMeanScaleHyperprior", "initial_log_gains", "log_gains_for_ladder"]
 
 
 def initial_log_gains(lambdas: Sequence[float]) -> torch.Tensor:
@@ -35,6 +35,31 @@ def initial_log_gains(lambdas: Sequence[float]) -> torch.Tensor:
     gain (1/Δ) starts at ``sqrt(λ_k / λ_ref)``, ``λ_ref`` the ladder's geometric middle."""
     logs = torch.tensor([math.log(v) for v in lambdas], dtype=torch.float64)
     return (0.5 * (logs - logs.mean())).float()
+
+
+
+def log_gains_for_ladder(log_gains: torch.Tensor, lambdas: Sequence[float], new_lambdas: Sequence[float],
+                         slope: float = 0.5) -> torch.Tensor:
+    """A trained model's per-channel log gains (K, M) at ``lambdas`` carried to another λ ladder
+    (K', M): piecewise linear in log λ between trained points; beyond the ends, the nearest end's
+    gains moved by ``slope`` · Δ log λ (the high-rate slope of :func:`initial_log_gains`; ``-0.5``
+    for the inverse gains), not the learned slope, which need not hold outside the trained range."""
+    if len(lambdas) != log_gains.shape[0]:
+        raise ValueError(f"{len(lambdas)} λ values for {log_gains.shape[0]} operating points")
+    xs = [math.log(v) for v in lambdas]
+    if any(b <= a for a, b in zip(xs[:-1], xs[1:], strict=True)):
+        raise ValueError(f"λ ladder not increasing: {list(lambdas)}")
+    rows = []
+    for lam in new_lambdas:
+        x = math.log(lam)
+        if x <= xs[0] or x >= xs[-1]:
+            end = 0 if x <= xs[0] else len(xs) - 1
+            rows.append(log_gains[end] + slope * (x - xs[end]))
+        else:
+            k = max(i for i, v in enumerate(xs) if v <= x)
+            t = (x - xs[k]) / (xs[k + 1] - xs[k])
+            rows.append(log_gains[k] * (1 - t) + log_gains[k + 1] * t)
+    return torch.stack(rows)
 
 
 class GainedMeanScaleHyperprior(MeanScaleHyperprior):

@@ -30,6 +30,7 @@ from torch import nn
 
 from wsicodec.errors import TrainError
 from wsicodec.models import ModelCard, build_model, save_model
+from wsicodec.models.gained import log_gains_for_ladder
 from wsicodec.train import ladder as rate_ladder
 from wsicodec.train.data import CropSampler, find_inputs, load_images, load_rgb
 from wsicodec.train.device import Precision, compile_model, resolve_device, step_clock
@@ -320,6 +321,8 @@ class Trainer:
         weights = st["model"] if "model" in st else st
         own = self.model.state_dict()
         if set(weights) == set(own):
+            if weights.get("log_gain") is not None and weights["log_gain"].shape != own["log_gain"].shape:
+                weights = self._regained(path, st, weights)
             self.model.load_state_dict(weights)
             if continue_steps and "step" in st:
                 self.step = self.start_step = int(st["step"])
@@ -339,6 +342,23 @@ class Trainer:
         nn.Module.load_state_dict(self.model, taken, strict=False)  # not compressai's buffer-resizing override
         self.log(f"init from {path}: {len(taken)} of {len(own)} tensors (same name and shape)")
         return list(taken)
+
+    def _regained(self, path: Path, st: dict, weights: dict) -> dict:
+        """A variable-rate model's weights with its gains carried to this run's λ ladder
+        (:func:`wsicodec.models.gained.log_gains_for_ladder`): a fine-tune at other rates."""
+        source = st.get("config") or {}
+        if "architecture" not in source:
+            raise TrainError(f"{path}: its λ ladder is unknown (a model file); start from a run's "
+                             "checkpoint.pt or weights.pt to change the ladder")
+        old = rate_ladder.ladder_of(source["architecture"], source.get("lambdas") or [])
+        new = self.cfg.ladder
+        try:
+            gains = log_gains_for_ladder(weights["log_gain"], old, new)
+            inverse = log_gains_for_ladder(weights["log_inverse_gain"], old, new, slope=-0.5)
+        except ValueError as exc:
+            raise TrainError(f"{path}: {exc}") from None
+        self.log(f"init from {path}: gains carried from λ {old} to λ {new}")
+        return {**weights, "log_gain": gains, "log_inverse_gain": inverse}
 
     def save_weights(self, path: Path | None = None) -> Path:
         """A small file to carry a run across machines: weights, step and config, no optimiser
