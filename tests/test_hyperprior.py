@@ -56,9 +56,11 @@ def _reference_h_s(h_s, z: np.ndarray) -> np.ndarray:
     return a
 
 
-def test_integer_hyper_decoder_is_exact_and_close_to_float():
+@pytest.mark.parametrize("h_kernel", [3, 1])
+def test_integer_hyper_decoder_is_exact_and_close_to_float(h_kernel):
     torch.manual_seed(0)
-    m = build_model("mbt2018-mean", N=8, M=12).eval()
+    m = build_model("mbt2018-mean", N=8, M=12, h_kernel=h_kernel).eval()
+    assert m.h_s[4].kernel_size == (h_kernel, h_kernel)
     rng = np.random.default_rng(0)
     z = rng.integers(-6000, 6000, (3, 8, 4, 5))
     got = IntegerHyperDecoder(m.h_s)(z)
@@ -92,7 +94,23 @@ def _tiny_hyper(tiny_models):
 
 def test_hyper_chunk_round_trip_and_damage(tiny_models):
     model, _ = _tiny_hyper(tiny_models)
-    hm = HyperEntropyModel(model)
+    _round_trip_and_damage(HyperEntropyModel(model))
+
+
+def test_hyper_chunk_round_trip_with_a_1x1_hyper_decoder(tmp_path):
+    from wsicodec.models import ModelCard, save_model
+
+    torch.manual_seed(2)
+    m = build_model("mbt2018-mean", N=8, M=8, h_kernel=1)
+    with torch.no_grad():
+        m.h_a[0].weight.mul_(0.2)
+    save_model(m, ModelCard(name="h1", architecture="mbt2018-mean", params={"N": 8, "M": 8, "h_kernel": 1}), tmp_path)
+    model, card = load_model("h1", tmp_path)
+    assert model.h_s[4].kernel_size == (1, 1) and card.params["h_kernel"] == 1
+    _round_trip_and_damage(HyperEntropyModel(model))
+
+
+def _round_trip_and_damage(hm) -> None:
     rng = np.random.default_rng(1)
     y = rng.normal(0, 6, (8, 8, 12)).astype(np.float32)
     y_fp = np.rint(y * 2**ACT_BITS).astype(np.int32)

@@ -16,19 +16,20 @@ def perturbed_models(tmp_path_factory):
     """One model of each architecture with every parameter randomised (GDN's β and γ included,
     which an untrained model keeps at their initial values), saved as shipped models are."""
     d = tmp_path_factory.mktemp("perturbed")
-    for i, (arch, name) in enumerate([("bmshj2018-factorized", "pf"), ("mbt2018-mean", "ph")]):
+    for i, (arch, name, extra) in enumerate([("bmshj2018-factorized", "pf", {}), ("mbt2018-mean", "ph", {}),
+                                             ("mbt2018-mean", "ph1", {"h_kernel": 1})]):
         torch.manual_seed(10 + i)
-        m = build_model(arch, N=8, M=12)
+        m = build_model(arch, N=8, M=12, **extra)
         with torch.no_grad():
             for key, p in m.named_parameters():
                 if key.startswith(("g_", "h_")):
                     p.mul_(1 + 0.3 * torch.rand_like(p)).add_(0.01 * torch.randn_like(p))
             m.g_a[-1].weight.mul_(20)
-        save_model(m, ModelCard(name=name, architecture=arch, params={"N": 8, "M": 12}), d)
+        save_model(m, ModelCard(name=name, architecture=arch, params={"N": 8, "M": 12, **extra}), d)
     return d
 
 
-@pytest.mark.parametrize("name", ["pf", "ph"])
+@pytest.mark.parametrize("name", ["pf", "ph", "ph1"])
 def test_inference_networks_equal_compressai_bit_for_bit(perturbed_models, name):
     from wsicodec.codec import EntropyTables
 
@@ -65,6 +66,11 @@ def test_weights_of_another_shape_are_a_model_error(perturbed_models, tmp_path):
     with pytest.raises(ModelError, match="do not fit"):
         load_model("pf", tmp_path)
 
+
+
+def test_an_unknown_hyper_decoder_kernel_is_a_model_error():
+    with pytest.raises(ModelError, match="h_kernel 1 or 3"):
+        build_model("mbt2018-mean", N=8, M=12, h_kernel=5)
 
 def test_running_a_model_does_not_import_compressai(tiny_models):
     """Loading a model, encoding, decoding and the hyperprior's chunk codec in a fresh process:

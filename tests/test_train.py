@@ -133,6 +133,29 @@ def test_hyperprior_warm_starts_from_a_factorized_model_and_learns(data_dir, tmp
     assert v["bpp"] > 0 and v["psnr"] > 10
 
 
+
+def test_entropy_model_alone_learns_a_1x1_hyper_decoder_on_fixed_transforms(data_dir, tmp_path):
+    torch.manual_seed(0)
+    base = Trainer(_cfg(data_dir, tmp_path / "base", architecture="mbt2018-mean"))
+    base.run(max_steps=20)
+    base.save()
+    t = Trainer(_cfg(data_dir, tmp_path / "h1", architecture="mbt2018-mean", params={"h_kernel": 1},
+                     freeze_transforms=True))
+    t.init_weights_from(tmp_path / "base" / "checkpoint.pt")
+    three = base.model.h_s[4].weight
+    assert t.model.h_s[4].weight.shape == (*three.shape[:2], 1, 1)
+    assert torch.allclose(t.model.h_s[4].weight[..., 0, 0], three.sum(dim=(2, 3)))  # the taps' sum
+    g_a, g_s = ([p.detach().clone() for p in m.parameters()] for m in (t.model.g_a, t.model.g_s))
+    terms = [t.train_step() for _ in range(40)]
+    assert all(r["mse"] == 0 and r["loss"] == r["bpp"] for r in terms)  # the rate alone
+    assert np.mean([r["bpp"] for r in terms[-10:]]) < np.mean([r["bpp"] for r in terms[:10]])
+    assert all(torch.equal(a, b) for a, b in zip(g_a, t.model.g_a.parameters(), strict=True))
+    assert all(torch.equal(a, b) for a, b in zip(g_s, t.model.g_s.parameters(), strict=True))
+    v = t.validate_and_schedule()
+    assert v["bpp"] > 0 and v["psnr"] > 10
+    with pytest.raises(ValueError, match="single-rate mbt2018-mean"):
+        Trainer(_cfg(data_dir, tmp_path / "f", freeze_transforms=True))
+
 def test_bf16_training_keeps_fp32_weights_and_validates_in_fp32(data_dir, tmp_path):
     from wsicodec.train.device import set_transform_precision as _set_precision
     from wsicodec.train.loop import validate

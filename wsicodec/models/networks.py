@@ -106,14 +106,16 @@ class Factorized(nn.Module):
 
 class MeanScale(Factorized):
     """mbt2018-mean (Minnen et al. 2018): the same g_a / g_s, h_a / h_s predicting a Gaussian mean
-    and scale for every latent, the factorized prior now on the side information z."""
+    and scale for every latent, the factorized prior now on the side information z. ``h_kernel``:
+    the kernel of ``h_s``'s last layer (3 as published; 1 for a cheaper integer hyper-decoder,
+    whose float64 sums of that layer are most of its work at 3x3)."""
 
-    def __init__(self, N: int = 64, M: int = 96):
+    def __init__(self, N: int = 64, M: int = 96, h_kernel: int = 3):
         super().__init__(N, M)
         lrelu = nn.LeakyReLU  # inplace as in training: the same values
         self.h_a = nn.Sequential(conv(M, N, 3, 1), lrelu(inplace=True), conv(N, N), lrelu(inplace=True), conv(N, N))
         self.h_s = nn.Sequential(deconv(N, M), lrelu(inplace=True), deconv(M, M * 3 // 2), lrelu(inplace=True),
-                                 conv(M * 3 // 2, M * 2, 3, 1))
+                                 conv(M * 3 // 2, M * 2, h_kernel, 1))
         self.gaussian_conditional = FrozenEntropyModel(GAUSSIAN_TABLES)
 
 

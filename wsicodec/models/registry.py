@@ -36,10 +36,20 @@ def _factorized(N: int = 128, M: int = 192) -> nn.Module:
     return FactorizedPrior(N=N, M=M)
 
 
-def _mean_scale(N: int = 64, M: int = 96) -> nn.Module:
+def _mean_scale(N: int = 64, M: int = 96, h_kernel: int = 3) -> nn.Module:
     from compressai.models import MeanScaleHyperprior
+    from compressai.models.utils import conv
 
-    return MeanScaleHyperprior(N=N, M=M)
+    model = MeanScaleHyperprior(N=N, M=M)
+    if h_kernel != 3:  # h_s's last layer: 1x1 costs the integer hyper-decoder a third of 3x3
+        model.h_s[4] = conv(M * 3 // 2, M * 2, kernel_size=_check_h_kernel(h_kernel), stride=1)
+    return model
+
+
+def _check_h_kernel(k: int) -> int:
+    if k not in (1, 3):
+        raise ModelError(f"h_kernel={k}: the hyper-decoder's last layer is 1x1 or 3x3 (h_kernel 1 or 3)")
+    return k
 
 
 def _gained(N: int = 128, M: int = 320, N_s1: int = 96, N_s: int = 48, H: int = 192, K: int = 8,
@@ -55,10 +65,10 @@ def _factorized_net(N: int = 128, M: int = 192) -> nn.Module:
     return Factorized(N=N, M=M)
 
 
-def _mean_scale_net(N: int = 64, M: int = 96) -> nn.Module:
+def _mean_scale_net(N: int = 64, M: int = 96, h_kernel: int = 3) -> nn.Module:
     from wsicodec.models.networks import MeanScale
 
-    return MeanScale(N=N, M=M)
+    return MeanScale(N=N, M=M, h_kernel=_check_h_kernel(h_kernel))
 
 
 def _gained_net(N: int = 128, M: int = 320, N_s1: int = 96, N_s: int = 48, H: int = 192, K: int = 8) -> nn.Module:

@@ -76,6 +76,7 @@ class TrainConfig:
     lambdas: list[float] = field(default_factory=list)  # a variable-rate model's λ ladder (empty: ladder.py's)
     params: dict = field(default_factory=dict)           # architecture parameters beyond N and M (e.g. N_s)
     default_point: int = -1          # a variable-rate model's default operating point (-1: the ladder's middle)
+    freeze_transforms: bool = False  # train the entropy model alone on fixed g_a / g_s (the rate only)
 
     @property
     def ladder(self) -> list[float] | None:
@@ -113,6 +114,34 @@ def _rd_loss(model: nn.Module, x: torch.Tensor, lmbda: float, psi: float,
         feat = feature(x, x_hat.clamp(0, 1))
     loss = lmbda * 255**2 * (mse + psi * feat) + bpp
     return {"loss": loss, "bpp": bpp, "mse": mse, "feat": feat}
+
+
+def _rate_loss(model: nn.Module, x: torch.Tensor) -> dict[str, torch.Tensor]:
+    """The bits alone of a mean-scale hyperprior on fixed transforms: what its entropy model
+    (h_a, h_s, the priors) can change. g_s never runs: in training the latents are y plus uniform
+    noise whatever the entropy model predicts, so the distortion does not depend on it."""
+    with torch.no_grad():
+        y = model.g_a(x)
+    z_hat, z_likelihoods = model.entropy_bottleneck(model.h_a(y))
+    scales, means = model.h_s(z_hat).chunk(2, 1)
+    _, y_likelihoods = model.gaussian_conditional(y, scales, means=means)
+    n_pix = x.shape[0] * x.shape[2] * x.shape[3]
+    bpp = (torch.log(y_likelihoods).sum() + torch.log(z_likelihoods).sum()) / (-math.log(2) * n_pix)
+    zero = torch.zeros((), device=x.device)
+    return {"loss": bpp, "bpp": bpp, "mse": zero, "feat": zero}
+
+
+def _kernels_to_1x1(weights: dict, own: dict) -> dict:
+    """Weights of the same architecture whose convolutions of some layer are k x k where this
+    model's are 1x1 (``h_kernel``): each 1x1 kernel starts as the sum of the k x k taps, the same
+    output on a locally constant input."""
+    out = dict(weights)
+    for k, v in weights.items():
+        mine = own.get(k)
+        if (mine is not None and mine.dim() == 4 and v.dim() == 4 and mine.shape != v.shape
+                and mine.shape[:2] == v.shape[:2] and mine.shape[2:] == (1, 1)):
+            out[k] = v.sum(dim=(2, 3), keepdim=True)
+    return out
 
 
 def _val_images(paths: list[str], crop: int) -> list[torch.Tensor]:
@@ -211,6 +240,13 @@ class Trainer:
         params = {n for n, p in self.model.named_parameters() if not n.endswith(".quantiles")}
         named = dict(self.model.named_parameters())
         transforms = sorted(n for n in params if n.startswith(("g_a.", "g_s.")))
+        if cfg.freeze_transforms:
+            if self.ladder or cfg.architecture != "mbt2018-mean":
+                raise ValueError("--freeze-transforms trains a single-rate mbt2018-mean's entropy model")
+            for n in transforms:
+                named[n].requires_grad_(False)
+            params -= set(transforms)
+            transforms = []
         rest = sorted(params - set(transforms))
         if cfg.transform_lr > 0 and transforms and rest:  # slower transforms, faster entropy model
             self.opt = torch.optim.Adam([{"params": [named[n] for n in transforms], "lr": cfg.transform_lr},
@@ -323,6 +359,7 @@ class Trainer:
         if set(weights) == set(own):
             if weights.get("log_gain") is not None and weights["log_gain"].shape != own["log_gain"].shape:
                 weights = self._regained(path, st, weights)
+            weights = _kernels_to_1x1(weights, own)
             self.model.load_state_dict(weights)
             if continue_steps and "step" in st:
                 self.step = self.start_step = int(st["step"])
@@ -408,6 +445,8 @@ class Trainer:
         self.aux_opt.zero_grad(set_to_none=True)
         if self.ladder:  # a variable-rate model: each element at a point of the ladder
             terms = rate_ladder.ladder_loss(self.model, x, self.ladder)
+        elif cfg.freeze_transforms:
+            terms = _rate_loss(self.model, x)
         else:
             terms = _rd_loss(self.model, x, cfg.lmbda, cfg.psi_at(self.step, self.start_step), self.feature)
         self.precision.backward_and_step(terms["loss"], self.opt,
