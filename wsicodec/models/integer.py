@@ -100,6 +100,9 @@ class IntegerHyperDecoder:
 def _conv(a: np.ndarray, layer: _Layer) -> np.ndarray:
     B, C, H, W = a.shape
     k, s, p = layer.k, layer.stride, layer.pad
+    if k == 1 and s == 1 and p == 0:  # a 1x1 convolution is one matrix product, no columns to gather
+        cols = a.reshape(B, C, H * W).astype(np.float64)
+        return np.matmul(layer.weight, cols).astype(np.int64).reshape(B, layer.c_out, H, W)
     padded = np.pad(a, ((0, 0), (0, 0), (p, p), (p, p))).astype(np.float64)
     win = np.lib.stride_tricks.sliding_window_view(padded, (k, k), axis=(2, 3))[:, :, ::s, ::s]
     Ho, Wo = win.shape[2], win.shape[3]
@@ -111,12 +114,14 @@ def _conv_transpose(a: np.ndarray, layer: _Layer) -> np.ndarray:
     B, C, H, W = a.shape
     k, s, p = layer.k, layer.stride, layer.pad
     # every input pixel spreads a k x k patch of each output channel, s pixels apart
-    patches = np.matmul(layer.weight, a.reshape(B, C, H * W).astype(np.float64)).astype(np.int64)
+    # the taps are summed in float64 too: every partial sum is an integer below 2^53 (checked)
+    patches = np.matmul(layer.weight, a.reshape(B, C, H * W).astype(np.float64))
     patches = patches.reshape(B, layer.c_out, k, k, H, W)
-    full = np.zeros((B, layer.c_out, (H - 1) * s + k, (W - 1) * s + k), np.int64)
+    full = np.zeros((B, layer.c_out, (H - 1) * s + k, (W - 1) * s + k), np.float64)
     for ky in range(k):
         for kx in range(k):
             full[:, :, ky : ky + (H - 1) * s + 1 : s, kx : kx + (W - 1) * s + 1 : s] += patches[:, :, ky, kx]
+    full = full.astype(np.int64)
     Ho = (H - 1) * s - 2 * p + k + layer.out_pad
     Wo = (W - 1) * s - 2 * p + k + layer.out_pad
     out = np.zeros((B, layer.c_out, Ho, Wo), np.int64)
