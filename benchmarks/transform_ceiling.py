@@ -2,7 +2,7 @@
 rounding only (no entropy coding), and with every latent channel from ``--keep`` on set to zero
 (how much a widened model's new latents carry), on the centre crops of the validation images.
 
-    python benchmarks/transform_ceiling.py --val $HNE/val weights/hne-hp64-q6-v1.pt runs/vbr128_top [--keep 96]
+    python benchmarks/transform_ceiling.py --val $HNE/val weights/hne-hp64-q6-v2.pt runs/vbr128_top [--keep 96]
 
 A shipped ``.pt`` is read with its model card; a run folder from its checkpoint (or weights.pt).
 A variable-rate model is measured at its top operating point. Prints one JSON line per model."""
