@@ -72,11 +72,12 @@ def test_integer_hyper_decoder_is_exact_and_close_to_float(h_kernel):
     assert np.abs(got / 2**ACT_BITS - ref).max() < 0.02
 
 
-def test_device_hyper_decoder_is_the_integer_one():
+@pytest.mark.parametrize("h_kernel", [3, 1])
+def test_device_hyper_decoder_is_the_integer_one(h_kernel):
     """The torch version (unfold / fold and float64 matmul, for GPUs) gives the numpy decoder's
     integers, up to the clamp limit, and says so itself (the check run before a device is used)."""
     torch.manual_seed(1)
-    m = build_model("mbt2018-mean", N=8, M=12).eval()
+    m = build_model("mbt2018-mean", N=8, M=12, h_kernel=h_kernel).eval()
     ref = IntegerHyperDecoder(m.h_s)
     dev = DeviceHyperDecoder(ref, "cpu")
     rng = np.random.default_rng(3)
