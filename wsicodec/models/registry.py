@@ -41,7 +41,7 @@ def _mean_scale(N: int = 64, M: int = 96, h_kernel: int = 3) -> nn.Module:
     from compressai.models.utils import conv
 
     model = MeanScaleHyperprior(N=N, M=M)
-    if h_kernel != 3:  # h_s's last layer: 1x1 costs the integer hyper-decoder a third of 3x3
+    if h_kernel != 3:  # h_s's last layer 1x1: the integer hyper-decoder does a third of the 3x3's work
         model.h_s[4] = conv(M * 3 // 2, M * 2, kernel_size=_check_h_kernel(h_kernel), stride=1)
     return model
 
