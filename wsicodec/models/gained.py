@@ -16,6 +16,7 @@ neighbouring points come from geometric interpolation of their gains (:mod:`wsic
 """
 from __future__ import annotations
 
+import bisect
 import math
 from collections.abc import Sequence
 
@@ -37,7 +38,6 @@ def initial_log_gains(lambdas: Sequence[float]) -> torch.Tensor:
     return (0.5 * (logs - logs.mean())).float()
 
 
-
 def log_gains_for_ladder(log_gains: torch.Tensor, lambdas: Sequence[float], new_lambdas: Sequence[float],
                          slope: float = 0.5) -> torch.Tensor:
     """A trained model's per-channel log gains (K, M) at ``lambdas`` carried to another λ ladder
@@ -56,7 +56,7 @@ def log_gains_for_ladder(log_gains: torch.Tensor, lambdas: Sequence[float], new_
             end = 0 if x <= xs[0] else len(xs) - 1
             rows.append(log_gains[end] + slope * (x - xs[end]))
         else:
-            k = max(i for i, v in enumerate(xs) if v <= x)
+            k = bisect.bisect_right(xs, x) - 1
             t = (x - xs[k]) / (xs[k + 1] - xs[k])
             rows.append(log_gains[k] * (1 - t) + log_gains[k + 1] * t)
     return torch.stack(rows)

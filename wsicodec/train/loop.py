@@ -102,11 +102,15 @@ class TrainConfig:
         return self.psi[0] if step < switch or len(self.psi) == 1 else self.psi[1]
 
 
+def _bpp(likelihoods, x: torch.Tensor) -> torch.Tensor:
+    """Bits per pixel of the batch ``x`` from its latents' likelihoods."""
+    return sum(torch.log(lk).sum() for lk in likelihoods) / (-math.log(2) * x.shape[0] * x.shape[2] * x.shape[3])
+
+
 def _rd_loss(model: nn.Module, x: torch.Tensor, lmbda: float, psi: float,
              feature: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None) -> dict[str, torch.Tensor]:
     out = model(x)
-    n_pix = x.shape[0] * x.shape[2] * x.shape[3]
-    bpp = sum(torch.log(lk).sum() for lk in out["likelihoods"].values()) / (-math.log(2) * n_pix)
+    bpp = _bpp(out["likelihoods"].values(), x)
     x_hat = out["x_hat"]
     mse = torch.mean((x_hat - x) ** 2)
     feat = torch.zeros((), device=x.device)
@@ -125,8 +129,7 @@ def _rate_loss(model: nn.Module, x: torch.Tensor) -> dict[str, torch.Tensor]:
     z_hat, z_likelihoods = model.entropy_bottleneck(model.h_a(y))
     scales, means = model.h_s(z_hat).chunk(2, 1)
     _, y_likelihoods = model.gaussian_conditional(y, scales, means=means)
-    n_pix = x.shape[0] * x.shape[2] * x.shape[3]
-    bpp = (torch.log(y_likelihoods).sum() + torch.log(z_likelihoods).sum()) / (-math.log(2) * n_pix)
+    bpp = _bpp((y_likelihoods, z_likelihoods), x)
     zero = torch.zeros((), device=x.device)
     return {"loss": bpp, "bpp": bpp, "mse": zero, "feat": zero}
 
