@@ -22,7 +22,8 @@ from wsicodec.bench.rd import average_curves
 from wsicodec.bench.runner import bd_table, plot_results, read_results, result_tables, upper_range
 
 ANCHOR_NAMES = {"jpeg": "JPEG", "webp": "WebP", "jxl": "JPEG-XL", "avif": "AVIF", "j2k": "JPEG 2000"}
-FAMILY = {"wsicodec": "factorized zoo", "wsicodec-hyperprior": "hyperprior zoo"}
+FAMILY = {"wsicodec": "factorized zoo", "wsicodec-hyperprior": "hyperprior zoo",
+          "wsicodec-hyperprior-ms-ssim": "hyperprior models trained for MS-SSIM"}
 
 
 def family(curve_name: str) -> str:

@@ -260,3 +260,23 @@ def test_bench_draws_one_curve_per_entropy_model_family(tiny_models):
         assert codec.curve("tiny-hyper") == "wsicodec-hyperprior"
     finally:
         codec.close()
+
+
+def test_a_model_trained_for_ms_ssim_is_its_own_curve_and_says_so(tmp_path):
+    from wsicodec.bench.codecs import WsicodecCodec
+    from wsicodec.models import ModelCard, build_model, save_model
+    from wsicodec.quality import model_rows
+
+    m = build_model("mbt2018-mean", N=8, M=8)
+    for name, distortion in (("hp-mse", "mse"), ("hp-ms", "ms-ssim")):
+        save_model(m, ModelCard(name=name, architecture="mbt2018-mean", params={"N": 8, "M": 8},
+                                validation={"bpp": 1.0, "psnr": 30.0, "ms_ssim": 0.98}, distortion=distortion),
+                   tmp_path)
+    codec = WsicodecCodec(model_dir=tmp_path)
+    try:
+        assert codec.curve("hp-mse") == "wsicodec-hyperprior"
+        assert codec.curve("hp-ms") == "wsicodec-hyperprior-ms-ssim"
+    finally:
+        codec.close()
+    kinds = {r["name"]: r["kind"] for r in model_rows(tmp_path)[0]}
+    assert kinds == {"hp-mse": "hyperprior", "hp-ms": "hyperprior, MS-SSIM"}

@@ -32,6 +32,13 @@ def test_rule_picks_the_cheapest_point_at_least_as_good_as_jpeg():
     assert limit == 70 and top == c and mapping[71] == (c, False) and mapping[100] == (c, False)
     # default: the fewest bits with MS-SSIM >= JPEG q80's (0.972): c
     assert default == c
+    # ... among the points that may be the default (models trained for pixel fidelity)
+    d = OperatingPoint("d")
+    assert derive({**points, d: Figures(1.2, 29.0, 0.98)}, jpeg)[1] == d
+    assert derive({**points, d: Figures(1.2, 29.0, 0.98)}, jpeg, [a, b, c])[1] == c
+    assert derive(points, jpeg, [a, b])[1] == b  # none reaches it: the best of those allowed
+    with pytest.raises(QualityError, match="pixel fidelity"):
+        derive(points, jpeg, [])
     # fewer bytes than JPEG is part of the promise: JPEG takes 0.99 bpp at q13, 1.02 at q14
     points[a] = Figures(1.03, 27.0, 0.93)
     mapping = derive(points, jpeg)[0]
@@ -71,7 +78,7 @@ def calibration():
 
 def test_shipped_table_follows_the_rule(calibration):
     cal = calibration
-    mapping, default, top, limit, matches = derive(cal.points, cal.jpeg)
+    mapping, default, top, limit, matches = derive(cal.points, cal.jpeg, cal.default_among)
     assert mapping == cal.mapping and (default, top, limit) == (cal.default, cal.top, cal.limit)
     assert set(cal.mapping) == set(QUALITIES) and limit is not None
     assert all(cal.mapping[q][1] for q in range(1, limit + 1))

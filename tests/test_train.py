@@ -21,9 +21,8 @@ def data_dir(tmp_path, he_crop):
 
 
 def _cfg(data_dir, out, **kw):
-    kw = {"val_every": 1000, "steps": 60, "N": 8, "M": 8, **kw}
-    return TrainConfig(data=[str(data_dir)], out=str(out), patch=64, batch=4, lr=3e-3,
-                       val=[str(data_dir)], val_crop=128, **kw)
+    kw = {"val_every": 1000, "steps": 60, "N": 8, "M": 8, "patch": 64, "val_crop": 128, **kw}
+    return TrainConfig(data=[str(data_dir)], out=str(out), batch=4, lr=3e-3, val=[str(data_dir)], **kw)
 
 
 def test_few_steps_reduce_the_loss(data_dir, tmp_path):
@@ -195,3 +194,29 @@ def test_export_command_writes_a_loadable_model(data_dir, tmp_path):
     assert result.exit_code == 0, result.output
     _, card = load_model("cli-mini", tmp_path / "models")
     assert card.steps == 2 and card.notes == "from the CLI" and card.sha256 in result.output
+
+
+def test_ms_ssim_distortion_trains_on_one_minus_ms_ssim_and_the_card_records_it(data_dir, tmp_path):
+    from wsicodec.errors import TrainError
+    from wsicodec.models import load_model
+    from wsicodec.train.loop import objective
+
+    torch.manual_seed(0)
+    lmbda = 40.0
+    t = Trainer(_cfg(data_dir, tmp_path / "ms", architecture="mbt2018-mean", distortion="ms-ssim",
+                     lmbda=lmbda, patch=192, val_crop=192))
+    terms = [t.train_step() for _ in range(30)]
+    for r in terms:
+        assert 0 < r["feat"] < 1 and r["loss"] == pytest.approx(lmbda * r["feat"] + r["bpp"], rel=1e-5)
+    assert np.mean([r["loss"] for r in terms[-5:]]) < np.mean([r["loss"] for r in terms[:5]])
+    v = t.validate_and_schedule()
+    (row,) = csv.DictReader(open(tmp_path / "ms" / "val_log.csv"))
+    assert float(row["objective"]) == pytest.approx(lmbda * (1 - v["ms_ssim"]) + v["bpp"], abs=1e-4)
+    assert objective("mse", 0.01, {"psnr": 30.0, "bpp": 1.0}) == pytest.approx(0.01 * 255**2 / 1000 + 1.0)
+    card = t.export("mini-ms", tmp_path / "models", use_best=False)
+    _, loaded = load_model("mini-ms", tmp_path / "models")
+    assert card.distortion == loaded.distortion == "ms-ssim" and loaded.lmbda == lmbda
+    for bad, match in (({"patch": 128}, "161 px"), ({"lambdas": [0.01, 0.1], "architecture": "mbt2018-mean-gain"},
+                                                    "single-rate"), ({"distortion": "ssim"}, "one of")):
+        with pytest.raises(TrainError, match=match):
+            Trainer(_cfg(data_dir, tmp_path / "bad", **{"distortion": "ms-ssim", "patch": 192, **bad}))

@@ -16,7 +16,11 @@ every operating point's bits per pixel, PSNR and MS-SSIM on each image, JPEG's a
   good (beyond the table's ``limit``), Q maps to the top point (the one that matches JPEG up to
   the highest quality) and says so.
 * the **default** is the operating point with the fewest bits per pixel whose mean MS-SSIM over
-  the set is at least JPEG's at the reference quality (80): the archive's choice.
+  the set is at least JPEG's at the reference quality (80): the archive's choice. Only models
+  trained for pixel fidelity (``distortion`` ``mse`` on their card) are candidates: a model
+  trained for MS-SSIM keeps structure with fewer bits but gives up PSNR, which an archive's
+  default must not do unasked; such models serve ``--target ms_ssim=…``, ``--model``, and
+  ``--quality`` wherever they match JPEG on both figures.
 
 Figures are compared as they are published, PSNR to 0.01 dB and MS-SSIM to 0.0001 (``DECIMALS``):
 a point whose shown figure equals JPEG's counts as reaching it.
@@ -147,6 +151,16 @@ class Calibration:
             raise QualityError(f"quality {quality} is outside 1-100")
         return self.mapping[quality]
 
+    @property
+    def default_among(self) -> list[OperatingPoint] | None:
+        """The points that may be the default (None: every point; tables written before the
+        rule named them)."""
+        labels = self.meta.get("default_among")
+        if labels is None:
+            return None
+        by_label = {p.label: p for p in self.points}
+        return [by_label[x] for x in labels if x in by_label]
+
     def qualities_of(self, point: OperatingPoint) -> list[int]:
         """The qualities that map to ``point``."""
         return [q for q, (p, _) in sorted(self.mapping.items()) if p == point]
@@ -157,8 +171,9 @@ class Calibration:
             "decimals": {k: DECIMALS[k] for k in METRICS},
             "rule": "quality Q: the fewest bits per pixel with PSNR and MS-SSIM at least JPEG's at Q (their running "
                     "maximum up to Q) and fewer bits per pixel than JPEG at Q, on every image; beyond the limit, the "
-                    f"top point. default: the fewest bits per pixel with mean {DEFAULT_REFERENCE[0]} at least JPEG's "
-                    f"at quality {DEFAULT_REFERENCE[1]}. Figures compared unrounded.",
+                    f"top point. default: among the points of models trained for pixel fidelity (default_among), the "
+                    f"fewest bits per pixel with mean {DEFAULT_REFERENCE[0]} at least JPEG's at quality "
+                    f"{DEFAULT_REFERENCE[1]}. Figures compared unrounded.",
             "limit": self.limit, "top": self.top.to_dict(),
             "default": {**self.default.to_dict(), "metric": DEFAULT_REFERENCE[0],
                         "reference_quality": DEFAULT_REFERENCE[1]},
@@ -199,11 +214,13 @@ def _required(jpeg: Mapping[int, Figures]) -> dict[int, list[dict[str, float]]]:
     return need
 
 
-def derive(points: Mapping[OperatingPoint, Figures], jpeg: Mapping[int, Figures]
+def derive(points: Mapping[OperatingPoint, Figures], jpeg: Mapping[int, Figures],
+           default_among: Iterable[OperatingPoint] | None = None
            ) -> tuple[dict[int, tuple[OperatingPoint, bool]], OperatingPoint, OperatingPoint, int | None,
                       dict[OperatingPoint, int | None]]:
     """The rule of the module docstring: ``(mapping, default, top, limit, matches)``;
-    ``matches``: each point's highest JPEG quality it is at least as good as on every image."""
+    ``matches``: each point's highest JPEG quality it is at least as good as on every image;
+    ``default_among``: the points that may be the default (None: all)."""
     if not points:
         raise QualityError("no operating points to calibrate")
     missing = [q for q in QUALITIES if q not in jpeg]
@@ -235,9 +252,12 @@ def derive(points: Mapping[OperatingPoint, Figures], jpeg: Mapping[int, Figures]
             break
         limit = q
     metric, ref_q = DEFAULT_REFERENCE
-    fit = [p for p in by_rate if reaches(points[p].get(metric), jpeg[ref_q].get(metric), metric)
+    among = set(by_rate if default_among is None else default_among) & set(by_rate)
+    if not among:
+        raise QualityError("no operating point may be the default (none trained for pixel fidelity)")
+    fit = [p for p in by_rate if p in among and reaches(points[p].get(metric), jpeg[ref_q].get(metric), metric)
            and points[p].bpp < jpeg[ref_q].bpp]
-    default = fit[0] if fit else top
+    default = fit[0] if fit else max(among, key=lambda p: (matches[p] or 0, points[p].psnr, -points[p].bpp))
     return mapping, default, top, limit, matches
 
 
@@ -291,13 +311,15 @@ def build_calibration(results: Iterable[str | Path], directory: Path | None = No
 
     figures = {p: figures_of(point_rows[p]) for p in points}
     jpeg = {q: figures_of(jpeg_rows[q]) for q in QUALITIES}
-    mapping, default, top, limit, matches = derive(figures, jpeg)
+    fidelity = [p for p in points if cards[p.model].distortion == "mse"]
+    mapping, default, top, limit, matches = derive(figures, jpeg, fidelity)
     meta = {"set": {"name": set_name or _set_name(images), "images": len(images), "image_names": order,
                     "pixels": int(sum(float(r["pixels"]) for r in jpeg_rows[80]))},
             "sources": sources,
             "reference_codec": "jpeg (libjpeg through imagecodecs, 4:2:0; whole encoded file)",
             "sha256": {p.model: cards[p.model].sha256 for p in points},
-            "uncalibrated": [p.label for p in unmeasured]}
+            "uncalibrated": [p.label for p in unmeasured],
+            "default_among": [p.label for p in fidelity]}
     return Calibration(figures, jpeg, mapping, default, top, limit, matches, meta)
 
 
@@ -334,7 +356,8 @@ def load_calibration(directory: Path | None = None, check: bool = True) -> Calib
         matches = {OperatingPoint.from_dict(d): d.get("matches_jpeg") for d in doc["points"]}
         jpeg = {int(d["quality"]): _figures(d) for d in doc["jpeg"]}
         mapping = {int(d["quality"]): (OperatingPoint.from_dict(d), bool(d["matched"])) for d in doc["qualities"]}
-        meta = {k: doc[k] for k in ("set", "sources", "reference_codec", "sha256", "uncalibrated") if k in doc}
+        meta = {k: doc[k] for k in ("set", "sources", "reference_codec", "sha256", "uncalibrated", "default_among")
+                if k in doc}
         cal = Calibration(points, jpeg, mapping, OperatingPoint.from_dict(doc["default"]),
                           OperatingPoint.from_dict(doc["top"]), doc.get("limit"), matches, meta, path)
     except (OSError, ValueError, KeyError, TypeError) as e:
@@ -453,7 +476,8 @@ def model_rows(directory: Path | None = None) -> tuple[list[dict[str, Any]], str
         beyond = cal is not None and p == cal.top and cal.limit is not None and cal.limit < 100
         rows.append({
             "name": p.model, "operating_point": p.label, "rate": p.rate, "default": p == default,
-            "kind": "hyperprior" if c.spec.entropy_model != "factorized" else "factorized",
+            "kind": ("hyperprior" if c.spec.entropy_model != "factorized" else "factorized")
+                    + (", MS-SSIM" if c.distortion == "ms-ssim" else ""),
             "N/M": f"{c.params.get('N')}/{c.params.get('M')}", "lambda": f"{lmbda:g}" if lmbda else "",
             **figures, "figures": f"calibration ({cal.meta.get('set', {}).get('name')})" if f else "model card",
             "matches_jpeg": cal.matches.get(p) if f else None,
@@ -467,7 +491,8 @@ def model_rows(directory: Path | None = None) -> tuple[list[dict[str, Any]], str
         caption = "* default; bpp, PSNR, MS-SSIM: the model cards' validation figures (no calibration table)"
     else:
         s = cal.meta.get("set", {})
-        caption = (f"* default: the fewest bits per pixel with MS-SSIM at least JPEG q{DEFAULT_REFERENCE[1]}'s. "
+        caption = (f"* default: the fewest bits per pixel with MS-SSIM at least JPEG q{DEFAULT_REFERENCE[1]}'s "
+                   "(models trained for pixel fidelity; kind \"MS-SSIM\": trained for MS-SSIM). "
                    f"bpp, PSNR, MS-SSIM: mean over the {s.get('images')} images of {s.get('name')}; ≥ JPEG: the "
                    f"highest JPEG quality matched on both; --quality: the qualities that use it"
                    + (f"; above q{cal.limit} no model matches JPEG, --quality uses the top point {cal.top}"

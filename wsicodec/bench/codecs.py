@@ -161,18 +161,20 @@ class WsicodecCodec(Codec):
 
     def curve(self, setting: str) -> str:
         """``wsicodec`` for factorized models, ``wsicodec-hyperprior`` for mean-scale hyperprior
-        ones, ``wsicodec-<model>`` for each variable-rate model (its points ``NAME@K``): one curve
-        per family, each compared with the classical codecs."""
+        ones, ``wsicodec-<model>`` for each variable-rate model (its points ``NAME@K``), and
+        ``-ms-ssim`` appended for models trained for MS-SSIM: one curve per family, each compared
+        with the classical codecs."""
         from wsicodec.models import list_models
 
         if not hasattr(self, "_kinds"):
-            self._kinds = {c.name: ("variable-rate" if c.spec.variable_rate else c.spec.entropy_model)
+            self._kinds = {c.name: ("variable-rate" if c.spec.variable_rate else c.spec.entropy_model,
+                                    "-ms-ssim" if c.distortion == "ms-ssim" else "")
                            for c in list_models(self.model_dir)}
         name = setting.partition("@")[0]
-        kind = self._kinds.get(name, "factorized")
+        kind, trained_for = self._kinds.get(name, ("factorized", ""))
         if kind == "variable-rate":
-            return f"{self.name}-{name}"
-        return self.name if kind == "factorized" else f"{self.name}-hyperprior"
+            return f"{self.name}-{name}{trained_for}"
+        return (self.name if kind == "factorized" else f"{self.name}-hyperprior") + trained_for
 
     def run(self, rgb: np.ndarray, setting: str) -> Coded:
         from PIL import Image

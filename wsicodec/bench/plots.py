@@ -15,7 +15,7 @@ from wsicodec.bench.metrics import HIGHER_IS_BETTER, LABELS
 
 _STYLE = {"jpeg": ("tab:blue", "o"), "webp": ("tab:orange", "s"), "jxl": ("tab:green", "^"),
           "avif": ("tab:purple", "D"), "j2k": ("tab:brown", "v"), "wsicodec": ("tab:red", "*"),
-          "wsicodec-hyperprior": ("darkred", "P")}
+          "wsicodec-hyperprior": ("darkred", "P"), "wsicodec-hyperprior-ms-ssim": ("tab:pink", "X")}
 
 
 def _plt():

@@ -126,6 +126,9 @@ class ModelCard:
     #: the model that replaces this one at about the same rate, if any: kept so that stores written
     #: with it still decode, left out of the benchmark's default zoo
     superseded_by: str = ""
+    #: what the training loss's distortion term measured: ``mse`` (λ weighs 255²·MSE) or
+    #: ``ms-ssim`` (λ weighs 1 − MS-SSIM)
+    distortion: str = "mse"
 
     @property
     def stride(self) -> int:

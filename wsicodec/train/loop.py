@@ -77,6 +77,7 @@ class TrainConfig:
     params: dict = field(default_factory=dict)           # architecture parameters beyond N and M (e.g. N_s)
     default_point: int = -1          # a variable-rate model's default operating point (-1: the ladder's middle)
     freeze_transforms: bool = False  # train the entropy model alone on fixed g_a / g_s (the rate only)
+    distortion: str = "mse"          # mse | ms-ssim: what the loss's distortion term measures (DISTORTIONS)
 
     @property
     def ladder(self) -> list[float] | None:
@@ -107,17 +108,40 @@ def _bpp(likelihoods, x: torch.Tensor) -> torch.Tensor:
     return sum(torch.log(lk).sum() for lk in likelihoods) / (-math.log(2) * x.shape[0] * x.shape[2] * x.shape[3])
 
 
+#: the distortion terms a single-rate run can train for. ``mse``: λ·255²·MSE (+ ψ·feature term);
+#: ``ms-ssim``: λ·(1 − MS-SSIM), CompressAI's convention, for models that serve an MS-SSIM policy
+#: (``--target ms_ssim=…``) with fewer bits than an MSE model needs for the same MS-SSIM
+DISTORTIONS = ("mse", "ms-ssim")
+
+
 def _rd_loss(model: nn.Module, x: torch.Tensor, lmbda: float, psi: float,
-             feature: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None) -> dict[str, torch.Tensor]:
+             feature: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None,
+             distortion: str = "mse") -> dict[str, torch.Tensor]:
     out = model(x)
     bpp = _bpp(out["likelihoods"].values(), x)
     x_hat = out["x_hat"]
-    mse = torch.mean((x_hat - x) ** 2)
+    mse = torch.mean((x_hat.float() - x) ** 2)
     feat = torch.zeros((), device=x.device)
+    if distortion == "ms-ssim":
+        from pytorch_msssim import ms_ssim
+
+        # on the unclamped output, as CompressAI trains its MS-SSIM models: clamping would stop the
+        # gradient of every pixel outside [0, 1]
+        feat = 1 - ms_ssim(x_hat.float(), x, data_range=1.0)
+        loss = lmbda * feat + bpp
+        return {"loss": loss, "bpp": bpp, "mse": mse, "feat": feat}
     if feature is not None and psi > 0:
         feat = feature(x, x_hat.clamp(0, 1))
     loss = lmbda * 255**2 * (mse + psi * feat) + bpp
     return {"loss": loss, "bpp": bpp, "mse": mse, "feat": feat}
+
+
+def objective(distortion: str, lmbda: float, v: dict[str, float]) -> float:
+    """A single-rate run's rate-distortion objective on real bits and 8-bit pixels (validation
+    figures ``v``), in its training loss's units."""
+    if distortion == "ms-ssim":
+        return lmbda * (1 - v["ms_ssim"]) + v["bpp"]
+    return lmbda * 255**2 / 10 ** (v["psnr"] / 10) + v["bpp"]
 
 
 def _rate_loss(model: nn.Module, x: torch.Tensor) -> dict[str, torch.Tensor]:
@@ -217,6 +241,17 @@ def transform_ceiling(model: nn.Module, images: list[torch.Tensor],
     return [float(np.mean(p)) for p in psnrs]
 
 
+def _check_distortion(cfg: TrainConfig) -> None:
+    if cfg.distortion not in DISTORTIONS:
+        raise TrainError(f"distortion {cfg.distortion!r}: one of {', '.join(DISTORTIONS)}")
+    if cfg.distortion != "mse" and (cfg.ladder or cfg.feature_net != "none" or cfg.freeze_transforms):
+        raise TrainError(f"--distortion {cfg.distortion} trains a single-rate model on that term alone: "
+                         "no --lambdas ladder, --feature-net or --freeze-transforms")
+    if cfg.distortion == "ms-ssim" and cfg.patch < 161:
+        raise TrainError(f"--distortion ms-ssim needs crops of at least 161 px (MS-SSIM's five scales), "
+                         f"not --patch {cfg.patch}")
+
+
 class Trainer:
     def __init__(self, cfg: TrainConfig, log: Callable[[str], None] = print):
         self.created = time.monotonic()  # --wall-minutes counts from here (data loading included)
@@ -236,6 +271,7 @@ class Trainer:
         self.ladder = cfg.ladder
         if self.ladder and cfg.feature_net != "none":
             raise ValueError("a variable-rate model's loss is MSE at each point; it takes no --feature-net")
+        _check_distortion(cfg)
         self.model = cfg.build(initial=True)
         self.precision = Precision.on(cfg.precision, self.device)
         self.precision.apply(self.model)
@@ -451,7 +487,8 @@ class Trainer:
         elif cfg.freeze_transforms:
             terms = _rate_loss(self.model, x)
         else:
-            terms = _rd_loss(self.model, x, cfg.lmbda, cfg.psi_at(self.step, self.start_step), self.feature)
+            terms = _rd_loss(self.model, x, cfg.lmbda, cfg.psi_at(self.step, self.start_step), self.feature,
+                             cfg.distortion)
         self.precision.backward_and_step(terms["loss"], self.opt,
                                          [p for g in self.opt.param_groups for p in g["params"]], cfg.clip)
         aux = self.model.aux_loss()
@@ -525,8 +562,7 @@ class Trainer:
         t0 = time.monotonic()
         v = validate(self.model, self.val)
         self._reserve["validate"] = time.monotonic() - t0
-        # rate-distortion objective on real bits, in the training loss's units
-        obj = self.cfg.lmbda * 255**2 * (255**2 / 10 ** (v["psnr"] / 10)) / 255**2 + v["bpp"]
+        obj = objective(self.cfg.distortion, self.cfg.lmbda, v)
         self.sched.step(obj)
         if obj < self.best:
             self.best = obj
@@ -591,6 +627,7 @@ class Trainer:
         card = ModelCard(
             name=name, architecture=cfg.architecture, params=cfg.model_params,
             lmbda=cfg.lmbda, psi=cfg.psi_at(step, self.start_step), feature_net=cfg.feature_net, steps=step,
+            distortion=cfg.distortion,
             data=data_desc or ", ".join(cfg.data),
             validation={**{k: round(x, 4) for k, x in v.items()}, **where},
             notes=notes,
