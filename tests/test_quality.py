@@ -32,11 +32,16 @@ def test_rule_picks_the_cheapest_point_at_least_as_good_as_jpeg():
     assert limit == 70 and top == c and mapping[71] == (c, False) and mapping[100] == (c, False)
     # default: the fewest bits with MS-SSIM >= JPEG q80's (0.972): c
     assert default == c
-    # ... among the points that may be the default (models trained for pixel fidelity)
+    # qualities and the default choose among the points of models trained for pixel fidelity:
+    # d (say, trained for MS-SSIM) would be cheaper at q31-33 and the default, but is not chosen
     d = OperatingPoint("d")
-    assert derive({**points, d: Figures(1.2, 29.0, 0.98)}, jpeg)[1] == d
-    assert derive({**points, d: Figures(1.2, 29.0, 0.98)}, jpeg, [a, b, c])[1] == c
-    assert derive(points, jpeg, [a, b])[1] == b  # none reaches it: the best of those allowed
+    with_d = {**points, d: Figures(0.98, 29.0, 0.98)}
+    mapping, default, _, _, matches = derive(with_d, jpeg)
+    assert mapping[31] == (d, True) and default == d and matches[d] == 50
+    mapping, default, top, limit, matches = derive(with_d, jpeg, [a, b, c])
+    assert mapping[31] == (b, True) and default == c and (top, limit) == (c, 70) and matches[d] == 50
+    mapping, default, top, limit, _ = derive(points, jpeg, [a, b])  # none reaches q80's MS-SSIM
+    assert default == top == b and limit == 55 and mapping[56] == (b, False)
     with pytest.raises(QualityError, match="pixel fidelity"):
         derive(points, jpeg, [])
     # fewer bytes than JPEG is part of the promise: JPEG takes 0.99 bpp at q13, 1.02 at q14
@@ -78,7 +83,7 @@ def calibration():
 
 def test_shipped_table_follows_the_rule(calibration):
     cal = calibration
-    mapping, default, top, limit, matches = derive(cal.points, cal.jpeg, cal.default_among)
+    mapping, default, top, limit, matches = derive(cal.points, cal.jpeg, cal.fidelity)
     assert mapping == cal.mapping and (default, top, limit) == (cal.default, cal.top, cal.limit)
     assert set(cal.mapping) == set(QUALITIES) and limit is not None
     assert all(cal.mapping[q][1] for q in range(1, limit + 1))

@@ -16,11 +16,12 @@ every operating point's bits per pixel, PSNR and MS-SSIM on each image, JPEG's a
   good (beyond the table's ``limit``), Q maps to the top point (the one that matches JPEG up to
   the highest quality) and says so.
 * the **default** is the operating point with the fewest bits per pixel whose mean MS-SSIM over
-  the set is at least JPEG's at the reference quality (80): the archive's choice. Only models
-  trained for pixel fidelity (``distortion`` ``mse`` on their card) are candidates: a model
-  trained for MS-SSIM keeps structure with fewer bits but gives up PSNR, which an archive's
-  default must not do unasked; such models serve ``--target ms_ssim=…``, ``--model``, and
-  ``--quality`` wherever they match JPEG on both figures.
+  the set is at least JPEG's at the reference quality (80): the archive's choice.
+
+Both choose among the models trained for pixel fidelity only (``distortion`` ``mse`` on their
+card; ``fidelity`` in the table): a model trained for MS-SSIM reaches an MS-SSIM with fewer bits
+by giving up PSNR, which neither a quality number nor an archive's default should do unasked.
+Such models serve ``--target ms_ssim=…`` and ``--model``; ``matches_jpeg`` is given for every point.
 
 Figures are compared as they are published, PSNR to 0.01 dB and MS-SSIM to 0.0001 (``DECIMALS``):
 a point whose shown figure equals JPEG's counts as reaching it.
@@ -152,10 +153,10 @@ class Calibration:
         return self.mapping[quality]
 
     @property
-    def default_among(self) -> list[OperatingPoint] | None:
-        """The points that may be the default (None: every point; tables written before the
-        rule named them)."""
-        labels = self.meta.get("default_among")
+    def fidelity(self) -> list[OperatingPoint] | None:
+        """The points ``--quality`` and the default choose among (None: every point; tables
+        written before the rule named them)."""
+        labels = self.meta.get("fidelity")
         if labels is None:
             return None
         by_label = {p.label: p for p in self.points}
@@ -171,9 +172,9 @@ class Calibration:
             "decimals": {k: DECIMALS[k] for k in METRICS},
             "rule": "quality Q: the fewest bits per pixel with PSNR and MS-SSIM at least JPEG's at Q (their running "
                     "maximum up to Q) and fewer bits per pixel than JPEG at Q, on every image; beyond the limit, the "
-                    f"top point. default: among the points of models trained for pixel fidelity (default_among), the "
-                    f"fewest bits per pixel with mean {DEFAULT_REFERENCE[0]} at least JPEG's at quality "
-                    f"{DEFAULT_REFERENCE[1]}. Figures compared unrounded.",
+                    f"top point. default: the fewest bits per pixel with mean {DEFAULT_REFERENCE[0]} at least JPEG's at "
+                    f"quality {DEFAULT_REFERENCE[1]}. Both among the points of models trained for pixel fidelity "
+                    "(fidelity). Figures compared unrounded.",
             "limit": self.limit, "top": self.top.to_dict(),
             "default": {**self.default.to_dict(), "metric": DEFAULT_REFERENCE[0],
                         "reference_quality": DEFAULT_REFERENCE[1]},
@@ -215,12 +216,13 @@ def _required(jpeg: Mapping[int, Figures]) -> dict[int, list[dict[str, float]]]:
 
 
 def derive(points: Mapping[OperatingPoint, Figures], jpeg: Mapping[int, Figures],
-           default_among: Iterable[OperatingPoint] | None = None
+           fidelity: Iterable[OperatingPoint] | None = None
            ) -> tuple[dict[int, tuple[OperatingPoint, bool]], OperatingPoint, OperatingPoint, int | None,
                       dict[OperatingPoint, int | None]]:
     """The rule of the module docstring: ``(mapping, default, top, limit, matches)``;
     ``matches``: each point's highest JPEG quality it is at least as good as on every image;
-    ``default_among``: the points that may be the default (None: all)."""
+    ``fidelity``: the points of models trained for pixel fidelity, the only ones ``--quality``
+    and the default choose among (None: all); ``matches`` covers every point."""
     if not points:
         raise QualityError("no operating points to calibrate")
     missing = [q for q in QUALITIES if q not in jpeg]
@@ -241,10 +243,14 @@ def derive(points: Mapping[OperatingPoint, Figures], jpeg: Mapping[int, Figures]
         return all(a["bpp"] < b["bpp"] for a, b in zip(mine[p], need[q], strict=True))
 
     matches = {p: max((q for q in QUALITIES if as_good(p, q)), default=None) for p in by_rate}
-    top = max(by_rate, key=lambda p: (matches[p] or 0, points[p].psnr, points[p].ms_ssim, -points[p].bpp))
+    allowed = set(by_rate if fidelity is None else fidelity)
+    chosen = [p for p in by_rate if p in allowed]  # what --quality and the default choose among
+    if not chosen:
+        raise QualityError("no operating point to map qualities to (none trained for pixel fidelity)")
+    top = max(chosen, key=lambda p: (matches[p] or 0, points[p].psnr, points[p].ms_ssim, -points[p].bpp))
     mapping: dict[int, tuple[OperatingPoint, bool]] = {}
     for q in QUALITIES:
-        fit = [p for p in by_rate if as_good(p, q) and cheaper(p, q)]
+        fit = [p for p in chosen if as_good(p, q) and cheaper(p, q)]
         mapping[q] = (fit[0], True) if fit else (top, False)
     limit = None
     for q in QUALITIES:
@@ -252,12 +258,9 @@ def derive(points: Mapping[OperatingPoint, Figures], jpeg: Mapping[int, Figures]
             break
         limit = q
     metric, ref_q = DEFAULT_REFERENCE
-    among = set(by_rate if default_among is None else default_among) & set(by_rate)
-    if not among:
-        raise QualityError("no operating point may be the default (none trained for pixel fidelity)")
-    fit = [p for p in by_rate if p in among and reaches(points[p].get(metric), jpeg[ref_q].get(metric), metric)
+    fit = [p for p in chosen if reaches(points[p].get(metric), jpeg[ref_q].get(metric), metric)
            and points[p].bpp < jpeg[ref_q].bpp]
-    default = fit[0] if fit else max(among, key=lambda p: (matches[p] or 0, points[p].psnr, -points[p].bpp))
+    default = fit[0] if fit else top
     return mapping, default, top, limit, matches
 
 
@@ -319,7 +322,7 @@ def build_calibration(results: Iterable[str | Path], directory: Path | None = No
             "reference_codec": "jpeg (libjpeg through imagecodecs, 4:2:0; whole encoded file)",
             "sha256": {p.model: cards[p.model].sha256 for p in points},
             "uncalibrated": [p.label for p in unmeasured],
-            "default_among": [p.label for p in fidelity]}
+            "fidelity": [p.label for p in fidelity]}
     return Calibration(figures, jpeg, mapping, default, top, limit, matches, meta)
 
 
@@ -356,7 +359,7 @@ def load_calibration(directory: Path | None = None, check: bool = True) -> Calib
         matches = {OperatingPoint.from_dict(d): d.get("matches_jpeg") for d in doc["points"]}
         jpeg = {int(d["quality"]): _figures(d) for d in doc["jpeg"]}
         mapping = {int(d["quality"]): (OperatingPoint.from_dict(d), bool(d["matched"])) for d in doc["qualities"]}
-        meta = {k: doc[k] for k in ("set", "sources", "reference_codec", "sha256", "uncalibrated", "default_among")
+        meta = {k: doc[k] for k in ("set", "sources", "reference_codec", "sha256", "uncalibrated", "fidelity")
                 if k in doc}
         cal = Calibration(points, jpeg, mapping, OperatingPoint.from_dict(doc["default"]),
                           OperatingPoint.from_dict(doc["top"]), doc.get("limit"), matches, meta, path)
@@ -492,7 +495,8 @@ def model_rows(directory: Path | None = None) -> tuple[list[dict[str, Any]], str
     else:
         s = cal.meta.get("set", {})
         caption = (f"* default: the fewest bits per pixel with MS-SSIM at least JPEG q{DEFAULT_REFERENCE[1]}'s "
-                   "(models trained for pixel fidelity; kind \"MS-SSIM\": trained for MS-SSIM). "
+                   "(--quality and the default use models trained for pixel fidelity; kind \"MS-SSIM\": trained for "
+                   "MS-SSIM, for --target ms_ssim). "
                    f"bpp, PSNR, MS-SSIM: mean over the {s.get('images')} images of {s.get('name')}; ≥ JPEG: the "
                    f"highest JPEG quality matched on both; --quality: the qualities that use it"
                    + (f"; above q{cal.limit} no model matches JPEG, --quality uses the top point {cal.top}"
