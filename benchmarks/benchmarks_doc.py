@@ -37,24 +37,29 @@ def _pct(v: float | None) -> str:
 def headline(summary: dict, whole: dict, upper: dict, metric: str = "psnr") -> str:
     """One line per wsicodec curve: its rate span, BD-rate on ``metric`` against every classical
     codec over the whole overlap (``whole``, a :func:`bd_table`) and over the upper half
-    (``upper``), and its best figures."""
+    (``upper``), and its best figures. A curve of models trained for MS-SSIM is measured on
+    MS-SSIM, what it was trained for, and comes last."""
     lines = []
-    for c in (c for c in summary if c.startswith("wsicodec")):
+    curves = sorted((c for c in summary if c.startswith("wsicodec")), key=lambda c: c.endswith("-ms-ssim"))
+    for c in curves:
+        m = "ms_ssim" if c.endswith("-ms-ssim") else metric
+        digits = 4 if m == "ms_ssim" else 2
         pts = summary[c]["points"]
         bpp = [p["bpp"] for p in pts]
         top = max(pts, key=lambda p: p["bpp"])
-        anchors = [a for a in whole[metric][c] if a in ANCHOR_NAMES]
-        w = ", ".join(f"{ANCHOR_NAMES[a]} {_pct(whole[metric][c][a])}" for a in anchors)
-        u = ", ".join(f"{ANCHOR_NAMES[a]} {_pct(upper[metric][c].get(a))}" for a in anchors if a in upper[metric][c])
+        anchors = [a for a in whole[m][c] if a in ANCHOR_NAMES]
+        w = ", ".join(f"{ANCHOR_NAMES[a]} {_pct(whole[m][c][a])}" for a in anchors)
+        u = ", ".join(f"{ANCHOR_NAMES[a]} {_pct(upper[m][c].get(a))}" for a in anchors if a in upper[m][c])
         ms = f", MS-SSIM {top['ms_ssim']:.4f}" if top.get("ms_ssim") is not None else ""
         covered = ""
-        if (r := upper_range(summary, "jxl", metric)) if "jxl" in summary else None:
-            q = [p[metric] for p in pts if p.get(metric) is not None]
+        if (r := upper_range(summary, "jxl", m)) if "jxl" in summary else None:
+            q = [p[m] for p in pts if p.get(m) is not None]
             lo, hi = max(r[0], min(q)), min(r[1], max(q))
-            covered = (f" (the upper half covers {lo:.2f}–{hi:.2f} of JPEG-XL's {r[0]:.2f}–{r[1]:.2f})"
-                       if hi > lo else " (the curve does not reach JPEG-XL's upper half)")
+            covered = (f" (the upper half covers {lo:.{digits}f}–{hi:.{digits}f} of JPEG-XL's "
+                       f"{r[0]:.{digits}f}–{r[1]:.{digits}f})" if hi > lo
+                       else " (the curve does not reach JPEG-XL's upper half)")
         lines.append(f"* **{family(c)}** ({min(bpp):.2f}–{max(bpp):.2f} bpp, top point `{top['setting']}`: "
-                     f"{top['psnr']:.2f} dB{ms}). BD-rate on {LABELS[metric]}: {w}; upper half: {u}{covered}.")
+                     f"{top['psnr']:.2f} dB{ms}). BD-rate on {LABELS[m]}: {w}; upper half: {u}{covered}.")
     return "\n".join(lines)
 
 

@@ -172,9 +172,9 @@ class Calibration:
             "decimals": {k: DECIMALS[k] for k in METRICS},
             "rule": "quality Q: the fewest bits per pixel with PSNR and MS-SSIM at least JPEG's at Q (their running "
                     "maximum up to Q) and fewer bits per pixel than JPEG at Q, on every image; beyond the limit, the "
-                    f"top point. default: the fewest bits per pixel with mean {DEFAULT_REFERENCE[0]} at least JPEG's at "
-                    f"quality {DEFAULT_REFERENCE[1]}. Both among the points of models trained for pixel fidelity "
-                    "(fidelity). Figures compared unrounded.",
+                    f"top point. default: the fewest bits per pixel with mean {DEFAULT_REFERENCE[0]} at least "
+                    f"JPEG's at quality {DEFAULT_REFERENCE[1]}. Both among the points of models trained for pixel "
+                    "fidelity (fidelity). Figures compared unrounded.",
             "limit": self.limit, "top": self.top.to_dict(),
             "default": {**self.default.to_dict(), "metric": DEFAULT_REFERENCE[0],
                         "reference_quality": DEFAULT_REFERENCE[1]},
