@@ -271,8 +271,10 @@ def models(as_json):
               *(("" if r[k] is None else f"{r[k]:.{d}f}") for k, d in (("bpp", 3), ("psnr", 2), ("ms_ssim", 4))),
               f"q{r['matches_jpeg']}" if r["matches_jpeg"] else "", r["qualities"]] for r in rows]
     for i, col in enumerate(("operating point", "kind", "bpp", "PSNR", "MS-SSIM", "≥ JPEG", "--quality")):
-        whole = i not in (1, 6)  # kind and --quality may wrap in a narrow terminal; names and figures may not
-        t.add_column(col, no_wrap=whole, min_width=max([len(col)] + [len(c[i]) for c in cells]) if whole else None)
+        # kind and --quality may wrap between words in a narrow terminal; names and figures may not
+        whole = i not in (1, 6)
+        widths = [len(c[i]) for c in cells] if whole else [len(w) for c in cells for w in c[i].split()]
+        t.add_column(col, no_wrap=whole, min_width=max([len(col) if whole else 0, *widths]))
     for c in cells:
         t.add_row(*c)
     Console().print(t)
