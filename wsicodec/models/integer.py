@@ -112,18 +112,22 @@ def _conv(a: np.ndarray, layer: _Layer) -> np.ndarray:
 
 def _conv_transpose(a: np.ndarray, layer: _Layer) -> np.ndarray:
     B, C, H, W = a.shape
-    k, s, p = layer.k, layer.stride, layer.pad
-    # every input pixel spreads a k x k patch of each output channel, s pixels apart
-    # the taps are summed in float64 too: every partial sum is an integer below 2^53 (checked)
+    # every input pixel spreads a k x k patch of each output channel, s pixels apart; numpy's
+    # float64 product is the faster one on a CPU, the patches are then added as on any device
     patches = np.matmul(layer.weight, a.reshape(B, C, H * W).astype(np.float64))  # (B, out*k*k, H*W)
-    # torch's col2im adds the patches up 2-3x as fast as k*k strided numpy additions; exact all the same
-    full = F.fold(torch.from_numpy(patches), ((H - 1) * s + k, (W - 1) * s + k), k, stride=s).numpy()
-    full = full.astype(np.int64)
+    return _fold_patches(torch.from_numpy(patches), layer, H, W).numpy()
+
+
+def _fold_patches(patches: torch.Tensor, layer: _Layer, H: int, W: int) -> torch.Tensor:
+    """A transposed convolution's output from its ``(B, out*k*k, H*W)`` float64 patches: col2im
+    adds them up (every partial sum is an integer below 2^53, checked: exact in any order), then
+    the padding is cropped; int64."""
+    k, s, p = layer.k, layer.stride, layer.pad
+    full = F.fold(patches, ((H - 1) * s + k, (W - 1) * s + k), k, stride=s).to(torch.int64)
     Ho = (H - 1) * s - 2 * p + k + layer.out_pad
     Wo = (W - 1) * s - 2 * p + k + layer.out_pad
-    out = np.zeros((B, layer.c_out, Ho, Wo), np.int64)
-    h = min(Ho, full.shape[2] - p)
-    w = min(Wo, full.shape[3] - p)
+    out = torch.zeros((patches.shape[0], layer.c_out, Ho, Wo), dtype=torch.int64, device=patches.device)
+    h, w = min(Ho, full.shape[2] - p), min(Wo, full.shape[3] - p)
     out[:, :, :h, :w] = full[:, :, p : p + h, p : p + w]
     return out
 
@@ -175,12 +179,5 @@ def _conv_torch(a: torch.Tensor, layer: _Layer, weight: torch.Tensor) -> torch.T
 
 def _conv_transpose_torch(a: torch.Tensor, layer: _Layer, weight: torch.Tensor) -> torch.Tensor:
     B, C, H, W = a.shape
-    k, s, p = layer.k, layer.stride, layer.pad
     patches = torch.matmul(weight, a.reshape(B, C, H * W).to(torch.float64))  # (B, out*k*k, H*W)
-    full = F.fold(patches, ((H - 1) * s + k, (W - 1) * s + k), k, stride=s).to(torch.int64)
-    Ho = (H - 1) * s - 2 * p + k + layer.out_pad
-    Wo = (W - 1) * s - 2 * p + k + layer.out_pad
-    out = torch.zeros((B, layer.c_out, Ho, Wo), dtype=torch.int64, device=a.device)
-    h, w = min(Ho, full.shape[2] - p), min(Wo, full.shape[3] - p)
-    out[:, :, :h, :w] = full[:, :, p : p + h, p : p + w]
-    return out
+    return _fold_patches(patches, layer, H, W)

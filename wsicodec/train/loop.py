@@ -129,10 +129,10 @@ def _rd_loss(model: nn.Module, x: torch.Tensor, lmbda: float, psi: float,
         # gradient of every pixel outside [0, 1]
         feat = 1 - ms_ssim(x_hat.float(), x, data_range=1.0)
         loss = lmbda * feat + bpp
-        return {"loss": loss, "bpp": bpp, "mse": mse, "feat": feat}
-    if feature is not None and psi > 0:
-        feat = feature(x, x_hat.clamp(0, 1))
-    loss = lmbda * 255**2 * (mse + psi * feat) + bpp
+    else:
+        if feature is not None and psi > 0:
+            feat = feature(x, x_hat.clamp(0, 1))
+        loss = lmbda * 255**2 * (mse + psi * feat) + bpp
     return {"loss": loss, "bpp": bpp, "mse": mse, "feat": feat}
 
 
@@ -141,7 +141,7 @@ def objective(distortion: str, lmbda: float, v: dict[str, float]) -> float:
     figures ``v``), in its training loss's units."""
     if distortion == "ms-ssim":
         return lmbda * (1 - v["ms_ssim"]) + v["bpp"]
-    return lmbda * 255**2 / 10 ** (v["psnr"] / 10) + v["bpp"]
+    return rate_ladder.objective(lmbda, v)
 
 
 def _rate_loss(model: nn.Module, x: torch.Tensor) -> dict[str, torch.Tensor]:
