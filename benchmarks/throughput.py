@@ -13,7 +13,7 @@ What is timed, per 512 x 512 tile of real H&E (the developer data's ``histology/
   ``Transforms.synthesis`` of its 40 x 40 latent window (chunk + 4 latents of halo, here the
   chunk's edge values repeated) in batches, cropped to the tile;
 * JPEG-XL = imagecodecs ``jpegxl_encode(tile, effort=7, distance=D)`` / ``jpegxl_decode`` of the
-  512 x 512 tile, with ``numthreads`` = ``--threads``.
+  512 x 512 tile, with ``numthreads`` = ``--jxl-threads`` (default ``--threads``).
 
 Megapixels are tile pixels (512 x 512 per tile; the halo wsicodec also computes is its own cost).
 Each repeat times wsicodec and then JPEG-XL, so both see the same machine load; the reported
@@ -192,6 +192,8 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--batch-size", type=int, default=8)
     ap.add_argument("--threads", type=int, default=os.cpu_count() or 1,
                     help="torch threads and JPEG-XL numthreads (default: all cores)")
+    ap.add_argument("--jxl-threads", type=int, default=None,
+                    help="JPEG-XL numthreads (default: --threads; all cores when the network is given fewer)")
     ap.add_argument("--tiles", type=int, default=16)
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--jxl-distance", type=float, default=1.0, help="JPEG-XL Butteraugli distance (1.0 ~ quality 90)")
@@ -200,6 +202,8 @@ def main(argv: list[str] | None = None) -> dict:
                     help="Transforms channels_last (default: the engine's default)")
     ap.add_argument("--half-synthesis", choices=["on", "off"], default=None,
                     help="Transforms half_synthesis (default: the engine's default)")
+    ap.add_argument("--blas-threads", choices=["1", "keep"], default="1",
+                    help="Transforms blas_threads: 1 (the default, as compress) or keep numpy's BLAS threads")
     ap.add_argument("--keep-heap", choices=["on", "off"], default=None,
                     help="Transforms keep_heap (glibc mallopt; default: the engine's default)")
     ap.add_argument("--precision", choices=["auto", "fp32", "fp16", "bf16"], default="auto",
@@ -225,6 +229,7 @@ def main(argv: list[str] | None = None) -> dict:
     from wsicodec.codec import LATENT_DTYPE, store_codec
 
     torch.set_num_threads(max(1, args.threads))
+    jxl_threads = args.jxl_threads or args.threads
     engine = load_engine(args.engine_file)
     model, card, note = get_model(args.model, args.models_dir)
     kwargs = {}
@@ -234,6 +239,7 @@ def main(argv: list[str] | None = None) -> dict:
         kwargs["half_synthesis"] = args.half_synthesis == "on"
     if args.keep_heap is not None:
         kwargs["keep_heap"] = args.keep_heap == "on"
+    kwargs["blas_threads"] = None if args.blas_threads == "keep" else 1
     coder = engine.Transforms(model, card, args.device, args.batch_size, precision=args.precision, **kwargs)
     spec = card.spec
     chunk_codec = store_codec(model, card)._numcodec(
@@ -293,11 +299,11 @@ def main(argv: list[str] | None = None) -> dict:
 
     # -- JPEG-XL ----------------------------------------------------------------------------
     def jxl_encode():
-        state["jxl"] = [imagecodecs.jpegxl_encode(t, effort=7, distance=args.jxl_distance, numthreads=args.threads)
+        state["jxl"] = [imagecodecs.jpegxl_encode(t, effort=7, distance=args.jxl_distance, numthreads=jxl_threads)
                         for t in tiles]
 
     def jxl_decode():
-        state["jxl_px"] = [imagecodecs.jpegxl_decode(b, numthreads=args.threads) for b in state["jxl"]]
+        state["jxl_px"] = [imagecodecs.jpegxl_decode(b, numthreads=jxl_threads) for b in state["jxl"]]
 
     # warm-up (first-call allocations, oneDNN kernel selection), untimed
     coder.analysis(np.stack(windows[:bs]))
@@ -375,7 +381,7 @@ def main(argv: list[str] | None = None) -> dict:
         "coder": {"batch_size": bs, "threads": torch.get_num_threads(),
                   "channels_last": getattr(coder, "channels_last", None),
                   "half_synthesis": getattr(coder, "half_synthesis", None),
-                  "heap_kept": getattr(engine, "_HEAP_KEPT", None)},
+                  "heap_kept": getattr(engine, "_HEAP_KEPT", None), "blas_threads": args.blas_threads},
         "precision": coder.precision, "precision_agreement": agreement, "pipeline": pipe,
         # hyperprior: chunks whose bytes are the same whether the symbols were made on the device in
         # batches or by the chunk codec (float z may differ in rare rounding cases; both decode alike)
@@ -383,7 +389,7 @@ def main(argv: list[str] | None = None) -> dict:
                                                                           strict=True)]))
                                      if hyper is not None else None),
         "tiles": n, "tile_size": TILE, "megapixels": mpx, "repeats": args.repeats,
-        "jxl": {"effort": 7, "distance": args.jxl_distance, "numthreads": args.threads,
+        "jxl": {"effort": 7, "distance": args.jxl_distance, "numthreads": jxl_threads,
                 "bpp": round(8 * sum(map(len, state.get("jxl", []))) / (mpx * 1e6), 3) if "jxl" in state else None},
         "seconds_median": {k: round(med(k), 4) for k in times},
         "mpx_per_s": {"wsicodec_encode": w_enc, "wsicodec_decode": w_dec, "jxl_encode": j_enc, "jxl_decode": j_dec,

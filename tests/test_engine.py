@@ -105,6 +105,27 @@ def test_channels_last_synthesis_matches_plain(tiny_models, he_tiles):
     assert np.abs(a.astype(int) - b.astype(int)).max() <= 1
 
 
+def test_the_chunk_codec_gets_one_blas_thread(tiny_models):
+    from threadpoolctl import threadpool_info, threadpool_limits
+
+    from wsicodec.engine import Transforms
+    from wsicodec.models import load_model
+
+    def blas_threads() -> list[int]:
+        return [d["num_threads"] for d in threadpool_info() if d["user_api"] == "blas"]
+
+    m, card = load_model("tiny", tiny_models)
+    assert blas_threads(), "numpy's BLAS library is loaded"
+    with threadpool_limits(limits=2, user_api="blas"):  # the process's own setting comes back on exit
+        before = blas_threads()
+        Transforms(m, card, "cpu", blas_threads=None)
+        assert blas_threads() == before
+        Transforms(m, card, "cpu")
+        assert set(blas_threads()) == {1}
+        with pytest.raises(EngineError, match="blas_threads=4"):
+            Transforms(m, card, "cpu", blas_threads=4)
+
+
 def test_thread_count_does_not_change_latents(tiny_models, he_tiles):
     before = torch.get_num_threads()
     try:

@@ -212,6 +212,19 @@ class DeviceHyperSymbols:
         return [t.to(dtype).contiguous() for t, dtype in parts]
 
 
+def single_threaded_blas() -> bool:
+    """Limit the BLAS libraries this process has loaded (numpy's OpenBLAS) to one thread each,
+    process-wide, for the rest of the process (threadpoolctl). The chunk codec's integer
+    hyper-decoder does its float64 products with numpy on the coder threads, beside the network's
+    own threads; a second BLAS thread per product then only waits for a core held by the network
+    (docs/performance.md, "One BLAS thread for the chunk codec"). The network is unaffected:
+    torch's convolutions use oneDNN and OpenMP, not these libraries. True when a BLAS library
+    was found and limited."""
+    from threadpoolctl import threadpool_limits
+
+    return bool(threadpool_limits(limits=1, user_api="blas").get_original_num_threads().get("blas"))
+
+
 class Transforms:
     """A model's transforms on one device: ``analysis`` gives the integer latents the store keeps
     (factorized: symbols relative to the entropy model's medians; hyperprior: ``round(y·2^A)``,
@@ -231,6 +244,8 @@ class Transforms:
       fp32's, docs/performance.md), off elsewhere. A batch whose half-precision output is not finite is run again
       in fp32.
     * ``keep_heap``: :func:`keep_freed_memory` (None: on for the CPU).
+    * ``blas_threads``: ``1`` (default) applies :func:`single_threaded_blas` (process-wide, for
+      the chunk codec running beside the network); None leaves the BLAS libraries' threads alone.
     * ``precision``: ``"auto"`` (default: fp16 on CUDA; bf16 on a CPU that computes bf16 itself,
       :func:`native_bf16`; else fp32), ``"fp32"``, ``"fp16"`` (CUDA only) or ``"bf16"``: the
       analysis under fp16 / bf16 autocast, faster on a GPU and on an AVX512-BF16 CPU
@@ -257,7 +272,7 @@ class Transforms:
     def __init__(self, model: nn.Module, card: ModelCard, device: str | torch.device = "auto",
                  batch_size: int | None = None, *, channels_last: bool = True, threads: int | None = None,
                  half_synthesis: bool | None = None, keep_heap: bool | None = None, precision: str = "auto",
-                 hyper_on_device: bool | None = None, rate: Any = None):
+                 hyper_on_device: bool | None = None, rate: Any = None, blas_threads: int | None = 1):
         self.device = pick_device(device) if isinstance(device, str) else device
         self.cuda = self.device.type == "cuda"
         if precision not in PRECISIONS:
@@ -271,6 +286,10 @@ class Transforms:
             keep_freed_memory()
         if threads is not None:
             torch.set_num_threads(max(1, int(threads)))
+        if blas_threads is not None:
+            if blas_threads != 1:
+                raise EngineError(f"blas_threads={blas_threads}: 1 or None (leave the BLAS threads alone)")
+            single_threaded_blas()
         self.channels_last = bool(channels_last)
         self.model = model.to(self.device).eval()
         self.g_a = inference_transform(self.model.g_a)
