@@ -98,6 +98,24 @@ def test_hyper_chunk_round_trip_and_damage(tiny_models):
     _round_trip_and_damage(HyperEntropyModel(model))
 
 
+def test_table_lookup_picks_the_binary_searchs_tables(tiny_models, monkeypatch):
+    import wsicodec.codec as codec
+
+    model, _ = _tiny_hyper(tiny_models)
+    hm = HyperEntropyModel(model)
+    th = hm.thresholds
+    assert hm._index_lut is not None
+    rng = np.random.default_rng(0)
+    edges = np.concatenate([th - 1, th, th + 1, [-(1 << 26), 0, 1 << 26]])
+    scales = np.concatenate([edges, rng.integers(-(1 << 20), 1 << 20, 5000)]).reshape(1, -1, 1)
+    want = np.searchsorted(th, scales, side="left")
+    got = hm.table_index(scales)
+    assert got.dtype == np.uint8 and np.array_equal(got, want)
+    monkeypatch.setattr(codec, "_MAX_INDEX_LUT", 0)  # a scale table too wide for a lookup: the search
+    wide = HyperEntropyModel(model)
+    assert wide._index_lut is None and np.array_equal(wide.table_index(scales), want)
+
+
 def test_hyper_chunk_round_trip_with_a_1x1_hyper_decoder(tmp_path):
     from wsicodec.models import ModelCard, save_model
 

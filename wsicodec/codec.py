@@ -288,6 +288,7 @@ HYPER_CODEC_ID = "wsicodec.hyperlatents"
 HYPER_MAGIC = b"WSLH"
 _HYPER_HEADER = struct.Struct("<4sBBHHHHII")  # magic, version, flags, M, h, w, N, z length, n_escapes
 _HYPER_TAIL = struct.Struct("<I")             # n_words of the latent part
+_MAX_INDEX_LUT = 1 << 22                      # table-index lookup entries at most (else a binary search)
 
 
 class HyperEntropyModel:
@@ -310,6 +311,12 @@ class HyperEntropyModel:
         table = gc.scale_table.detach().cpu().numpy().astype(np.float64)
         # scale <= table[i]  <=>  scale_fp <= floor(table[i] · 2^A): index = #thresholds below scale_fp
         self.thresholds = np.floor(table[:-1] * float(1 << ACT_BITS)).astype(np.int64)
+        # the same indexes by lookup, several times as fast as a binary search per latent: every
+        # scale between the lowest and the highest threshold has its entry (a few hundred KB)
+        lo, hi = (int(self.thresholds[0]), int(self.thresholds[-1]) + 1) if self.thresholds.size else (0, 0)
+        self._lut_range = (lo, hi)
+        self._index_lut = (np.searchsorted(self.thresholds, np.arange(lo, hi + 1), side="left").astype(np.uint8)
+                           if 0 < hi - lo <= _MAX_INDEX_LUT else None)
         med = model.entropy_bottleneck._get_medians().detach().cpu().numpy().reshape(-1).astype(np.float64)
         self.z_medians = np.rint(med * float(1 << ACT_BITS)).astype(np.int64)
         self.z_medians_float = torch.from_numpy(med.astype(np.float32)).reshape(1, -1, 1, 1)
@@ -334,8 +341,15 @@ class HyperEntropyModel:
         z_fp = (z_sym.astype(np.int64) << self.act_bits) + self.z_medians[:, None, None]
         out = self.h_s(z_fp[None])[0]
         M = out.shape[0] // 2
-        index = np.searchsorted(self.thresholds, out[:M], side="left")
-        return index, out[M:]
+        return self.table_index(out[:M]), out[M:]
+
+    def table_index(self, scale_fp: np.ndarray) -> np.ndarray:
+        """Gaussian table of each fixed-point scale: the number of thresholds below it (uint8)."""
+        if self._index_lut is None:
+            return np.searchsorted(self.thresholds, scale_fp, side="left").astype(np.uint8)
+        lo, hi = self._lut_range
+        # a scale at or below the lowest threshold takes table 0, one above the highest the last
+        return self._index_lut[np.clip(scale_fp, lo, hi) - lo]
 
     def symbols(self, y_fp: np.ndarray) -> HyperSymbols:
         """What coding one ``(M, h, w)`` chunk of fixed-point latents ``round(y · 2^A)`` writes."""
@@ -347,7 +361,7 @@ class HyperEntropyModel:
         if index.shape != y_fp.shape:
             raise CodecError(f"chunk has {y_fp.shape[0]} channels, the model predicts {index.shape[0]}")
         half = 1 << (self.act_bits - 1)
-        return HyperSymbols(z_sym, ((y_fp - mean + half) >> self.act_bits), index.astype(np.uint8))
+        return HyperSymbols(z_sym, ((y_fp - mean + half) >> self.act_bits), index.astype(np.uint8, copy=False))
 
 
 @dataclass(frozen=True)
