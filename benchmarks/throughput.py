@@ -13,7 +13,7 @@ What is timed, per 512 x 512 tile of real H&E (the developer data's ``histology/
   ``Transforms.synthesis`` of its 40 x 40 latent window (chunk + 4 latents of halo, here the
   chunk's edge values repeated) in batches, cropped to the tile;
 * JPEG-XL = imagecodecs ``jpegxl_encode(tile, effort=7, distance=D)`` / ``jpegxl_decode`` of the
-  512 x 512 tile, with ``numthreads`` = ``--jxl-threads`` (default ``--threads``).
+  512 x 512 tile, with ``numthreads`` = ``--threads``.
 
 Megapixels are tile pixels (512 x 512 per tile; the halo wsicodec also computes is its own cost).
 Each repeat times wsicodec and then JPEG-XL, so both see the same machine load; the reported
@@ -192,8 +192,6 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--batch-size", type=int, default=8)
     ap.add_argument("--threads", type=int, default=os.cpu_count() or 1,
                     help="torch threads and JPEG-XL numthreads (default: all cores)")
-    ap.add_argument("--jxl-threads", type=int, default=None,
-                    help="JPEG-XL numthreads (default: --threads; all cores when the network is given fewer)")
     ap.add_argument("--tiles", type=int, default=16)
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--jxl-distance", type=float, default=1.0, help="JPEG-XL Butteraugli distance (1.0 ~ quality 90)")
@@ -229,7 +227,6 @@ def main(argv: list[str] | None = None) -> dict:
     from wsicodec.codec import LATENT_DTYPE, store_codec
 
     torch.set_num_threads(max(1, args.threads))
-    jxl_threads = args.jxl_threads or args.threads
     engine = load_engine(args.engine_file)
     model, card, note = get_model(args.model, args.models_dir)
     kwargs = {}
@@ -239,7 +236,8 @@ def main(argv: list[str] | None = None) -> dict:
         kwargs["half_synthesis"] = args.half_synthesis == "on"
     if args.keep_heap is not None:
         kwargs["keep_heap"] = args.keep_heap == "on"
-    kwargs["blas_threads"] = None if args.blas_threads == "keep" else 1
+    if args.blas_threads == "keep":  # 1 is the engine's default
+        kwargs["blas_threads"] = None
     coder = engine.Transforms(model, card, args.device, args.batch_size, precision=args.precision, **kwargs)
     spec = card.spec
     chunk_codec = store_codec(model, card)._numcodec(
@@ -299,11 +297,11 @@ def main(argv: list[str] | None = None) -> dict:
 
     # -- JPEG-XL ----------------------------------------------------------------------------
     def jxl_encode():
-        state["jxl"] = [imagecodecs.jpegxl_encode(t, effort=7, distance=args.jxl_distance, numthreads=jxl_threads)
+        state["jxl"] = [imagecodecs.jpegxl_encode(t, effort=7, distance=args.jxl_distance, numthreads=args.threads)
                         for t in tiles]
 
     def jxl_decode():
-        state["jxl_px"] = [imagecodecs.jpegxl_decode(b, numthreads=jxl_threads) for b in state["jxl"]]
+        state["jxl_px"] = [imagecodecs.jpegxl_decode(b, numthreads=args.threads) for b in state["jxl"]]
 
     # warm-up (first-call allocations, oneDNN kernel selection), untimed
     coder.analysis(np.stack(windows[:bs]))
@@ -389,7 +387,7 @@ def main(argv: list[str] | None = None) -> dict:
                                                                           strict=True)]))
                                      if hyper is not None else None),
         "tiles": n, "tile_size": TILE, "megapixels": mpx, "repeats": args.repeats,
-        "jxl": {"effort": 7, "distance": args.jxl_distance, "numthreads": jxl_threads,
+        "jxl": {"effort": 7, "distance": args.jxl_distance, "numthreads": args.threads,
                 "bpp": round(8 * sum(map(len, state.get("jxl", []))) / (mpx * 1e6), 3) if "jxl" in state else None},
         "seconds_median": {k: round(med(k), 4) for k in times},
         "mpx_per_s": {"wsicodec_encode": w_enc, "wsicodec_decode": w_dec, "jxl_encode": j_enc, "jxl_decode": j_dec,

@@ -212,9 +212,9 @@ class DeviceHyperSymbols:
         return [t.to(dtype).contiguous() for t, dtype in parts]
 
 
-def single_threaded_blas() -> bool:
-    """Limit the BLAS libraries this process has loaded (numpy's OpenBLAS) to one thread each,
-    process-wide, for the rest of the process (threadpoolctl). The chunk codec's integer
+def limit_blas_threads(threads: int = 1) -> bool:
+    """Limit the BLAS libraries this process has loaded (numpy's OpenBLAS) to ``threads`` threads
+    each, process-wide, for the rest of the process (threadpoolctl). The chunk codec's integer
     hyper-decoder does its float64 products with numpy on the coder threads, beside the network's
     own threads; a second BLAS thread per product then only waits for a core held by the network
     (docs/performance.md, "One BLAS thread for the chunk codec"). The network is unaffected:
@@ -222,7 +222,9 @@ def single_threaded_blas() -> bool:
     was found and limited."""
     from threadpoolctl import threadpool_limits
 
-    return bool(threadpool_limits(limits=1, user_api="blas").get_original_num_threads().get("blas"))
+    if threads < 1:
+        raise EngineError(f"blas_threads={threads}: at least 1 (or None to leave the BLAS threads alone)")
+    return bool(threadpool_limits(limits=int(threads), user_api="blas").get_original_num_threads().get("blas"))
 
 
 class Transforms:
@@ -244,8 +246,8 @@ class Transforms:
       fp32's, docs/performance.md), off elsewhere. A batch whose half-precision output is not finite is run again
       in fp32.
     * ``keep_heap``: :func:`keep_freed_memory` (None: on for the CPU).
-    * ``blas_threads``: ``1`` (default) applies :func:`single_threaded_blas` (process-wide, for
-      the chunk codec running beside the network); None leaves the BLAS libraries' threads alone.
+    * ``blas_threads``: :func:`limit_blas_threads` (process-wide; default 1, for the chunk codec
+      running beside the network); None leaves the BLAS libraries' threads alone.
     * ``precision``: ``"auto"`` (default: fp16 on CUDA; bf16 on a CPU that computes bf16 itself,
       :func:`native_bf16`; else fp32), ``"fp32"``, ``"fp16"`` (CUDA only) or ``"bf16"``: the
       analysis under fp16 / bf16 autocast, faster on a GPU and on an AVX512-BF16 CPU
@@ -287,9 +289,7 @@ class Transforms:
         if threads is not None:
             torch.set_num_threads(max(1, int(threads)))
         if blas_threads is not None:
-            if blas_threads != 1:
-                raise EngineError(f"blas_threads={blas_threads}: 1 or None (leave the BLAS threads alone)")
-            single_threaded_blas()
+            limit_blas_threads(blas_threads)
         self.channels_last = bool(channels_last)
         self.model = model.to(self.device).eval()
         self.g_a = inference_transform(self.model.g_a)
