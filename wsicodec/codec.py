@@ -349,7 +349,9 @@ class HyperEntropyModel:
             return np.searchsorted(self.thresholds, scale_fp, side="left").astype(np.uint8)
         lo, hi = self._lut_range
         # a scale at or below the lowest threshold takes table 0, one above the highest the last
-        return self._index_lut[np.clip(scale_fp, lo, hi) - lo]
+        offset = np.clip(scale_fp, lo, hi)
+        offset -= lo
+        return self._index_lut[offset]
 
     def symbols(self, y_fp: np.ndarray) -> HyperSymbols:
         """What coding one ``(M, h, w)`` chunk of fixed-point latents ``round(y · 2^A)`` writes."""
@@ -361,7 +363,7 @@ class HyperEntropyModel:
         if index.shape != y_fp.shape:
             raise CodecError(f"chunk has {y_fp.shape[0]} channels, the model predicts {index.shape[0]}")
         half = 1 << (self.act_bits - 1)
-        return HyperSymbols(z_sym, ((y_fp - mean + half) >> self.act_bits), index.astype(np.uint8, copy=False))
+        return HyperSymbols(z_sym, ((y_fp - mean + half) >> self.act_bits), index)
 
 
 @dataclass(frozen=True)
