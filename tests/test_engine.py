@@ -242,12 +242,24 @@ def test_kept_heap_is_handed_back_over_the_memory_budget(tiny_models, he_tiles, 
     assert engine.resident_mb() > 10 or not sys.platform.startswith("linux")
     if not engine.keep_freed_memory():
         pytest.skip("no glibc mallopt here: the heap is the system's, nothing to bound")
-    monkeypatch.setenv("WSICODEC_MAX_RSS_MB", "1")  # always over: every batch trims
+    monkeypatch.setattr(engine, "_NEED_MB", None)
+    monkeypatch.setattr(engine, "_JUST_TRIMMED", False)
+    monkeypatch.setenv("WSICODEC_MAX_RSS_MB", "1")  # always over the budget
     trims = []
     real = engine.bound_heap
     monkeypatch.setattr(engine, "bound_heap", lambda: trims.append(real()) or trims[-1])
     q = coder.analysis(he_tiles)
     coder.synthesis(q)
-    assert trims == [True, True]
+    # the first batch over the budget trims; the next one measures what a batch needs, and as long
+    # as memory stays within 10 % of that need, trimming again would only fault the same pages in
+    assert trims == [True, False]
+    need = engine._NEED_MB
+    assert need is not None and need > 1
+    monkeypatch.setattr(engine, "resident_mb", lambda: need * 1.2)  # grown past the need: trimmed
+    assert real() is True
+    monkeypatch.setattr(engine, "resident_mb", lambda: 5.0)  # the need measured again after the trim
+    assert real() is False and engine._NEED_MB == 5.0
+    monkeypatch.setattr(engine, "resident_mb", lambda: 6.0)  # over the budget and 10 % over the need
+    assert real() is True
     monkeypatch.setenv("WSICODEC_MAX_RSS_MB", "1000000")  # never over
     assert real() is False

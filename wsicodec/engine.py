@@ -58,6 +58,10 @@ _HEAP_KEPT: bool | None = None
 _TRIM: Callable[[], None] | None = None
 #: resident memory above which a kept heap is handed back to the system (``WSICODEC_MAX_RSS_MB``)
 HEAP_BUDGET_MB = 1536
+#: when a batch alone needs more than the budget, the heap is trimmed only this far above that need
+HEAP_MARGIN = 1.1
+_NEED_MB: float | None = None   # resident memory at the first batch after the last trim
+_JUST_TRIMMED = False
 
 
 def keep_freed_memory() -> bool:
@@ -67,8 +71,8 @@ def keep_freed_memory() -> bool:
     kernel faults in and zeroes, then unmaps again, which costs a good part of the encode
     throughput (docs/performance.md). Process-wide and once per process. A kept heap fragments as batches of
     different shapes come and go, so :func:`bound_heap` hands free memory back (``malloc_trim``)
-    whenever the process's resident memory passes ``WSICODEC_MAX_RSS_MB`` (default 1536).
-    ``WSICODEC_MALLOC=system`` turns all of it off. True when applied."""
+    whenever the process's resident memory passes ``WSICODEC_MAX_RSS_MB`` (default 1536), or 10 %
+    above what one batch needs where that is more. ``WSICODEC_MALLOC=system`` turns all of it off. True when applied."""
     global _HEAP_KEPT, _TRIM
     if _HEAP_KEPT is None:
         _HEAP_KEPT = False
@@ -98,13 +102,25 @@ def resident_mb() -> float:
 
 def bound_heap() -> bool:
     """With a kept heap: give free memory back to the system when resident memory is over the
-    budget. Called before each batch; True when it trimmed."""
+    budget. Called before each batch; True when it trimmed.
+
+    The resident memory seen at the first call after a trim is what a batch really needs (the
+    process's base plus one batch's working set, unfragmented). When that alone is over the
+    budget, trimming before every batch cannot lower the peak: the next batch faults the same
+    pages in again, which costs half of the CPU encode's throughput. So the limit is the budget
+    or 10 % above that need, whichever is higher: a heap that grows past it by fragmentation is
+    still trimmed, and the need is measured again after every trim."""
+    global _NEED_MB, _JUST_TRIMMED
     if _TRIM is None or not _HEAP_KEPT:
         return False
     budget = float(os.environ.get("WSICODEC_MAX_RSS_MB", "") or HEAP_BUDGET_MB)
-    if resident_mb() <= budget:
+    resident = resident_mb()
+    if _JUST_TRIMMED:
+        _NEED_MB, _JUST_TRIMMED = resident, False
+    if resident <= max(budget, HEAP_MARGIN * (_NEED_MB or 0.0)):
         return False
     _TRIM()
+    _JUST_TRIMMED = True
     return True
 
 
