@@ -73,8 +73,8 @@ print(json.dumps({'slide': '32768^2', 'call_s': round(time.time() - t, 2), 'slid
 timeout 120 $PY -m pytest -q -rs tests/test_cuda.py tests/test_engine.py -k cuda 2>&1 | tail -4
 # the default, a hyperprior: its side information made on the GPU (DeviceHyperSymbols), the writers
 # range-code
-throughput hne-hp64-q6-v2 fp32 32
-throughput hne-hp64-q6-v2 fp16 32
+throughput hne-hp64-q6-v3 fp32 32
+throughput hne-hp64-q6-v3 fp16 32
 timeout 100 $PY benchmarks/streaming.py /tmp/synthetic16k.tiff --device cuda --json "$OUT/streaming-cuda.json" 2>&1 | tail -2
 timeout 90 $PY benchmarks/read_scaling.py /tmp/synthetic16k.tiff --windows 1024 --readers 1 4 8 12 16 \
   --json "$OUT/read_scaling.json" 2>&1 | tail -13

@@ -163,6 +163,21 @@ def test_plain_images_and_transparency(tiny_models, tmp_path):
         assert s.dimensions == (90, 70)
 
 
+def test_an_image_smaller_than_a_tile_is_one_tile_of_its_size(tiny_models, tmp_path, he_crop):
+    from PIL import Image
+
+    from wsicodec.pipeline import default_tile
+
+    assert [default_tile(w, h) for w, h in ((224, 224), (100, 30), (60, 20), (500, 200), (512, 100), (4000, 300))] == \
+        [256, 128, 64, 512, 512, 512]
+    Image.fromarray(he_crop[:150, :190]).save(tmp_path / "p.png")
+    r = compress(tmp_path / "p.png", tmp_path / "p.zarr", model_dir=tiny_models)
+    assert r.tiles == 1
+    with WsiStore(r.output, model_dir=tiny_models) as s:
+        assert s.meta["tile_size"] == 192 and s.dimensions == (190, 150)
+        assert s.read_level0(0, 0, 190, 150).shape == (150, 190, 3)
+
+
 def test_glass_tiles_are_skipped_and_cost_nothing(tiny_models, tmp_path, he_crop):
     from PIL import Image
 

@@ -216,6 +216,11 @@ def test_ms_ssim_distortion_trains_on_one_minus_ms_ssim_and_the_card_records_it(
     card = t.export("mini-ms", tmp_path / "models", use_best=False)
     _, loaded = load_model("mini-ms", tmp_path / "models")
     assert card.distortion == loaded.distortion == "ms-ssim" and loaded.lmbda == lmbda
+    # the entropy model alone, on an MS-SSIM model's fixed transforms: the rate is the whole loss
+    frozen = Trainer(_cfg(data_dir, tmp_path / "ms-frozen", architecture="mbt2018-mean", distortion="ms-ssim",
+                          lmbda=lmbda, patch=192, val_crop=192, freeze_transforms=True))
+    r = frozen.train_step()
+    assert r["loss"] == pytest.approx(r["bpp"], rel=1e-5)
     for bad, match in (({"patch": 128}, "161 px"), ({"lambdas": [0.01, 0.1], "architecture": "mbt2018-mean-gain"},
                                                     "single-rate"), ({"distortion": "ssim"}, "one of")):
         with pytest.raises(TrainError, match=match):

@@ -103,6 +103,48 @@ def test_pack_holds_exact_crops_within_its_budget(sources, tmp_path):
         _build(root, tmp_path / "tiny", max_mib=0.001)
 
 
+def test_images_smaller_than_the_crop_are_mirrored_out_not_left_out(sources):
+    from wsicodec.train.data import CropSampler, load_rgb, mirror_to
+    from wsicodec.train.pack import _candidate_crops
+
+    root, _ = sources
+    tissue = load_rgb(root / "train" / "t0.png")[0]
+    small, tiny = tissue[:60, :90], tissue[:40, :40]  # over and under half of a 96-px crop
+    padded, top, left = mirror_to(small, 96)
+    assert padded.shape == (96, 96, 3) and (top, left) == (18, 3)
+    assert np.array_equal(padded[top : top + 60, left : left + 90], small)
+    assert np.array_equal(padded[top - 1, left : left + 90], small[0])  # mirrored at the edge
+    assert np.array_equal(padded[top : top + 60, left - 1], small[:, 0])
+    # a pack: one crop, its origin the mirrored margin (negative); the tiny image gives none
+    [(y, x, crop)] = _candidate_crops(small, 96, np.random.default_rng(0))
+    assert (y, x) == (-18, -3) and np.array_equal(crop, padded)
+    assert _candidate_crops(tiny, 96, np.random.default_rng(0)) == []
+    # training: the small image is sampled, mirrored, and the tiny one is left out
+    sampler = CropSampler([small, tiny], 96, stain_jitter=0, colour_jitter=0)
+    assert [im.shape for im in sampler.images] == [(96, 96, 3)]
+    with pytest.raises(Exception, match="at least 48x48"):
+        CropSampler([tiny], 96)
+
+
+def test_excluded_training_files_are_left_out(sources, tmp_path):
+    from click.testing import CliRunner
+
+    from wsicodec.cli import main
+    from wsicodec.train.data import find_inputs, load_images
+
+    root, _ = sources
+    names = [f.name for f in find_inputs([root / "train"], exclude=["*/train/t[01].*", "*.jxl"])]
+    assert names == ["t2.png", "t3.png", "t4.png"]
+    assert len(load_images([root / "train"], exclude=["*/t*.png"])) == 1  # the JPEG XL alone
+    out = tmp_path / "run"
+    r = CliRunner().invoke(main, ["train", "run", str(root / "train"), "--out", str(out), "--steps", "2", "-N", "8",
+                                  "-M", "8", "--patch", "64", "--batch", "2", "--val-every", "1000",
+                                  "--exclude", "*/t[0-2].png"])
+    assert r.exit_code == 0, r.output
+    state = torch.load(out / "checkpoint.pt", weights_only=False)
+    assert state["config"]["exclude"] == ["*/t[0-2].png"]  # a continuation leaves them out too
+
+
 def test_pack_validation_crops_give_the_originals_figures(sources, tmp_path):
     from wsicodec.train.loop import _val_images
 

@@ -48,8 +48,9 @@ def main() -> None:
               help="Processes that entropy-code and write tiles  [default: on CUDA a quarter of the cores, else 0]")
 @click.option("--read-threads", type=click.IntRange(1, 256), default=None,
               help="Threads reading the slide  [default: on CUDA 3/4 of the cores, else 1/4]")
-@click.option("--tile", type=click.IntRange(64, 4096), default=512, show_default=True,
-              help="Tile (= chunk) size in level-0 pixels, a multiple of 16.")
+@click.option("--tile", type=click.IntRange(64, 4096), default=None,
+              help="Tile (= chunk) size in level-0 pixels, a multiple of 16 (64 for a hyperprior)  "
+                   "[default: 512; an image smaller than that: one tile, its longer side rounded up to 64].")
 @click.option("--keep-glass", is_flag=True, help="Encode empty-glass tiles too (no background skipping).")
 @click.option("--overwrite", is_flag=True, help="Replace OUTPUT if it exists (only a wsicodec store).")
 @click.option("--resume", is_flag=True,

@@ -242,9 +242,23 @@ def resumed_choice(output: Path, target: Any, tiles: int) -> Choice | None:
     return Choice(point, rec, f"target {target}: {point}, as chosen by the interrupted run")
 
 
+#: the tile side for slides and images larger than one tile
+TILE = 512
+#: every model's tile sides are multiples of this (stride 16; a hyperprior's chunks: multiples of 4 latents)
+TILE_MULTIPLE = 64
+
+
+def default_tile(width: int, height: int) -> int:
+    """:data:`TILE`, or for an image that fits in one, its longer side rounded up to a multiple of
+    :data:`TILE_MULTIPLE`: a 224-px patch coded in a 512-px tile pays for 5x its area in
+    background latents around it, in a 256-px tile for 1.3x."""
+    side = max(width, height)
+    return TILE if side >= TILE else max(TILE_MULTIPLE, -(-side // TILE_MULTIPLE) * TILE_MULTIPLE)
+
+
 @compress_urls  # input / output may be fsspec URLs (wsicodec.remote)
 def compress(input_path: str | Path, output: str | Path, model: str | None = None, device: str = "auto",
-             batch_size: int | None = None, tile: int = 512, overwrite: bool = False, skip_glass: bool = True,
+             batch_size: int | None = None, tile: int | None = None, overwrite: bool = False, skip_glass: bool = True,
              progress: bool = False, model_dir: Path | None = None, resume: bool = False,
              deidentify: bool = False, io_threads: int = 2, writer_processes: int | None = None,
              read_threads: int | None = None, precision: str = "auto",
@@ -260,6 +274,9 @@ def compress(input_path: str | Path, output: str | Path, model: str | None = Non
     tissue tiles of this slide, :mod:`wsicodec.target`), or none of them: the default. How it was
     chosen is recorded in the store (``quality``), handed to ``on_choice`` as soon as it is made
     and returned (``CompressResult.choice``).
+
+    ``tile``: the tile (= chunk) side in level-0 pixels; None: :func:`default_tile` (512, or one
+    tile of the image's own size for an image smaller than that).
 
     ``resume``: continue an interrupted run from the unfinished store (``.<name>.partial``) left
     beside ``output`` (without it, such a store is discarded and the run starts over); the result
@@ -287,7 +304,7 @@ def compress(input_path: str | Path, output: str | Path, model: str | None = Non
         if choice.point.rate is not None:
             position = choice.point.rate
         net, card = load_model(name, model_dir)
-        if tile % (card.stride * card.spec.chunk_multiple):
+        if tile is not None and tile % (card.stride * card.spec.chunk_multiple):
             raise StoreError(f"{output}: tile size {tile} must be a multiple of "
                              f"{card.stride * card.spec.chunk_multiple} for model {card.name}")
         return net, card, Transforms(net, card, device, batch_size, precision=precision,
@@ -310,6 +327,7 @@ def compress(input_path: str | Path, output: str | Path, model: str | None = Non
         from wsicodec.content import assess
 
         W, H = src.dimensions
+        tile = tile or default_tile(W, H)
         thumb = None if src.unreadable else src.thumbnail(1024)
         content = assess(src, thumb)
         refusal = content.refusal(allow_non_he)

@@ -135,7 +135,7 @@ class WsicodecCodec(Codec):
     setting_label = "model"
 
     def __init__(self, settings: Sequence[str] | None = None, model_dir: Path | None = None,
-                 device: str = "cpu", batch_size: int = 4, tile: int = 512, precision: str = "auto"):
+                 device: str = "cpu", batch_size: int = 4, tile: int | None = None, precision: str = "auto"):
         self.model_dir = Path(model_dir) if model_dir else None
         self.device, self.batch_size, self.tile = device, batch_size, tile
         self.precision = precision  # "auto" or "fp32", for compress and decompress alike

@@ -68,10 +68,13 @@ def command() -> None:
 @click.option("--distortion", type=click.Choice(["mse", "ms-ssim"]), default="mse", show_default=True,
               help="The loss's distortion term: λ·255²·MSE, or λ·(1 − MS-SSIM) for a model that serves an "
                    "MS-SSIM policy (single-rate; crops of at least 161 px).")
+@click.option("--exclude", multiple=True, metavar="PATTERN",
+              help="Leave out the training files whose path matches this shell pattern, e.g. '*/train/ebhi-*' "
+                   "to keep a set of images for a check (repeatable).")
 @click.option("--resume", is_flag=True, help="Continue the run in --out exactly where it stopped.")
 def run(data, out, val, architecture, N, M, lmbda, lambdas, params, feature_net, psi, patch, batch, steps, lr,
         transform_lr, clip, val_every, checkpoint_minutes, max_minutes, wall_minutes, seed, threads, init_from,
-        precision, device, workers, compile_, freeze_transforms, distortion, resume):
+        precision, device, workers, compile_, freeze_transforms, distortion, exclude, resume):
     """Train on DATA (image files, folders, slides, training packs)."""
     from wsicodec.train import TrainConfig, Trainer
 
@@ -90,7 +93,7 @@ def run(data, out, val, architecture, N, M, lmbda, lambdas, params, feature_net,
                       checkpoint_minutes=checkpoint_minutes, max_minutes=max_minutes, wall_minutes=wall_minutes,
                       seed=seed, threads=threads, init_from=",".join(init_from), precision=precision, device=device,
                       workers=workers, compile=compile_, freeze_transforms=freeze_transforms,
-                      distortion=distortion)
+                      distortion=distortion, exclude=list(exclude))
     if freeze_transforms and not init_from and not resume:
         raise click.BadParameter("--freeze-transforms keeps the transforms of an --init-from model; name one")
     t = Trainer(cfg)

@@ -3,6 +3,8 @@ colour / H&E stain jitter. Plain images (PNG, JPEG, WebP, BMP, JPEG XL) are deco
 OpenSlide; a training pack (:mod:`wsicodec.train.pack`) given as a folder contributes its crops."""
 from __future__ import annotations
 
+import fnmatch
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -20,8 +22,9 @@ _HED_FROM_RGB = np.linalg.inv(
 _RGB_FROM_HED = np.linalg.inv(_HED_FROM_RGB)
 
 
-def find_inputs(paths: list[str | Path]) -> list[Path]:
-    """Image files and slides named directly or found in folders (sorted, for reproducibility)."""
+def find_inputs(paths: list[str | Path], exclude: Sequence[str] = ()) -> list[Path]:
+    """Image files and slides named directly or found in folders (sorted, for reproducibility),
+    less those whose path matches one of the shell patterns ``exclude`` (``fnmatch``)."""
     found: list[Path] = []
     for p in map(Path, paths):
         if p.is_dir():
@@ -31,7 +34,7 @@ def find_inputs(paths: list[str | Path]) -> list[Path]:
             found.append(p)
         else:
             raise TrainError(f"{p}: no such file or folder")
-    return found
+    return [f for f in found if not any(fnmatch.fnmatch(f.as_posix(), pattern) for pattern in exclude)]
 
 
 def _read_jxl(path: Path) -> np.ndarray:
@@ -81,9 +84,9 @@ def load_rgb(path: Path, max_pixels: int = 64_000_000, tiles_from_slide: int = 6
         return out
 
 
-def load_images(paths: list[str | Path]) -> list[np.ndarray]:
+def load_images(paths: list[str | Path], exclude: Sequence[str] = ()) -> list[np.ndarray]:
     """The training images of ``paths``: image files, slides, folders of them, and training packs
-    (a folder with ``pack.json``: its crops)."""
+    (a folder with ``pack.json``: its crops); files matching ``exclude`` (:func:`find_inputs`) left out."""
     from wsicodec.train.pack_reader import is_pack, load_pack_crops
 
     images: list[np.ndarray] = []
@@ -91,18 +94,34 @@ def load_images(paths: list[str | Path]) -> list[np.ndarray]:
         if is_pack(p):
             images += load_pack_crops(p)
         else:
-            images += [im for f in find_inputs([p]) for im in load_rgb(f)]
+            images += [im for f in find_inputs([p], exclude) for im in load_rgb(f)]
     return images
 
 
+def mirror_to(image: np.ndarray, size: int) -> tuple[np.ndarray, int, int]:
+    """``image`` with each side shorter than ``size`` px mirrored out to ``size`` (centred), and
+    the rows and columns added before it (top, left). Some public H&E sets are made of small
+    images (EBHI: 224 x 224 px), and their stain and magnification are seen nowhere else: left out
+    of 256-px crops, the models spent several times the bits on such images."""
+    h, w = image.shape[:2]
+    ph, pw = max(0, size - h), max(0, size - w)
+    if not ph and not pw:
+        return image, 0, 0
+    top, left = ph // 2, pw // 2
+    return np.pad(image, ((top, ph - top), (left, pw - left), (0, 0)), mode="symmetric"), top, left
+
+
 class CropSampler:
-    """Draws batches of random crops (area-weighted over images) with augmentation."""
+    """Draws batches of random crops (area-weighted over images) with augmentation. An image
+    smaller than the patch but at least half of it on each side is mirrored out to the patch
+    (:func:`mirror_to`); smaller ones are left out."""
 
     def __init__(self, images: list[np.ndarray], patch: int, seed: int = 0,
                  stain_jitter: float = 0.05, colour_jitter: float = 0.05):
-        self.images = [im for im in images if im.shape[0] >= patch and im.shape[1] >= patch]
+        self.images = [mirror_to(im, patch)[0] for im in images if min(im.shape[:2]) >= (patch + 1) // 2]
         if not self.images:
-            raise TrainError(f"no training image is at least {patch}x{patch} pixels")
+            raise TrainError(f"no training image is at least {(patch + 1) // 2}x{(patch + 1) // 2} pixels "
+                             f"(half the {patch}-px patch)")
         areas = np.array([im.shape[0] * im.shape[1] for im in self.images], dtype=np.float64)
         self.weights = areas / areas.sum()
         self.patch = patch

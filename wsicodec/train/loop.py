@@ -78,6 +78,7 @@ class TrainConfig:
     default_point: int = -1          # a variable-rate model's default operating point (-1: the ladder's middle)
     freeze_transforms: bool = False  # train the entropy model alone on fixed g_a / g_s (the rate only)
     distortion: str = "mse"          # mse | ms-ssim: what the loss's distortion term measures (DISTORTIONS)
+    exclude: list[str] = field(default_factory=list)  # shell patterns of training files left out
 
     @property
     def ladder(self) -> list[float] | None:
@@ -244,9 +245,11 @@ def transform_ceiling(model: nn.Module, images: list[torch.Tensor],
 def _check_distortion(cfg: TrainConfig) -> None:
     if cfg.distortion not in DISTORTIONS:
         raise TrainError(f"distortion {cfg.distortion!r}: one of {', '.join(DISTORTIONS)}")
-    if cfg.distortion != "mse" and (cfg.ladder or cfg.feature_net != "none" or cfg.freeze_transforms):
+    # with --freeze-transforms the loss is the rate alone whatever the distortion; the distortion
+    # then only names the model's (for its card and the validation objective)
+    if cfg.distortion != "mse" and (cfg.ladder or cfg.feature_net != "none"):
         raise TrainError(f"--distortion {cfg.distortion} trains a single-rate model on that term alone: "
-                         "no --lambdas ladder, --feature-net or --freeze-transforms")
+                         "no --lambdas ladder or --feature-net")
     if cfg.distortion == "ms-ssim" and cfg.patch < 161:
         raise TrainError(f"--distortion ms-ssim needs crops of at least 161 px (MS-SSIM's five scales), "
                          f"not --patch {cfg.patch}")
@@ -300,7 +303,7 @@ class Trainer:
         self.best = float("inf")
         self.train_seconds = 0.0         # time in training steps on step_clock (CPU: CPU time), validation excluded
         self.start_step = 0              # where this run's own steps began (> 0 when fine-tuning)
-        self.sampler = CropSampler(load_images(cfg.data), cfg.patch, cfg.seed, cfg.stain_jitter, cfg.colour_jitter)
+        self.sampler = CropSampler(load_images(cfg.data, cfg.exclude), cfg.patch, cfg.seed, cfg.stain_jitter, cfg.colour_jitter)
         self.workers = cfg.workers if cfg.workers >= 0 else default_workers(self.device)
         self._batches: BatchStream | None = None
         self.val = _val_images(cfg.val, cfg.val_crop) if cfg.val else []

@@ -54,12 +54,19 @@ def _webp_lossless(rgb: np.ndarray) -> bytes:
 
 def _candidate_crops(image: np.ndarray, crop: int, rng: np.random.Generator) -> list[tuple[int, int, np.ndarray]]:
     """The crops (y, x, pixels) of ``image`` on a grid of ``crop``-px cells placed at a random
-    offset, glass skipped."""
+    offset, glass skipped. An image under the crop size but at least half of it on each side
+    gives one crop, mirrored out (:func:`~wsicodec.train.data.mirror_to`; its y, x negative: the
+    mirrored margin); smaller ones give none."""
     from wsicodec.tiling import is_background
+    from wsicodec.train.data import mirror_to
 
     h, w = image.shape[:2]
-    if h < crop or w < crop:
+    if min(h, w) < (crop + 1) // 2:
         return []
+    if h < crop or w < crop:
+        c, top, left = mirror_to(image, crop)
+        c = c[:crop, :crop]
+        return [] if is_background(c, _GLASS, tolerance=25, max_fraction=0.5) else [(-top, -left, c)]
     oy, ox = rng.integers(0, h % crop + 1), rng.integers(0, w % crop + 1)
     out = []
     for y in range(oy, h - crop + 1, crop):
