@@ -303,7 +303,8 @@ class Trainer:
         self.best = float("inf")
         self.train_seconds = 0.0         # time in training steps on step_clock (CPU: CPU time), validation excluded
         self.start_step = 0              # where this run's own steps began (> 0 when fine-tuning)
-        self.sampler = CropSampler(load_images(cfg.data, cfg.exclude), cfg.patch, cfg.seed, cfg.stain_jitter, cfg.colour_jitter)
+        self.sampler = CropSampler(load_images(cfg.data, cfg.exclude), cfg.patch, cfg.seed, cfg.stain_jitter,
+                                   cfg.colour_jitter)
         self.workers = cfg.workers if cfg.workers >= 0 else default_workers(self.device)
         self._batches: BatchStream | None = None
         self.val = _val_images(cfg.val, cfg.val_crop) if cfg.val else []
