@@ -104,6 +104,7 @@ def test_pack_holds_exact_crops_within_its_budget(sources, tmp_path):
 
 
 def test_images_smaller_than_the_crop_are_mirrored_out_not_left_out(sources):
+    from wsicodec.errors import TrainError
     from wsicodec.train.data import CropSampler, load_rgb, mirror_to
     from wsicodec.train.pack import _candidate_crops
 
@@ -122,7 +123,7 @@ def test_images_smaller_than_the_crop_are_mirrored_out_not_left_out(sources):
     # training: the small image is sampled, mirrored, and the tiny one is left out
     sampler = CropSampler([small, tiny], 96, stain_jitter=0, colour_jitter=0)
     assert [im.shape for im in sampler.images] == [(96, 96, 3)]
-    with pytest.raises(Exception, match="at least 48x48"):
+    with pytest.raises(TrainError, match="at least 48x48"):
         CropSampler([tiny], 96)
 
 

@@ -107,7 +107,7 @@ def bound_heap() -> bool:
     The resident memory seen at the first call after a trim is what a batch really needs (the
     process's base plus one batch's working set, unfragmented). When that alone is over the
     budget, trimming before every batch cannot lower the peak: the next batch faults the same
-    pages in again, which costs half of the CPU encode's throughput. So the limit is the budget
+    pages in again (docs/performance.md, "The kept heap and its budget"). So the limit is the budget
     or 10 % above that need, whichever is higher: a heap that grows past it by fragmentation is
     still trimmed, and the need is measured again after every trim."""
     global _NEED_MB, _JUST_TRIMMED

@@ -101,8 +101,8 @@ def load_images(paths: list[str | Path], exclude: Sequence[str] = ()) -> list[np
 def mirror_to(image: np.ndarray, size: int) -> tuple[np.ndarray, int, int]:
     """``image`` with each side shorter than ``size`` px mirrored out to ``size`` (centred), and
     the rows and columns added before it (top, left). Some public H&E sets are made of small
-    images (EBHI: 224 x 224 px), and their stain and magnification are seen nowhere else: left out
-    of 256-px crops, the models spent several times the bits on such images."""
+    images (EBHI: 224 x 224 px) whose stain and magnification are seen nowhere else; left out of
+    256-px crops, the models never learnt them (docs/training.md, "Small training images")."""
     h, w = image.shape[:2]
     ph, pw = max(0, size - h), max(0, size - w)
     if not ph and not pw:

@@ -4,7 +4,8 @@ centre crops, in a few lossless files of bounded total size, to carry training t
 A pack is a folder::
 
     pack.json          format, crop size, sheets (file, crop count, sha256, each crop's source and
-                       position), sources, validation crops
+                       position: negative for an image smaller than the crop, mirrored out to it),
+                       sources, validation crops
     crops-000.webp     a sheet: crops side by side in a grid (lossless WebP), row by row
     ...
     val/NAME.webp      the centre crop of each validation image (lossless WebP)
