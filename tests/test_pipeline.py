@@ -166,7 +166,7 @@ def test_plain_images_and_transparency(tiny_models, tmp_path):
 def test_an_image_smaller_than_a_tile_is_one_tile_of_its_size(tiny_models, tmp_path, he_crop):
     from PIL import Image
 
-    from wsicodec.pipeline import default_tile
+    from wsicodec.tiling import default_tile
 
     assert [default_tile(w, h) for w, h in ((224, 224), (100, 30), (60, 20), (500, 200), (512, 100), (4000, 300))] == \
         [256, 128, 64, 512, 512, 512]

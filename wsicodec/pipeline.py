@@ -36,7 +36,7 @@ from wsicodec.store import (
     store_size,
 )
 from wsicodec.streaming import BackgroundSink
-from wsicodec.tiling import TileGrid, measure_glass
+from wsicodec.tiling import TileGrid, default_tile, measure_glass
 from wsicodec.writers import ChunkWriterProcesses
 
 
@@ -242,20 +242,6 @@ def resumed_choice(output: Path, target: Any, tiles: int) -> Choice | None:
     return Choice(point, rec, f"target {target}: {point}, as chosen by the interrupted run")
 
 
-#: the tile side for slides and images larger than one tile
-TILE = 512
-#: every model's tile sides are multiples of this (stride 16; a hyperprior's chunks: multiples of 4 latents)
-TILE_MULTIPLE = 64
-
-
-def default_tile(width: int, height: int) -> int:
-    """:data:`TILE`, or for an image that fits in one, its longer side rounded up to a multiple of
-    :data:`TILE_MULTIPLE`: a 224-px patch coded in a 512-px tile pays for 5x its area in
-    background latents around it, in a 256-px tile for 1.3x."""
-    side = max(width, height)
-    return TILE if side >= TILE else max(TILE_MULTIPLE, -(-side // TILE_MULTIPLE) * TILE_MULTIPLE)
-
-
 @compress_urls  # input / output may be fsspec URLs (wsicodec.remote)
 def compress(input_path: str | Path, output: str | Path, model: str | None = None, device: str = "auto",
              batch_size: int | None = None, tile: int | None = None, overwrite: bool = False, skip_glass: bool = True,
@@ -275,7 +261,7 @@ def compress(input_path: str | Path, output: str | Path, model: str | None = Non
     chosen is recorded in the store (``quality``), handed to ``on_choice`` as soon as it is made
     and returned (``CompressResult.choice``).
 
-    ``tile``: the tile (= chunk) side in level-0 pixels; None: :func:`default_tile` (512, or one
+    ``tile``: the tile (= chunk) side in level-0 pixels; None: :func:`~wsicodec.tiling.default_tile` (512, or one
     tile of the image's own size for an image smaller than that).
 
     ``resume``: continue an interrupted run from the unfinished store (``.<name>.partial``) left

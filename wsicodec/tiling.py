@@ -8,6 +8,20 @@ from dataclasses import dataclass
 
 import numpy as np
 
+#: the tile side for slides and images larger than one tile
+TILE = 512
+#: every registered model's tile sides are multiples of this (stride 16; a hyperprior's chunks:
+#: multiples of 4 latents)
+TILE_MULTIPLE = 64
+
+
+def default_tile(width: int, height: int) -> int:
+    """:data:`TILE`, or for an image that fits in one, its longer side rounded up to a multiple of
+    :data:`TILE_MULTIPLE`: a 224-px patch coded in a 512-px tile pays for 5x its area in
+    background latents around it, in a 256-px tile for 1.3x."""
+    side = max(width, height)
+    return TILE if side >= TILE else max(TILE_MULTIPLE, -(-side // TILE_MULTIPLE) * TILE_MULTIPLE)
+
 
 @dataclass(frozen=True)
 class TileGrid:
@@ -16,7 +30,7 @@ class TileGrid:
 
     width: int
     height: int
-    tile: int = 512
+    tile: int = TILE
     stride: int = 16
 
     def __post_init__(self) -> None:
