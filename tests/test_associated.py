@@ -11,6 +11,7 @@ import numpy as np
 import openslide
 import pytest
 import tifffile
+from conftest import code_chunks_whole
 
 from wsicodec.associated import decode, encode, original_bytes
 from wsicodec.pipeline import compress
@@ -29,7 +30,7 @@ def example_store(tiny_models, tmp_path_factory):
 def test_macro_keeps_the_sources_jpeg_bytes_and_label_is_lossless(example_store, tiny_models):
     src = openslide.OpenSlide(str(EXAMPLE))
     meta = json.loads((example_store / "zarr.json").read_text())["attributes"]["wsicodec"]
-    assert meta["format_version"] == 3 and meta["associated"] == ["label", "macro"]
+    assert meta["format_version"] == 5 and meta["associated"] == ["label", "macro"]
     assert not (example_store / "associated" / "thumbnail").exists()
     with WsiStore(example_store, model_dir=tiny_models, device="cpu") as s:
         kept = {name: np.asarray(im) for name, im in s.associated_images.items()}
@@ -65,7 +66,8 @@ def test_lossless_coding_round_trip_and_no_original_outside_aperio():
 
 def _as_written_before(store: Path, version: int) -> None:
     """Rewrite a store's associated images the way format versions 1 and 2 kept them: raw (h, w, 3)
-    uint8 pixels, zstd + crc32c, with a thumbnail beside them."""
+    uint8 pixels, zstd + crc32c, with a thumbnail beside them (and its edge chunks whole, as
+    before version 5)."""
     import zarr
     from zarr.codecs import BytesCodec, Crc32cCodec, ZstdCodec
 
@@ -81,6 +83,7 @@ def _as_written_before(store: Path, version: int) -> None:
     doc = json.loads((store / "zarr.json").read_text())
     doc["attributes"]["wsicodec"].update(format_version=version, associated=sorted(src.associated_images))
     (store / "zarr.json").write_text(json.dumps(doc))
+    code_chunks_whole(store)
 
 
 def test_stores_with_raw_associated_images_still_read(example_store, tiny_models, tmp_path):

@@ -204,25 +204,88 @@ def hyper_store(tiny_models, tmp_path_factory):
 
 def test_hyper_store_reads_like_a_slide_and_verifies(hyper_store, tiny_models, one_thread):
     with WsiStore(hyper_store.output, model_dir=tiny_models) as s:
-        assert s.meta["format_version"] == 3  # a hyperprior's layout (2) with encoded label and macro (3)
+        # a hyperprior's layout (2), encoded label and macro (3), edge chunks cut at the image (5)
+        assert s.meta["format_version"] == 5
         assert s.meta["model"]["entropy_model"] == "gaussian-mean-scale"
-        assert s.properties["wsicodec.format-version"] == "3"
+        assert s.properties["wsicodec.format-version"] == "5"
         lat = np.asarray(s.latents[...])
         assert lat.dtype == np.int32 and np.abs(lat).max() > 2**ACT_BITS
-        # chunks are coded whole: beyond the canvas (139 x 186 latents) lies the background (coded,
-        # so within half a quantization step of it)
-        assert lat.shape == (8, 12 * 16, 9 * 16) and s.grid.latent_shape == (186, 139)
+        # the array reaches to the next whole side-information position beyond the canvas (139 x
+        # 186 latents): there lies the background (coded, so within half a quantization step of it)
+        assert lat.shape == (8, 188, 140) and s.grid.latent_shape == (186, 139)
         bg = np.asarray(s.meta["background"]["latents"]).reshape(-1, 1, 1)
+        half = 2 ** (ACT_BITS - 1)
         coded = [(tx, ty) for ty in range(12) for tx in range(9) if s.tile_state[ty, tx] == 1]
         edge = [(tx, ty) for tx, ty in coded if tx == 8 or ty == 11]
-        half = 2 ** (ACT_BITS - 1)
-        assert edge and all((abs(lat[:, 186 : (ty + 1) * 16, tx * 16 : (tx + 1) * 16] - bg) <= half).all()
-                            and (abs(lat[:, ty * 16 : (ty + 1) * 16, 139 : (tx + 1) * 16] - bg) <= half).all()
-                            for tx, ty in edge)
+        assert edge and all((abs(lat[:, 186:, tx * 16 : (tx + 1) * 16] - bg) <= half).all() if ty == 11 else
+                            (abs(lat[:, ty * 16 : (ty + 1) * 16, 139:] - bg) <= half).all() for tx, ty in edge)
         full = s.read_level0(0, 0, 2220, 2967)
         part = s.read_level0(700, 900, 300, 200)  # a region decodes to the same pixels as the whole
         assert np.array_equal(part, full[900:1100, 700:1000])
     rep = verify_store(hyper_store.output, model_dir=tiny_models)
+    assert rep.ok, rep.problems
+
+
+def test_edge_chunks_are_coded_only_as_far_as_the_image_reaches(hyper_store):
+    from wsicodec.codec import chunk_stream_shape
+
+    shapes = {}
+    for f in (hyper_store.output / "latents" / "c" / "0").glob("*/*"):
+        shapes[int(f.parent.name), int(f.name)] = chunk_stream_shape(f.read_bytes())
+    assert len(shapes) > 50
+    for (ty, tx), shape in shapes.items():  # 16 x 16 latents a tile; the array is 188 x 140
+        assert shape == (8, 12 if ty == 11 else 16, 12 if tx == 8 else 16), (tx, ty)
+    assert any(ty == 11 for ty, _ in shapes) and any(tx == 8 for _, tx in shapes)
+
+
+def test_verify_names_a_chunk_that_holds_fewer_latents_than_its_layout(hyper_store, tiny_models, tmp_path):
+    import shutil
+
+    import google_crc32c
+    import zarr
+
+    from wsicodec.store import chunk_file
+
+    bad = tmp_path / "bad.zarr"
+    shutil.copytree(hyper_store.output, bad)
+    a = zarr.open_array(str(bad / "latents"), mode="r")
+    codec = a.metadata.codecs[0]._numcodec(a.chunks, np.dtype(a.dtype))
+    ty, tx = next((int(f.parent.name), int(f.name)) for f in (bad / "latents" / "c" / "0").glob("*/*")
+                  if int(f.parent.name) < 11 and int(f.name) < 8)
+    data = codec.encode(np.asarray(a[:, ty * 16 : ty * 16 + 8, tx * 16 : tx * 16 + 16]))  # half a chunk
+    chunk_file(bad, tx, ty).write_bytes(data + int(google_crc32c.value(data)).to_bytes(4, "little"))
+    rep = verify_store(bad, model_dir=tiny_models)
+    assert not rep.ok and [str(p) for p in rep.problems] == [
+        f"chunk: tile ({tx}, {ty}): latents/c/0/{ty}/{tx} holds 8 x 16 latents, the layout 16 x 16"]
+
+
+def test_stores_of_whole_edge_chunks_still_read(hyper_store, tiny_models, tmp_path, one_thread):
+    """A store written before version 5 codes its edge chunks whole, the background beyond the
+    canvas: it reads and verifies, and its pixels are those of the same latents in a version-5
+    store (tiles off the edge: identical; at the edge the side information saw another extent)."""
+    from wsicodec.codec import chunk_stream_shape
+    from wsicodec.store import TILE_CODED, StoreWriter, read_store_meta
+
+    old = tmp_path / "old.zarr"
+    with WsiStore(hyper_store.output, model_dir=tiny_models) as new:
+        lat, grid, state = np.asarray(new.latents[...]), new.grid, new.tile_state
+        meta = {**read_store_meta(hyper_store.output), "format_version": 2, "associated": []}
+        writer = StoreWriter(old, meta, grid, new.latents.metadata.codecs[0], lat.shape[0])
+        tiles = []
+        for tx, ty in grid:
+            x0, y0, x1, y1 = grid.tile_latents(tx, ty)
+            tiles.append((tx, ty, lat[:, y0:y1, x0:x1] if state[ty, tx] == TILE_CODED else None))
+        writer.write_tiles(tiles)
+        writer.finish()
+        with WsiStore(old, model_dir=tiny_models) as s:
+            assert s.meta["format_version"] == 2 and s.latents.shape == (8, 192, 144)
+            edge = [f for f in (old / "latents" / "c" / "0").glob("*/*") if f.name == "8" or f.parent.name == "11"]
+            assert edge and all(chunk_stream_shape(f.read_bytes()) == (8, 16, 16) for f in edge)
+            a, b = s.read_level0(0, 0, 2220, 2967), new.read_level0(0, 0, 2220, 2967)
+    assert np.array_equal(a[: 11 * 256 - 64, : 8 * 256 - 64], b[: 11 * 256 - 64, : 8 * 256 - 64])
+    mse = np.mean((a.astype(float) - b.astype(float)) ** 2)
+    assert 0 < mse and 10 * np.log10(255**2 / mse) > 40
+    rep = verify_store(old, model_dir=tiny_models)
     assert rep.ok, rep.problems
 
 

@@ -37,7 +37,7 @@ def test_example_slide_round_trip_metadata(cmu_store):
         assert s.properties["openslide.mpp-x"] == src.properties["openslide.mpp-x"]
         assert s.properties["openslide.vendor"] == "aperio"
         # label and macro kept (the thumbnail is made from the store's pyramid), pixels as the source's
-        assert set(s.meta["associated"]) == {"label", "macro"} and s.meta["format_version"] == 3
+        assert set(s.meta["associated"]) == {"label", "macro"} and s.meta["format_version"] == 5
         for name in ("label", "macro"):
             ref = np.asarray(src.associated_images[name].convert("RGB"))
             assert np.array_equal(np.asarray(s.associated_images[name]), ref)
@@ -216,8 +216,9 @@ def test_zarr_json_is_self_describing(cmu_store):
     assert names == ["wsicodec.latents", "crc32c"]
     assert len(meta["codecs"][0]["configuration"]["tables"]["freqs"]) == 8
     group = json.loads((cmu_store.output / "zarr.json").read_text())
-    # a factorized model's store: version 1 layout, and version 3 for the label and macro it holds
-    assert group["attributes"]["wsicodec"]["format_version"] == 3
+    # a factorized model's store: version 1 layout, 3 for the label and macro it holds, 5 for its
+    # edge chunks, coded only as far as the image reaches
+    assert group["attributes"]["wsicodec"]["format_version"] == 5
 
 
 def test_glass_detection_matches_its_definition():

@@ -174,9 +174,21 @@ def encode_chunk(q: np.ndarray, models: _Models) -> bytes:
     return head + esc_arr.tobytes() + words.tobytes()
 
 
+def _check_chunk_shape(shape: tuple[int, int, int], expect: Sequence[int] | None, within: bool) -> None:
+    """A chunk stream's ``(C, h, w)`` against the array's chunk shape: equal, or with ``within``
+    at most as large (an edge chunk coded only as far as the array reaches, format version 5)."""
+    if expect is None:
+        return
+    expect = tuple(expect)
+    if shape == expect or (within and shape[0] == expect[0] and shape[1] <= expect[1] and shape[2] <= expect[2]):
+        return
+    raise CodecError(f"chunk shape {shape} differs from the array's {expect}")
+
+
 def decode_chunk(data: bytes | memoryview, models: _Models,
-                 expect_shape: Sequence[int] | None = None) -> np.ndarray:
-    """Decode one chunk to ``int32 (C, h, w)``; raises :class:`CodecError` on any inconsistency."""
+                 expect_shape: Sequence[int] | None = None, within: bool = False) -> np.ndarray:
+    """Decode one chunk to ``int32 (C, h, w)``; raises :class:`CodecError` on any inconsistency.
+    ``expect_shape``: the shape it must have (``within``: at most)."""
     import constriction
 
     buf = bytes(data)
@@ -189,8 +201,7 @@ def decode_chunk(data: bytes | memoryview, models: _Models,
         raise CodecError(f"unsupported latent chunk version {version} / flags {flags}")
     if C != models.tables.channels:
         raise CodecError(f"chunk has {C} channels, the entropy model {models.tables.channels}")
-    if expect_shape is not None and tuple(expect_shape) != (C, h, w):
-        raise CodecError(f"chunk shape {(C, h, w)} differs from the array's {tuple(expect_shape)}")
+    _check_chunk_shape((C, h, w), expect_shape, within)
     n = C * h * w
     if n > MAX_CHUNK_ELEMENTS or n_esc > n:
         raise CodecError(f"chunk size fields out of range ({C}x{h}x{w}, {n_esc} escapes)")
@@ -211,6 +222,17 @@ def decode_chunk(data: bytes | memoryview, models: _Models,
     if used != n_esc:
         raise CodecError("latent chunk has unused escaped values")
     return out.astype(np.int32).reshape(C, h, w)
+
+
+def chunk_stream_shape(data: bytes | memoryview) -> tuple[int, int, int]:
+    """The ``(C, h, w)`` a latent chunk's stream holds (either entropy model), read from its
+    header; raises :class:`CodecError` when it is not a chunk stream."""
+    buf = bytes(data[: _HYPER_HEADER.size])
+    if buf[:4] == MAGIC and len(buf) >= _HEADER.size:
+        return tuple(int(v) for v in _HEADER.unpack_from(buf)[3:6])  # type: ignore[return-value]
+    if buf[:4] == HYPER_MAGIC and len(buf) >= _HYPER_HEADER.size:
+        return tuple(int(v) for v in _HYPER_HEADER.unpack_from(buf)[3:6])  # type: ignore[return-value]
+    raise CodecError("not a wsicodec latent chunk (bad magic or truncated header)")
 
 
 class _ChunkCodec(Codec):
@@ -237,16 +259,28 @@ class _ChunkCodec(Codec):
         return cfg
 
     def encode(self, buf: Any) -> bytes:
+        """Code one chunk: ``shape``'s values (any array of as many), or an edge chunk's leading
+        ``(C, h, w)`` block (format version 5)."""
         arr = np.asarray(buf)
         if self.shape is not None:
-            arr = arr.reshape(self.shape)
+            if arr.ndim == 3 and arr.shape != self.shape:
+                _check_chunk_shape(arr.shape, self.shape, within=True)
+            else:
+                arr = arr.reshape(self.shape)
         return self._encode(arr)
 
     def decode(self, buf: Any, out: Any = None) -> np.ndarray:
+        """The chunk's values; a stream smaller than ``shape`` (an edge chunk coded only as far as
+        the array reaches) is completed with zeros, the array's fill value, which lie beyond the
+        array and are never read."""
         arr = self._decode(buf if isinstance(buf, bytes) else memoryview(buf).cast("B"))
         info = np.iinfo(self.dtype)
         if arr.size and (arr.min() < info.min or arr.max() > info.max):
             raise CodecError(f"decoded latents overflow {self.dtype}")
+        if self.shape is not None and arr.shape != self.shape:
+            whole = np.zeros(self.shape, self.dtype)
+            whole[:, : arr.shape[1], : arr.shape[2]] = arr
+            arr = whole
         arr = arr.astype(self.dtype)
         if out is not None:
             np.copyto(np.asarray(out).reshape(arr.shape), arr)
@@ -277,7 +311,7 @@ class LatentCodec(_ChunkCodec):
         return encode_chunk(arr, self.models)
 
     def _decode(self, buf: bytes | memoryview) -> np.ndarray:
-        return decode_chunk(buf, self.models, self.shape)
+        return decode_chunk(buf, self.models, self.shape, within=True)
 
     def __repr__(self) -> str:
         return f"LatentCodec(channels={self.tables.channels}, shape={self.shape})"
@@ -289,6 +323,8 @@ HYPER_MAGIC = b"WSLH"
 _HYPER_HEADER = struct.Struct("<4sBBHHHHII")  # magic, version, flags, M, h, w, N, z length, n_escapes
 _HYPER_TAIL = struct.Struct("<I")             # n_words of the latent part
 _MAX_INDEX_LUT = 1 << 22                      # table-index lookup entries at most (else a binary search)
+#: latents per side-information position: a hyperprior chunk's sides are multiples of it
+HYPER_BLOCK = 4
 
 
 class HyperEntropyModel:
@@ -356,8 +392,8 @@ class HyperEntropyModel:
     def symbols(self, y_fp: np.ndarray) -> HyperSymbols:
         """What coding one ``(M, h, w)`` chunk of fixed-point latents ``round(y · 2^A)`` writes."""
         y_fp = np.asarray(y_fp).astype(np.int64)
-        if y_fp.ndim != 3 or y_fp.shape[1] % 4 or y_fp.shape[2] % 4:
-            raise CodecError(f"hyperprior chunk shape {y_fp.shape}: sides must be multiples of 4")
+        if y_fp.ndim != 3 or y_fp.shape[1] % HYPER_BLOCK or y_fp.shape[2] % HYPER_BLOCK:
+            raise CodecError(f"hyperprior chunk shape {y_fp.shape}: sides must be multiples of {HYPER_BLOCK}")
         z_sym = self.side_information(y_fp)
         index, mean = self.parameters(z_sym)
         if index.shape != y_fp.shape:
@@ -397,7 +433,8 @@ def code_hyper_symbols(s: HyperSymbols, hm: HyperEntropyModel) -> bytes:
     import constriction
 
     M, h, w = s.y.shape
-    if s.index.shape != s.y.shape or s.z.shape != (hm.N, h // 4, w // 4) or M != hm.M or h % 4 or w % 4:
+    b = HYPER_BLOCK
+    if s.index.shape != s.y.shape or s.z.shape != (hm.N, h // b, w // b) or M != hm.M or h % b or w % b:
         raise CodecError(f"hyperprior symbols of shapes {s.y.shape} / {s.index.shape} / {s.z.shape} "
                          f"do not fit the model ({hm.M}+{hm.N} channels)")
     z_part = encode_chunk(s.z, hm.z)
@@ -413,8 +450,9 @@ def code_hyper_symbols(s: HyperSymbols, hm: HyperEntropyModel) -> bytes:
 
 
 def decode_hyper_chunk(data: bytes | memoryview, hm: HyperEntropyModel,
-                       expect_shape: Sequence[int] | None = None) -> np.ndarray:
-    """Decode one hyperprior chunk to ``int32 (M, h, w)`` = ``ŷ · 2^A``; raises :class:`CodecError`."""
+                       expect_shape: Sequence[int] | None = None, within: bool = False) -> np.ndarray:
+    """Decode one hyperprior chunk to ``int32 (M, h, w)`` = ``ŷ · 2^A``; raises :class:`CodecError`.
+    ``expect_shape``: the shape it must have (``within``: at most)."""
     import constriction
 
     buf = bytes(data)
@@ -427,15 +465,14 @@ def decode_hyper_chunk(data: bytes | memoryview, hm: HyperEntropyModel,
         raise CodecError(f"unsupported latent chunk version {version} / flags {flags}")
     if N != hm.N or M != hm.M:
         raise CodecError(f"chunk has {M}+{N} channels, the model {hm.M}+{hm.N}")
-    if expect_shape is not None and tuple(expect_shape) != (M, h, w):
-        raise CodecError(f"chunk shape {(M, h, w)} differs from the array's {tuple(expect_shape)}")
+    _check_chunk_shape((M, h, w), expect_shape, within)
     n = M * h * w
-    if n > MAX_CHUNK_ELEMENTS or n_esc > n or h % 4 or w % 4:
+    if n > MAX_CHUNK_ELEMENTS or n_esc > n or h % HYPER_BLOCK or w % HYPER_BLOCK:
         raise CodecError(f"chunk size fields out of range ({M}x{h}x{w}, {n_esc} escapes)")
     z_end = _HYPER_HEADER.size + z_len
     if z_end + _HYPER_TAIL.size > len(buf):
         raise CodecError("latent chunk truncated (side information)")
-    z_sym = decode_chunk(buf[_HYPER_HEADER.size : z_end], hm.z, (N, h // 4, w // 4))
+    z_sym = decode_chunk(buf[_HYPER_HEADER.size : z_end], hm.z, (N, h // HYPER_BLOCK, w // HYPER_BLOCK))
     (n_words,) = _HYPER_TAIL.unpack_from(buf, z_end)
     body = z_end + _HYPER_TAIL.size
     if len(buf) != body + 4 * n_esc + 4 * n_words:
@@ -510,12 +547,11 @@ class HyperLatentCodec(_ChunkCodec):
 
     def encode_symbols(self, symbols: HyperSymbols) -> bytes:
         """The bytes of a chunk whose :class:`HyperSymbols` were made elsewhere (on a GPU)."""
-        if self.shape is not None and symbols.y.shape != self.shape:
-            raise CodecError(f"hyperprior symbols of shape {symbols.y.shape}, the chunk's is {self.shape}")
+        _check_chunk_shape(symbols.y.shape, self.shape, within=True)
         return code_hyper_symbols(symbols, self.entropy_model)
 
     def _decode(self, buf: bytes | memoryview) -> np.ndarray:
-        return decode_hyper_chunk(buf, self.entropy_model, self.shape)
+        return decode_hyper_chunk(buf, self.entropy_model, self.shape, within=True)
 
 
 # -- zarr v3 adapter ---------------------------------------------------------------------------

@@ -198,7 +198,8 @@ def store_metadata(src: SlideSource, input_path: Path, card, transforms: Transfo
     meta: dict[str, Any] = {
         "format": FORMAT_NAME,
         "format_version": format_version(card.spec.entropy_model, associated=bool(assoc),
-                                         variable_rate=card.spec.variable_rate),
+                                         variable_rate=card.spec.variable_rate,
+                                         grid=TileGrid(W, H, tile, card.stride)),
         "wsicodec_version": __version__,
         "created": now_iso(),
         "model": {"name": card.name, "sha256": card.sha256, "architecture": card.architecture,

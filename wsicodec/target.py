@@ -27,6 +27,7 @@ from typing import Any
 import numpy as np
 
 from wsicodec.quality import DECIMALS, METRICS, Choice, Figures, OperatingPoint, QualityError, load_calibration, reaches
+from wsicodec.store.format import latent_array_shape, stored_chunk_shape
 
 __all__ = ["Target", "TileCoder", "choose_target", "frontier", "parse_target", "sample_tiles"]
 
@@ -152,11 +153,14 @@ class TileCoder:
         lat = self.coder.analysis(window[None])[0]
         lx0, ly0, lx1, ly1 = grid.tile_latents(tx, ty)
         ox, oy = lx0 - wx0 // s, ly0 - wy0 // s
-        chunk = np.zeros((lat.shape[0], c, c), np.int64)
-        if self.hyper:  # the writer fills an edge chunk with the glass latents (docs/format.md)
+        # the chunk the writer codes: an edge chunk as far as the array reaches, filled beyond the
+        # canvas with the glass latents (hyperprior) or zeros (docs/format.md)
+        array_shape = latent_array_shape(grid, lat.shape[0], self.card.spec.entropy_model)
+        chunk = np.zeros(stored_chunk_shape(array_shape, c, tx, ty), np.int64)
+        if self.hyper:
             chunk[:] = self.coder.background_latents(glass)[:, None, None]
         chunk[:, : ly1 - ly0, : lx1 - lx0] = lat[:, oy : oy + ly1 - ly0, ox : ox + lx1 - lx0]
-        codec = self._codec._numcodec(chunk.shape, self._dtype)
+        codec = self._codec._numcodec((lat.shape[0], c, c), self._dtype)
         data = codec.encode(chunk.astype(self._dtype))
         stored = codec.decode(data).astype(np.int32)
         # decode as a reader: the tile's stored latents with `ring` latents of context around it

@@ -23,6 +23,7 @@ from typing import Any
 
 import numpy as np
 
+from wsicodec.codec import chunk_stream_shape
 from wsicodec.errors import first_line
 from wsicodec.store import (
     ENCODED_ASSOCIATED,
@@ -35,6 +36,7 @@ from wsicodec.store import (
     entropy_model,
     json_roundtrip,
     open_store,
+    stored_chunk_shape,
 )
 from wsicodec.tiling import TileGrid
 
@@ -92,7 +94,7 @@ def verify_store(path: str | os.PathLike, against: str | os.PathLike | None = No
     except Exception as e:
         rep.add("metadata", f"cannot open the latent / tile arrays ({first_line(e)})")
         return rep
-    problem = check_arrays(latents, tiles, grid, channels, entropy_model(meta))
+    problem = check_arrays(latents, tiles, grid, channels, entropy_model(meta), meta["format_version"])
     if problem:
         rep.add("metadata", problem)
         return rep
@@ -145,6 +147,13 @@ def verify_store(path: str | os.PathLike, against: str | os.PathLike | None = No
             continue
         lx0, ly0, lx1, ly1 = grid.tile_latents(tx, ty)
         try:
+            shape = chunk_stream_shape(data)
+            need = stored_chunk_shape(tuple(latents.shape), grid.chunk, tx, ty, meta["format_version"])
+            # a whole chunk is valid in every version (it is what zarr itself writes)
+            if shape != need and shape != (need[0], grid.chunk, grid.chunk):
+                rep.add("chunk", f"{f.relative_to(path)} holds {shape[1]} x {shape[2]} latents, the layout "
+                                 f"{need[1]} x {need[2]}", (tx, ty))
+                continue
             np.asarray(latents[:, ly0:ly1, lx0:lx1])
             rep.chunks_decoded += 1
         except Exception as e:

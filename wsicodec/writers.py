@@ -148,9 +148,10 @@ class ChunkWriterProcesses:
             raise WriterError(f"{self.path}: cannot start a chunk-writer process ({e})") from None
 
     def write(self, tiles: Sequence[tuple[int, int]], chunks: np.ndarray | Sequence[Any]) -> None:
-        """Code and write whole chunks: ``chunks[i]`` (any integer dtype; values outside the
-        store's are an error) is tile ``tiles[i]``'s (see :class:`wsicodec.store.chunks.LatentChunkFiles`);
-        or ``chunks`` is a list of the tiles' :class:`~wsicodec.codec.HyperSymbols`."""
+        """Code and write chunks of one shape: ``chunks[i]`` (any integer dtype; values outside the
+        store's are an error) is tile ``tiles[i]``'s at the shape the layout codes it (see
+        :class:`wsicodec.store.chunks.LatentChunkFiles`); or ``chunks`` is a list of the tiles'
+        :class:`~wsicodec.codec.HyperSymbols`."""
         tiles = [(int(tx), int(ty)) for tx, ty in tiles]
         if isinstance(chunks, np.ndarray):
             kind, arrays = "latents", [np.ascontiguousarray(chunks)]

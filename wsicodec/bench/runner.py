@@ -190,17 +190,11 @@ def run_benchmark(inputs: Sequence[str | Path], out: str | Path, codecs: str | S
         for c in built:
             c.close()
 
-    out.mkdir(parents=True, exist_ok=True)
-    summary = average_curves(rows, metric_names)
     mono = _monotonicity(rows, [c.name for c in built if c.name in CLASSICAL], metric_names)
     for codec, bad in mono.items():
         for m, imgs in bad.items():
             notes.append(f"{codec}: {m} sweep is not monotone on {len(imgs)} image(s) "
                          f"({', '.join(imgs[:3])}{'…' if len(imgs) > 3 else ''})")
-    computable = [m for m in metric_names if m not in mset.unavailable()]
-    bd = bd_table(summary, computable)
-    bd_upper = bd_table(summary, computable, upper=True)
-    need = target_table(summary)
     meta = {
         "images": [{"name": im.name, "source": im.source, "width": int(im.rgb.shape[1]),
                     "height": int(im.rgb.shape[0])} for im in images],
@@ -211,20 +205,38 @@ def run_benchmark(inputs: Sequence[str | Path], out: str | Path, codecs: str | S
                     "python": platform.python_version()},
         "wsicodec_bytes": "entropy-coded latent chunks (files under <store>/latents/c/), store JSON metadata excluded",
     }
+    out.mkdir(parents=True, exist_ok=True)
+    visuals = _write_visuals(keeper, built, model_dir, out)
+    summary, files = write_results(out, rows, meta, notes, visuals, console)
+    return BenchResult(out, rows, summary, files + visuals, notes)
+
+
+def write_results(out: Path, rows: list[dict], meta: dict, notes: list[str], visuals: Sequence[Path] = (),
+                  console=None) -> tuple[dict, list[Path]]:
+    """Write ``results.csv``, ``summary.json``, the plots and ``report.md`` of ``rows`` into
+    ``out`` (``meta``: the run's description, as ``summary.json`` keeps it); returns the averaged
+    curves and the files written. Measures nothing: a results file merged from several runs is
+    written the same way (``benchmarks/merge_results.py``)."""
+    from wsicodec.bench.plots import rd_plot
+
+    metric_names = list(meta["metrics"])
+    summary = average_curves(rows, metric_names)
+    mono = _monotonicity(rows, [c for c in meta["codecs"] if c in CLASSICAL], metric_names)
+    computable = [m for m in metric_names if m not in meta["unavailable_metrics"]]
+    bd = bd_table(summary, computable)
+    bd_upper = bd_table(summary, computable, upper=True)
+    need = target_table(summary)
     doc = {"meta": meta, "curves": summary, "bd_rate": bd, "bd_rate_upper": bd_upper, "bpp_at_target": need,
            "monotone_violations": mono, "notes": notes}
     files = [_write_csv(rows, out / "results.csv")]
     (out / "summary.json").write_text(json.dumps(_jsonable(doc), indent=2) + "\n")
     files.append(out / "summary.json")
-    from wsicodec.bench.plots import rd_plot
-
     for m in computable:
         files.append(rd_plot(summary, m, out / f"rd_{m}.png"))
-    visuals = _write_visuals(keeper, built, model_dir, out)
-    files += visuals
     files.append(_write_report(out / "report.md", meta, summary, bd, bd_upper, need, notes, computable, visuals))
-    print_tables(console, bd, bd_upper, need, summary)
-    return BenchResult(out, rows, summary, files, notes)
+    if console is not None:
+        print_tables(console, bd, bd_upper, need, summary)
+    return summary, files
 
 
 def read_results(path: str | Path) -> list[dict]:

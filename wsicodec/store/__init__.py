@@ -38,6 +38,7 @@ from wsicodec.store.format import (
     latent_array_shape,
     now_iso,
     read_store_meta,
+    stored_chunk_shape,
 )
 from wsicodec.store.paths import check_output_path, is_partial_name, partial_path, store_size
 from wsicodec.store.reader import WsiStore, associated_pixels, open_store
@@ -49,5 +50,5 @@ __all__ = [
     "WsiStore", "associated_pixels", "box_reduce", "check_arrays", "check_meta", "check_output_path",
     "chunk_crc_ok", "chunk_file", "entropy_model", "format_version", "is_partial_name", "json_roundtrip",
     "latent_array_shape", "now_iso", "open_store", "partial_path", "pyramid_downsamples", "read_store_meta",
-    "store_size",
+    "store_size", "stored_chunk_shape",
 ]

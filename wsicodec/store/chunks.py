@@ -1,5 +1,5 @@
-"""Latent chunk files: where each tile's chunk lives, its CRC-32C, and writing whole chunks
-straight into their files."""
+"""Latent chunk files: where each tile's chunk lives, its CRC-32C, and writing chunks straight into
+their files."""
 from __future__ import annotations
 
 import os
@@ -10,6 +10,7 @@ import numpy as np
 
 from wsicodec.codec import HyperSymbols
 from wsicodec.errors import StoreError, first_line
+from wsicodec.store.format import FORMAT_VERSION, read_store_meta, stored_chunk_shape
 
 __all__ = ["LatentChunkFiles", "chunk_crc_ok", "chunk_file"]
 
@@ -27,7 +28,8 @@ def chunk_crc_ok(data: bytes) -> bool:
 
 
 class LatentChunkFiles:
-    """Writes whole latent chunks of the (partial) store at ``path`` straight into their files:
+    """Writes the latent chunks of the (partial) store at ``path`` straight into their files, each at
+    the shape its layout codes (:func:`~wsicodec.store.format.stored_chunk_shape`):
     the array's own codec, then the CRC-32C (little-endian), the bytes zarr writes for the same
     chunk (docs/format.md), atomically (a temporary file named like zarr's, then a rename).
     Written here rather than through zarr because zarr's per-chunk write goes through its async
@@ -47,6 +49,9 @@ class LatentChunkFiles:
         if len(codecs) != 2 or not isinstance(codecs[1], Crc32cCodec) or not hasattr(codecs[0], "_numcodec"):
             raise StoreError(f"{self.root}: the latent array's codecs are not a wsicodec codec + crc32c")
         self.chunk_shape = tuple(int(c) for c in a.chunks)
+        self.array_shape = tuple(int(n) for n in a.shape)
+        meta = read_store_meta(self.root) or {}
+        self.version = meta.get("format_version", FORMAT_VERSION)
         self.dtype = np.dtype(a.dtype)
         self.codec = codecs[0]._numcodec(self.chunk_shape, self.dtype)
         self._dirs: set[Path] = set()
@@ -62,9 +67,10 @@ class LatentChunkFiles:
             data = self.codec.encode_symbols(values)
         else:
             values = np.asarray(values)
-            if values.shape != self.chunk_shape:
-                raise StoreError(f"{self.root}: latent chunk of shape {values.shape}, "
-                                 f"the array's is {self.chunk_shape}")
+            shape = stored_chunk_shape(self.array_shape, self.chunk_shape[1], tx, ty, self.version)
+            if values.shape != shape:
+                raise StoreError(f"{self.root}: latent chunk of shape {values.shape} for tile ({tx}, {ty}), "
+                                 f"the layout's is {shape}")
             if values.dtype != self.dtype:
                 info = np.iinfo(self.dtype)
                 if values.size and (values.max() > info.max or values.min() < info.min):

@@ -12,32 +12,41 @@ from typing import Any
 
 import numpy as np
 
-from wsicodec.codec import LATENT_DTYPE
+from wsicodec.codec import HYPER_BLOCK, LATENT_DTYPE
 from wsicodec.errors import first_line
 from wsicodec.tiling import TileGrid
 
 __all__ = ["ENCODED_ASSOCIATED", "FORMAT_NAME", "FORMAT_VERSION", "MAX_ASSOCIATED_PIXELS", "MAX_SIDE",
-           "READ_VERSIONS", "TILE_CODED", "TILE_GLASS", "TILE_MISSING", "VARIABLE_RATE", "check_arrays", "check_meta",
-           "entropy_model", "format_version", "json_roundtrip", "latent_array_shape", "now_iso", "read_store_meta"]
+           "READ_VERSIONS", "TILE_CODED", "TILE_GLASS", "TILE_MISSING", "TRIMMED_EDGES", "VARIABLE_RATE",
+           "check_arrays", "check_meta", "entropy_model", "format_version", "json_roundtrip", "latent_array_shape",
+           "now_iso", "read_store_meta", "stored_chunk_shape"]
 
 FORMAT_NAME = "wsicodec"
-FORMAT_VERSION = 4          #: the newest version this wsicodec reads and writes
+FORMAT_VERSION = 5          #: the newest version this wsicodec reads and writes
 #: a store takes the lowest version that describes it (docs/format.md, "Versions"): 1 =
 #: factorized entropy model, 2 = hyperprior, 3 = associated images kept encoded, 4 = a
-#: variable-rate hyperprior (its operating point in the metadata); each version includes the
-#: ones before it
-READ_VERSIONS = (1, 2, 3, 4)
+#: variable-rate hyperprior (its operating point in the metadata), 5 = edge chunks coded only as
+#: far as the image reaches; each version includes the ones before it
+READ_VERSIONS = (1, 2, 3, 4, 5)
 #: the first version whose associated images are encoded bytes (:mod:`wsicodec.associated`)
 #: rather than raw pixels, and which keeps no thumbnail
 ENCODED_ASSOCIATED = 3
 #: the first version whose stores record a variable-rate model's operating point
 VARIABLE_RATE = 4
+#: the first version whose edge chunks hold only the array's positions, not the whole chunk
+TRIMMED_EDGES = 5
 
 
-def format_version(entropy_model: str, associated: bool = False, variable_rate: bool = False) -> int:
+def format_version(entropy_model: str, associated: bool = False, variable_rate: bool = False,
+                   grid: TileGrid | None = None) -> int:
     """The format version of a store of a model with this entropy model kind, holding associated
     images (``associated``) or not, of a model with several operating points
-    (``variable_rate``) or one."""
+    (``variable_rate``) or one, over the tiles of ``grid`` (when its latents end inside a chunk,
+    the edge chunks are coded only as far as the image reaches: version 5)."""
+    if grid is not None:
+        _, rows, cols = latent_array_shape(grid, 1, entropy_model, TRIMMED_EDGES)
+        if rows % grid.chunk or cols % grid.chunk:
+            return TRIMMED_EDGES
     if variable_rate:
         return VARIABLE_RATE
     if associated:
@@ -140,11 +149,11 @@ def check_meta(meta: Any) -> str | None:
 
 
 def check_arrays(latents: Any, tiles: Any, grid: TileGrid, channels: int,
-                 entropy_model: str = "factorized") -> str | None:
+                 entropy_model: str = "factorized", version: int = FORMAT_VERSION) -> str | None:
     """What is wrong with the shapes / types of the latent and tile arrays (``None``: nothing)."""
     dtype = LATENT_DTYPE[entropy_model]
     try:
-        expect = latent_array_shape(grid, channels, entropy_model)
+        expect = latent_array_shape(grid, channels, entropy_model, version)
         if tuple(latents.shape) != expect:
             return f"latents shape {tuple(latents.shape)}, expected {expect}"
         if tuple(latents.chunks) != (channels, grid.chunk, grid.chunk):
@@ -160,13 +169,28 @@ def check_arrays(latents: Any, tiles: Any, grid: TileGrid, channels: int,
     return None
 
 
-def latent_array_shape(grid: TileGrid, channels: int, entropy_model: str) -> tuple[int, int, int]:
-    """Shape of the ``latents`` array: the latent grid (version 1), or whole chunks (version 2,
-    whose chunks are coded whole: positions beyond the canvas hold the background latents)."""
+def latent_array_shape(grid: TileGrid, channels: int, entropy_model: str,
+                       version: int = FORMAT_VERSION) -> tuple[int, int, int]:
+    """Shape of the ``latents`` array: a factorized model's latent grid; a hyperprior's whole
+    chunks (versions 2 to 4: positions beyond the canvas hold the background latents), from
+    version 5 its latent grid rounded up to whole side-information positions (4 latents)."""
     rows, cols = grid.latent_shape
     if entropy_model != "factorized":
-        rows, cols = grid.tiles_y * grid.chunk, grid.tiles_x * grid.chunk
+        if version >= TRIMMED_EDGES:
+            rows, cols = -(-rows // HYPER_BLOCK) * HYPER_BLOCK, -(-cols // HYPER_BLOCK) * HYPER_BLOCK
+        else:
+            rows, cols = grid.tiles_y * grid.chunk, grid.tiles_x * grid.chunk
     return channels, rows, cols
+
+
+def stored_chunk_shape(array_shape: tuple[int, int, int], chunk: int, tx: int, ty: int,
+                       version: int = FORMAT_VERSION) -> tuple[int, int, int]:
+    """The shape tile ``(tx, ty)``'s chunk is coded at: the whole chunk before version 5, from
+    version 5 only its positions inside the array (an edge chunk's stream is smaller)."""
+    channels, rows, cols = array_shape
+    if version < TRIMMED_EDGES:
+        return channels, chunk, chunk
+    return channels, min(chunk, rows - ty * chunk), min(chunk, cols - tx * chunk)
 
 
 def entropy_model(meta: dict[str, Any]) -> str:

@@ -106,7 +106,7 @@ class WsiStore:
         except Exception as e:
             raise StoreError(f"{self.path}: damaged store layout ({first_line(e)})") from None
         problem = check_arrays(self.latents, tiles, self.grid, len(meta["background"]["latents"]),
-                               entropy_model(meta))
+                               entropy_model(meta), meta["format_version"])
         if problem:
             raise StoreError(f"{self.path}: damaged store layout ({problem})")
         try:

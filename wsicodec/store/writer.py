@@ -25,6 +25,7 @@ from wsicodec.store.format import (
     json_roundtrip,
     latent_array_shape,
     read_store_meta,
+    stored_chunk_shape,
 )
 from wsicodec.store.paths import ZARR_TMP, check_output_path, partial_path
 from wsicodec.tiling import TileGrid
@@ -33,7 +34,7 @@ __all__ = ["ChunkWriters", "StoreWriter"]
 
 
 class ChunkWriters(Protocol):
-    """Codes and writes whole latent chunks into a store's files (see :class:`StoreWriter`)."""
+    """Codes and writes latent chunks into a store's files (see :class:`StoreWriter`)."""
 
     def write(self, tiles: Sequence[tuple[int, int]], chunks: Any) -> None: ...
 
@@ -58,7 +59,7 @@ class StoreWriter:
     whose chunk passes its checksum and glass tiles are kept, everything else is coded again;
     :attr:`resumed` counts the tiles kept. The group's ``created`` time is the first run's.
 
-    ``chunk_writers``: where whole chunks are coded and written, made once the partial store
+    ``chunk_writers``: where the chunks are coded and written, made once the partial store
     exists: ``chunk_writers(path)`` returns an object with ``write(tiles, chunks)`` and ``close()``
     (e.g. :class:`wsicodec.writers.ChunkWriterProcesses`, to take the entropy coding off this
     process's GIL); ``None`` codes and writes them here (:class:`LatentChunkFiles`)."""
@@ -76,10 +77,12 @@ class StoreWriter:
         self.codec = codec          # the latent array's zarr codec (wsicodec.codec.store_codec)
         self.channels = int(channels)
         self.dtype = np.dtype(LATENT_DTYPE[meta["model"]["entropy_model"]])
-        self.array_shape = latent_array_shape(grid, self.channels, meta["model"]["entropy_model"])
-        # version 2 codes whole chunks: what lies beyond the canvas is background
-        self.whole_chunks = meta["model"]["entropy_model"] != "factorized"
-        self.fill = np.asarray(meta["background"]["latents"], np.int64).reshape(-1, 1, 1)
+        self.version = int(meta["format_version"])
+        self.array_shape = latent_array_shape(grid, self.channels, meta["model"]["entropy_model"], self.version)
+        # a hyperprior codes every position of the chunk it is given: what lies beyond the canvas
+        # is background (the array's fill value, 0, for a factorized model)
+        hyper = meta["model"]["entropy_model"] != "factorized"
+        self.fill = np.asarray(meta["background"]["latents"] if hyper else [0], np.int64).reshape(-1, 1, 1)
         self.meta = dict(meta)
         self.meta["complete"] = False
         self.resumed = 0
@@ -189,15 +192,17 @@ class StoreWriter:
         :class:`~wsicodec.codec.HyperSymbols` made on a GPU: coded as they are), in one frame per
         kind to one worker process when there are workers. Safe to call from several threads for
         different tiles (each tile is one chunk)."""
-        coded = [(tx, ty, lat if isinstance(lat, HyperSymbols) else self._whole_chunk(tx, ty, lat))
+        coded = [(tx, ty, lat if isinstance(lat, HyperSymbols) else self._stored_chunk(tx, ty, lat))
                  for tx, ty, lat in tiles if lat is not None]
         if coded and self._workers is not None:
-            for kind in (np.ndarray, HyperSymbols):
-                part = [(tx, ty, lat) for tx, ty, lat in coded if isinstance(lat, kind)]
-                if part:
-                    lats = [lat for _, _, lat in part]
-                    chunks = np.stack(lats) if kind is np.ndarray else lats
-                    self._workers.write([(tx, ty) for tx, ty, _ in part], chunks)
+            # one frame per kind and chunk shape (edge chunks are smaller from version 5 on)
+            frames: dict[tuple, list] = {}
+            for tx, ty, lat in coded:
+                kind = (HyperSymbols, lat.y.shape) if isinstance(lat, HyperSymbols) else (np.ndarray, lat.shape)
+                frames.setdefault(kind, []).append((tx, ty, lat))
+            for (kind, _), part in frames.items():
+                lats = [lat for _, _, lat in part]
+                self._workers.write([(tx, ty) for tx, ty, _ in part], np.stack(lats) if kind is np.ndarray else lats)
         else:
             for tx, ty, lat in coded:
                 self.chunks.write(tx, ty, lat)
@@ -208,19 +213,21 @@ class StoreWriter:
             if time.monotonic() - self._last_checkpoint >= self.checkpoint_seconds:
                 self._checkpoint()
 
-    def _whole_chunk(self, tx: int, ty: int, latents: np.ndarray) -> np.ndarray:
-        """A tile's latents as its whole chunk: an edge tile's is filled beyond the canvas with
-        the background latents (version 2) or the array's fill value, 0 (version 1)."""
+    def _stored_chunk(self, tx: int, ty: int, latents: np.ndarray) -> np.ndarray:
+        """A tile's latents as the chunk that is coded (:func:`stored_chunk_shape`): an edge
+        tile's is filled beyond the canvas with the background latents (hyperprior) or the
+        array's fill value, 0 (factorized), up to the whole chunk before version 5, from version
+        5 up to the array's edge (a hyperprior's: the next multiple of 4 latents)."""
         lx0, ly0, lx1, ly1 = self.grid.tile_latents(tx, ty)
-        c = self.grid.chunk
         if latents.shape != (self.channels, ly1 - ly0, lx1 - lx0):
             raise StoreError(f"{self.final}: tile ({tx}, {ty}) has latents of shape {latents.shape}, "
                              f"expected {(self.channels, ly1 - ly0, lx1 - lx0)}")
-        if (ly1 - ly0, lx1 - lx0) == (c, c):
+        shape = stored_chunk_shape(self.array_shape, self.grid.chunk, tx, ty, self.version)
+        if latents.shape == shape:
             return latents
-        full = np.broadcast_to(self.fill if self.whole_chunks else 0, (self.channels, c, c)).astype(latents.dtype)
-        full[:, : ly1 - ly0, : lx1 - lx0] = latents
-        return full
+        out = np.broadcast_to(self.fill, shape).astype(latents.dtype)
+        out[:, : ly1 - ly0, : lx1 - lx0] = latents
+        return out
 
     def checkpoint(self) -> None:
         """Persist the tile-state map (only ever after the chunks it marks as coded)."""
