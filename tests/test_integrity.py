@@ -316,6 +316,11 @@ def test_partial_store_without_resume_starts_over(tiny_models, tmp_path):
     shutil.rmtree(out)
     with pytest.raises(StoreError, match="other settings"):
         compress(img, out, tile=64, model_dir=tiny_models, device="cpu", resume=True)
+    # nor one an earlier wsicodec began in another store format (the layout of its chunks may differ)
+    doc["attributes"]["wsicodec"]["format_version"] = 1
+    (part / "zarr.json").write_text(json.dumps(doc))
+    with pytest.raises(StoreError, match="store format version 1, this wsicodec writes version 5 here"):
+        compress(img, out, tile=128, model_dir=tiny_models, device="cpu", resume=True)
 
 
 # -- input safety ----------------------------------------------------------------------------------

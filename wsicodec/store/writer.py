@@ -127,6 +127,10 @@ class StoreWriter:
         old = read_store_meta(self.path)
         if old is None:
             return False
+        if old.get("format_version") != self.meta["format_version"]:
+            raise StoreError(f"{self.path}: the unfinished store is of store format version "
+                             f"{old.get('format_version')}, this wsicodec writes version "
+                             f"{self.meta['format_version']} here; run without --resume to start over")
         if _comparable(old) != _comparable(json_roundtrip(self.meta)):
             raise StoreError(f"{self.path}: the unfinished store was written from another input or with other "
                              f"settings; run without --resume to start over")
