@@ -249,3 +249,18 @@ def test_bundle_drops_optimiser_state_when_the_checkpoint_does_not_fit(sources, 
         assert w.dtype == v.dtype
         if v.is_floating_point():
             assert torch.allclose(w, v, rtol=1e-3, atol=1e-6), k
+    # the architecture's constants travel in fp32: in fp16 the likelihood bound (1e-9) and GDN's
+    # pedestals (~1e-11) are zero
+    st = torch.load(half / "weights.pt", map_location="cpu", weights_only=False)
+    constants = [k for k in st["model"] if k.endswith((".bound", ".pedestal"))]
+    assert "gaussian_conditional.likelihood_lower_bound.bound" in constants or \
+        "entropy_bottleneck.likelihood_lower_bound.bound" in constants
+    assert all(st["model"][k].dtype == torch.float32 and (st["model"][k] != 0).all() for k in constants)
+    # weights whose every float was stored as fp16 load with the model's own constants
+    old = tmp_path / "all-fp16"
+    old.mkdir()
+    st["model"] = {k: v.half() if v.dtype == torch.float32 else v for k, v in st["model"].items()}
+    assert all((st["model"][k] == 0).all() for k in constants if "likelihood" in k or "pedestal" in k)
+    torch.save(st, old / "weights.pt")
+    o = Trainer.from_checkpoint(old).model.state_dict()
+    assert all(torch.equal(o[k], v) for k, v in t.model.state_dict().items() if k in constants)

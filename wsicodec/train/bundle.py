@@ -42,18 +42,34 @@ def _sha256_bytes(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
+#: fp32 tensors with fewer elements stay fp32 in half-precision weights: the architecture's
+#: constants (likelihood bounds of 1e-9, GDN pedestals near 1e-11: zero in fp16), scale tables,
+#: quantiles and biases, a few KB in all
+HALF_MIN_ELEMENTS = 256
+
+
+def _halves(v) -> bool:
+    """Whether an fp32 tensor may travel as fp16: large enough to matter, and no value that fp16
+    flushes to zero or overflows."""
+    import torch
+
+    if v.dtype != torch.float32 or v.numel() < HALF_MIN_ELEMENTS:
+        return False
+    h = v.half()
+    return bool(torch.isfinite(h).all()) and not bool(((h == 0) & (v != 0)).any())
+
+
 def _weights_only(checkpoint: Path, half: bool = False) -> bytes:
     """``weights.pt`` of a checkpoint or weights file: the last weights, step, config and best
-    objective; ``half``: the fp32 tensors stored as fp16 (half the bytes; they load into the fp32
-    model as they are, within fp16's 2^-11 relative rounding: far below what one training step
-    changes), the entropy models' scale tables kept fp32."""
+    objective; ``half``: the large fp32 tensors stored as fp16 (:func:`_halves`; half the bytes;
+    they load into the fp32 model as they are, within fp16's 2^-11 relative rounding: far below
+    what one training step changes)."""
     import torch
 
     st = torch.load(checkpoint, map_location="cpu", weights_only=False)
     model = st["model"]
     if half:
-        model = {k: v.half() if v.dtype == torch.float32 and not k.endswith("scale_table") else v
-                 for k, v in model.items()}
+        model = {k: v.half() if _halves(v) else v for k, v in model.items()}
     buf = io.BytesIO()
     torch.save({"model": model, "step": st["step"], "config": st["config"], "best": st.get("best")}, buf)
     return buf.getvalue()

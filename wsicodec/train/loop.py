@@ -172,6 +172,15 @@ def _kernels_to_1x1(weights: dict, own: dict) -> dict:
     return out
 
 
+def _architecture_constants(state: dict) -> dict:
+    """The tensors of a state dict that the architecture fixes rather than training learns:
+    compressai's lower bounds (``…bound``: the likelihood bound 1e-9, GDN's β / γ bounds, the
+    Gaussian scale bound) and GDN's pedestals. Loading weights keeps the model's own: a file
+    whose floats were all stored as fp16 holds the likelihood bound and the pedestals flushed to
+    zero, and a zero likelihood bound makes the first batch's rate infinite."""
+    return {k: v for k, v in state.items() if k.endswith((".bound", ".pedestal", "scale_bound"))}
+
+
 def _val_images(paths: list[str], crop: int) -> list[torch.Tensor]:
     out = []
     for p in find_inputs(paths):
@@ -402,7 +411,7 @@ class Trainer:
         if set(weights) == set(own):
             if weights.get("log_gain") is not None and weights["log_gain"].shape != own["log_gain"].shape:
                 weights = self._regained(path, st, weights)
-            weights = _kernels_to_1x1(weights, own)
+            weights = _kernels_to_1x1(weights, own) | _architecture_constants(own)
             self.model.load_state_dict(weights)
             if continue_steps and "step" in st:
                 self.step = self.start_step = int(st["step"])
