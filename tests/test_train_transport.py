@@ -123,6 +123,10 @@ def test_images_smaller_than_the_crop_are_mirrored_out_not_left_out(sources):
     # training: the small image is sampled, mirrored, and the tiny one is left out
     sampler = CropSampler([small, tiny], 96, stain_jitter=0, colour_jitter=0)
     assert [im.shape for im in sampler.images] == [(96, 96, 3)]
+    # drawn as often as its own 60 x 90 pixels warrant, not the mirrored 96 x 96
+    sampler = CropSampler([small, tissue], 96, stain_jitter=0, colour_jitter=0)
+    area = tissue.shape[0] * tissue.shape[1]
+    assert sampler.weights.tolist() == pytest.approx([5400 / (5400 + area), area / (5400 + area)])
     with pytest.raises(TrainError, match="at least 48x48"):
         CropSampler([tiny], 96)
 

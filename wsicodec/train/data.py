@@ -112,17 +112,19 @@ def mirror_to(image: np.ndarray, size: int) -> tuple[np.ndarray, int, int]:
 
 
 class CropSampler:
-    """Draws batches of random crops (area-weighted over images) with augmentation. An image
-    smaller than the patch but at least half of it on each side is mirrored out to the patch
-    (:func:`mirror_to`); smaller ones are left out."""
+    """Draws batches of random crops (weighted by each image's own area) with augmentation. An
+    image smaller than the patch but at least half of it on each side is mirrored out to the
+    patch (:func:`mirror_to`), weighted by its own pixels, not the mirrored ones; smaller ones
+    are left out."""
 
     def __init__(self, images: list[np.ndarray], patch: int, seed: int = 0,
                  stain_jitter: float = 0.05, colour_jitter: float = 0.05):
-        self.images = [mirror_to(im, patch)[0] for im in images if min(im.shape[:2]) >= (patch + 1) // 2]
+        kept = [im for im in images if min(im.shape[:2]) >= (patch + 1) // 2]
+        self.images = [mirror_to(im, patch)[0] for im in kept]
         if not self.images:
             raise TrainError(f"no training image is at least {(patch + 1) // 2}x{(patch + 1) // 2} pixels "
                              f"(half the {patch}-px patch)")
-        areas = np.array([im.shape[0] * im.shape[1] for im in self.images], dtype=np.float64)
+        areas = np.array([im.shape[0] * im.shape[1] for im in kept], dtype=np.float64)
         self.weights = areas / areas.sum()
         self.patch = patch
         self.seed = seed
