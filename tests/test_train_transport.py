@@ -268,37 +268,3 @@ def test_bundle_drops_optimiser_state_when_the_checkpoint_does_not_fit(sources, 
     torch.save(st, old / "weights.pt")
     o = Trainer.from_checkpoint(old).model.state_dict()
     assert all(torch.equal(o[k], v) for k, v in t.model.state_dict().items() if k in constants)
-
-
-def test_trained_weights_meet_a_fresh_optimiser_with_a_learning_rate_ramp(sources, tmp_path):
-    """Continued from weights.pt (no optimiser state) the learning rates rise linearly over
-    warmup_steps, across a checkpoint and resume; a validation ends the ramp; an exact resume
-    from a checkpoint taken after the ramp has none."""
-    root, _ = sources
-    pack = tmp_path / "pack"
-    _build(root, pack)
-    run = tmp_path / "run"
-    t = Trainer(_cfg(pack, pack / "val", run, transform_lr=1e-3, warmup_steps=4))
-    t.run(max_steps=2)
-    assert t._warmup is None and [g["lr"] for g in t.opt.param_groups] == [1e-3, 3e-3]  # a new run: none
-    t.save_weights()
-    (run / "checkpoint.pt").unlink()
-    w = Trainer.from_checkpoint(run)
-    assert w.step == 2 and w._warmup == (2, [1e-3, 3e-3])
-    w.train_step()
-    assert [g["lr"] for g in w.opt.param_groups] == pytest.approx([0.25e-3, 0.75e-3])
-    w.train_step()
-    w.save()
-    back = Trainer.from_checkpoint(run)  # exactly from the checkpoint, in the middle of the ramp
-    for trainer in (w, back):
-        trainer.train_step()
-        assert [g["lr"] for g in trainer.opt.param_groups] == pytest.approx([0.75e-3, 2.25e-3])
-        trainer.train_step()
-        assert [g["lr"] for g in trainer.opt.param_groups] == pytest.approx([1e-3, 3e-3])
-        assert trainer._warmup is None
-    # a validation in the middle of a ramp ends it: the plateau schedule owns the rates from there
-    (run / "checkpoint.pt").unlink()
-    v = Trainer.from_checkpoint(run)
-    v.train_step()
-    v.validate_and_schedule()
-    assert v._warmup is None and [g["lr"] for g in v.opt.param_groups] == pytest.approx([1e-3, 3e-3])

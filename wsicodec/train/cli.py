@@ -39,9 +39,6 @@ def command() -> None:
 @click.option("--transform-lr", default=0.0, show_default=True,
               help="Learning rate of the transforms g_a / g_s (0: --lr); e.g. lower for a warm-started hyperprior.")
 @click.option("--clip", default=1.0, show_default=True)
-@click.option("--warmup-steps", default=1000, show_default=True,
-              help="After --init-from (trained weights, fresh optimiser): ramp the learning rates up over this "
-                   "many steps (0: none).")
 @click.option("--val-every", default=2000, show_default=True)
 @click.option("--checkpoint-minutes", default=5.0, show_default=True)
 @click.option("--minutes", "max_minutes", default=0.0,
@@ -76,8 +73,8 @@ def command() -> None:
                    "to keep a set of images for a check (repeatable).")
 @click.option("--resume", is_flag=True, help="Continue the run in --out exactly where it stopped.")
 def run(data, out, val, architecture, N, M, lmbda, lambdas, params, feature_net, psi, patch, batch, steps, lr,
-        transform_lr, clip, warmup_steps, val_every, checkpoint_minutes, max_minutes, wall_minutes, seed, threads,
-        init_from, precision, device, workers, compile_, freeze_transforms, distortion, exclude, resume):
+        transform_lr, clip, val_every, checkpoint_minutes, max_minutes, wall_minutes, seed, threads, init_from,
+        precision, device, workers, compile_, freeze_transforms, distortion, exclude, resume):
     """Train on DATA (image files, folders, slides, training packs)."""
     from wsicodec.train import TrainConfig, Trainer
 
@@ -92,8 +89,7 @@ def run(data, out, val, architecture, N, M, lmbda, lambdas, params, feature_net,
     cfg = TrainConfig(data=list(data), out=str(out), architecture=architecture, N=N, M=M, lmbda=lmbda,
                       lambdas=ladder, params=extra,
                       feature_net=feature_net, psi=[float(v) for v in psi.split(",")], patch=patch, batch=batch,
-                      steps=steps, lr=lr, transform_lr=transform_lr, clip=clip, warmup_steps=warmup_steps,
-                      val=list(val), val_every=val_every,
+                      steps=steps, lr=lr, transform_lr=transform_lr, clip=clip, val=list(val), val_every=val_every,
                       checkpoint_minutes=checkpoint_minutes, max_minutes=max_minutes, wall_minutes=wall_minutes,
                       seed=seed, threads=threads, init_from=",".join(init_from), precision=precision, device=device,
                       workers=workers, compile=compile_, freeze_transforms=freeze_transforms,
@@ -130,11 +126,8 @@ def run(data, out, val, architecture, N, M, lmbda, lambdas, params, feature_net,
               help="Training-step minutes of the whole run (CPU time on the CPU, wall time on a GPU).")
 @click.option("--wall-minutes", type=float, default=None, help="Wall-clock minutes of this continuation.")
 @click.option("--threads", type=int, default=None)
-@click.option("--warmup-steps", type=int, default=None,
-              help="From weights.pt (fresh optimiser): ramp the learning rates up over this many steps "
-                   "(default: the run's, 1000 for a run that predates the option; 0: none).")
 def continue_run(run_dir, data, val, device, precision, batch, workers, compile_, steps, val_every,
-                 checkpoint_minutes, max_minutes, wall_minutes, threads, warmup_steps):
+                 checkpoint_minutes, max_minutes, wall_minutes, threads):
     """Continue RUN_DIR with its own settings: exactly from its checkpoint.pt, or from its
     weights.pt (step count kept, fresh optimiser state). DATA and the options replace the run's
     (data paths, say, on another machine)."""
@@ -143,11 +136,9 @@ def continue_run(run_dir, data, val, device, precision, batch, workers, compile_
     given = {"data": list(data) or None, "val": list(val) or None, "device": device, "precision": precision,
              "batch": batch, "workers": workers, "compile": compile_, "steps": steps, "val_every": val_every,
              "checkpoint_minutes": checkpoint_minutes, "max_minutes": max_minutes, "wall_minutes": wall_minutes,
-             "threads": threads, "warmup_steps": warmup_steps}
+             "threads": threads}
     t = Trainer.from_checkpoint(run_dir, **{k: v for k, v in given.items() if v is not None})
-    fresh = "" if t.ckpt_path.exists() else (" from weights.pt, fresh optimiser state"
-                                             + (f", learning rates ramped over {t.cfg.warmup_steps} steps"
-                                                if t.cfg.warmup_steps else ""))
+    fresh = "" if t.ckpt_path.exists() else " from weights.pt, fresh optimiser state"
     click.echo(f"continuing {run_dir} at step {t.step} on {t.device} ({t.precision.name}, "
                f"{t.workers} batch workers){fresh}")
     t.run()

@@ -79,7 +79,6 @@ class TrainConfig:
     freeze_transforms: bool = False  # train the entropy model alone on fixed g_a / g_s (the rate only)
     distortion: str = "mse"          # mse | ms-ssim: what the loss's distortion term measures (DISTORTIONS)
     exclude: list[str] = field(default_factory=list)  # shell patterns of training files left out
-    warmup_steps: int = 1000         # lr ramp after trained weights meet a fresh optimiser (Trainer.init_weights_from)
 
     @property
     def ladder(self) -> list[float] | None:
@@ -322,8 +321,6 @@ class Trainer:
 
         self.feature = feature_network(cfg.feature_net)
         self._stop = False
-        # (first step, base learning rates) of a learning-rate ramp in progress, see _start_warmup
-        self._warmup: tuple[int, list[float]] | None = None
         # seconds the end of a run needs: guesses until a validation and a checkpoint have been timed
         wall = cfg.wall_minutes * 60
         self._reserve = {"validate": min(15.0, 0.03 * wall), "save": min(2.0, 0.01 * wall)}
@@ -347,7 +344,6 @@ class Trainer:
             "aux_opt": self.aux_opt.state_dict(),
             "sched": self.sched.state_dict(),
             "precision": self.precision.state_dict(),
-            "warmup": self._warmup,
             "torch_rng": torch.get_rng_state(),
             "cuda_rng": torch.cuda.get_rng_state(self.device) if self.device.type == "cuda" else None,
         }
@@ -366,8 +362,6 @@ class Trainer:
         self.aux_opt.load_state_dict(st["aux_opt"])
         self.sched.load_state_dict(st["sched"])
         self.precision.load_state_dict(st.get("precision"))
-        warmup = st.get("warmup")
-        self._warmup = (int(warmup[0]), [float(v) for v in warmup[1]]) if warmup else None
         torch.set_rng_state(st["torch_rng"])
         if self.device.type == "cuda":  # the noise's generator; a run moved from the CPU seeds it by step
             cuda_rng = st.get("cuda_rng")
@@ -404,49 +398,11 @@ class Trainer:
 
     def init_weights_from(self, path: Path, continue_steps: bool = True) -> list[str]:
         """Start from another run's weights (a checkpoint, a ``weights.pt``, a shipped ``.pt`` or a
-        bare state dict); see :meth:`_load_weights`. When every tensor of the model comes from the
-        file (the same architecture, or a narrower one embedded), the learning rates are ramped up
-        over the next ``warmup_steps`` steps (:meth:`_start_warmup`). Returns the names of the
-        tensors loaded."""
-        names = self._load_weights(path, continue_steps)
-        if len(names) == len(self.model.state_dict()):  # not when parts start from scratch
-            self._start_warmup()
-        return names
-
-    def _start_warmup(self) -> None:
-        """Ramp the learning rates linearly from 1/``warmup_steps`` of their values to their values
-        over the next ``warmup_steps`` steps. Trained weights meeting a fresh Adam optimiser take
-        steps of about the full learning rate in every coordinate at once (its second-moment
-        estimate starts from a single gradient), which undoes much of what the weights had learnt
-        (docs/training.md, "Continuing training"). A validation ends the ramp (the plateau
-        schedule then owns the rates)."""
-        if self.cfg.warmup_steps > 0:
-            self._warmup = (self.step, [g["lr"] for g in self.opt.param_groups])
-
-    def _warm_learning_rates(self) -> None:
-        if self._warmup is None:
-            return
-        start, base = self._warmup
-        f = min(1.0, (self.step - start + 1) / self.cfg.warmup_steps)
-        for g, lr in zip(self.opt.param_groups, base, strict=True):
-            g["lr"] = lr * f
-        if f >= 1.0:
-            self._warmup = None
-
-    def _schedule(self, objective_value: float) -> None:
-        """The plateau schedule's step after a validation (a ramp in progress ends first)."""
-        if self._warmup is not None:
-            for g, lr in zip(self.opt.param_groups, self._warmup[1], strict=True):
-                g["lr"] = lr
-            self._warmup = None
-        self.sched.step(objective_value)
-
-    def _load_weights(self, path: Path, continue_steps: bool = True) -> list[str]:
-        """The weights of ``path`` loaded into this run's model. From the same architecture every
-        tensor is loaded and, with ``continue_steps``, the step count continues from a file that
-        records it. From another architecture (a factorized model warm-starting a hyperprior's
-        ``g_a`` / ``g_s``) only the tensors of the same name and shape are taken and the step count
-        starts at 0; from a narrower model of the same layout (N = 64 / M = 96 into M = 320) every layer is embedded
+        bare state dict). From the same architecture every tensor is loaded and, with
+        ``continue_steps``, the step count continues from a file that records it. From another
+        architecture (a factorized model warm-starting a hyperprior's ``g_a`` / ``g_s``) only the
+        tensors of the same name and shape are taken and the step count starts at 0; from a
+        narrower model of the same layout (N = 64 / M = 96 into M = 320) every layer is embedded
         so that the wide model starts out computing what the narrow one did
         (:func:`wsicodec.train.widen.embed_narrower`). Returns the names of the tensors loaded."""
         st = torch.load(path, map_location="cpu", weights_only=False)
@@ -539,7 +495,6 @@ class Trainer:
         x = self.next_batch()
         self.opt.zero_grad(set_to_none=True)
         self.aux_opt.zero_grad(set_to_none=True)
-        self._warm_learning_rates()
         if self.ladder:  # a variable-rate model: each element at a point of the ladder
             terms = rate_ladder.ladder_loss(self.model, x, self.ladder)
         elif cfg.freeze_transforms:
@@ -621,7 +576,7 @@ class Trainer:
         v = validate(self.model, self.val)
         self._reserve["validate"] = time.monotonic() - t0
         obj = objective(self.cfg.distortion, self.cfg.lmbda, v)
-        self._schedule(obj)
+        self.sched.step(obj)
         if obj < self.best:
             self.best = obj
             torch.save({"model": self.model.state_dict(), "step": self.step}, self.out / "best_model.pt")
@@ -639,7 +594,7 @@ class Trainer:
         t0 = time.monotonic()
         points, obj = rate_ladder.validate_ladder(self.model, self.val, self.ladder, validate)
         self._reserve["validate"] = time.monotonic() - t0
-        self._schedule(obj)
+        self.sched.step(obj)
         if obj < self.best:
             self.best = obj
             torch.save({"model": self.model.state_dict(), "step": self.step}, self.out / "best_model.pt")
