@@ -176,7 +176,7 @@ DARK_GLASS_OFF = ("off: dark background (fluorescence or dark-field), where fain
 
 
 def store_metadata(src: SlideSource, input_path: Path, card, transforms: Transforms, glass: tuple[int, int, int],
-                   tile: int, skip_glass: bool, deidentify: bool, content: dict[str, Any] | None = None,
+                   grid: TileGrid, skip_glass: bool, deidentify: bool, content: dict[str, Any] | None = None,
                    glass_detection: str | None = None, quality: dict[str, Any] | None = None
                    ) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
     """The group metadata of a new store (docs/format.md) and the associated images to keep (the
@@ -198,14 +198,13 @@ def store_metadata(src: SlideSource, input_path: Path, card, transforms: Transfo
     meta: dict[str, Any] = {
         "format": FORMAT_NAME,
         "format_version": format_version(card.spec.entropy_model, associated=bool(assoc),
-                                         variable_rate=card.spec.variable_rate,
-                                         grid=TileGrid(W, H, tile, card.stride)),
+                                         variable_rate=card.spec.variable_rate, grid=grid),
         "wsicodec_version": __version__,
         "created": now_iso(),
         "model": {"name": card.name, "sha256": card.sha256, "architecture": card.architecture,
                   "params": card.params, "entropy_model": card.spec.entropy_model},
         "source": source,
-        "level0": {"width": W, "height": H}, "tile_size": tile, "stride": card.stride,
+        "level0": {"width": W, "height": H}, "tile_size": grid.tile, "stride": grid.stride,
         "mpp": list(src.mpp), "objective_power": src.objective_power, "vendor": src.vendor,
         "properties": props,
         "background": {"colour": list(glass), "latents": transforms.background_latents(glass).tolist(),
@@ -342,7 +341,7 @@ def compress(input_path: str | Path, output: str | Path, model: str | None = Non
         read_threads = default_reads if read_threads is None else read_threads
         codec = store_codec(net, card)
         grid = TileGrid(W, H, tile, card.stride)
-        meta, assoc = store_metadata(src, input_path, card, transforms, glass, tile, skip_glass, deidentify,
+        meta, assoc = store_metadata(src, input_path, card, transforms, glass, grid, skip_glass, deidentify,
                                      content=content_meta, glass_detection=detection, quality=choice.record)
         chunk_writers = None
         if writer_processes > 0:  # entropy coding + chunk writes off this process's GIL

@@ -190,11 +190,6 @@ def run_benchmark(inputs: Sequence[str | Path], out: str | Path, codecs: str | S
         for c in built:
             c.close()
 
-    mono = _monotonicity(rows, [c.name for c in built if c.name in CLASSICAL], metric_names)
-    for codec, bad in mono.items():
-        for m, imgs in bad.items():
-            notes.append(f"{codec}: {m} sweep is not monotone on {len(imgs)} image(s) "
-                         f"({', '.join(imgs[:3])}{'…' if len(imgs) > 3 else ''})")
     meta = {
         "images": [{"name": im.name, "source": im.source, "width": int(im.rgb.shape[1]),
                     "height": int(im.rgb.shape[0])} for im in images],
@@ -214,14 +209,21 @@ def run_benchmark(inputs: Sequence[str | Path], out: str | Path, codecs: str | S
 def write_results(out: Path, rows: list[dict], meta: dict, notes: list[str], visuals: Sequence[Path] = (),
                   console=None) -> tuple[dict, list[Path]]:
     """Write ``results.csv``, ``summary.json``, the plots and ``report.md`` of ``rows`` into
-    ``out`` (``meta``: the run's description, as ``summary.json`` keeps it); returns the averaged
-    curves and the files written. Measures nothing: a results file merged from several runs is
-    written the same way (``benchmarks/merge_results.py``)."""
+    ``out`` (``meta``: the run's description, as ``summary.json`` keeps it; ``notes`` gains a note
+    per classical sweep that is not monotone, once); returns the averaged curves and the files
+    written. Measures nothing: a results file merged from several runs is written the same way
+    (``benchmarks/merge_results.py``)."""
     from wsicodec.bench.plots import rd_plot
 
     metric_names = list(meta["metrics"])
     summary = average_curves(rows, metric_names)
     mono = _monotonicity(rows, [c for c in meta["codecs"] if c in CLASSICAL], metric_names)
+    for codec, bad in mono.items():
+        for m, imgs in bad.items():
+            note = (f"{codec}: {m} sweep is not monotone on {len(imgs)} image(s) "
+                    f"({', '.join(imgs[:3])}{'…' if len(imgs) > 3 else ''})")
+            if note not in notes:
+                notes.append(note)
     computable = [m for m in metric_names if m not in meta["unavailable_metrics"]]
     bd = bd_table(summary, computable)
     bd_upper = bd_table(summary, computable, upper=True)

@@ -98,6 +98,12 @@ def load_images(paths: list[str | Path], exclude: Sequence[str] = ()) -> list[np
     return images
 
 
+def mirrorable(image: np.ndarray, size: int) -> bool:
+    """Whether ``image`` trains at ``size``-px crops: each side at least half of it (a shorter side
+    is mirrored out, :func:`mirror_to`; below half, a crop would hold more mirror than image)."""
+    return min(image.shape[:2]) >= (size + 1) // 2
+
+
 def mirror_to(image: np.ndarray, size: int) -> tuple[np.ndarray, int, int]:
     """``image`` with each side shorter than ``size`` px mirrored out to ``size`` (centred), and
     the rows and columns added before it (top, left). Some public H&E sets are made of small
@@ -119,7 +125,7 @@ class CropSampler:
 
     def __init__(self, images: list[np.ndarray], patch: int, seed: int = 0,
                  stain_jitter: float = 0.05, colour_jitter: float = 0.05):
-        kept = [im for im in images if min(im.shape[:2]) >= (patch + 1) // 2]
+        kept = [im for im in images if mirrorable(im, patch)]
         self.images = [mirror_to(im, patch)[0] for im in kept]
         if not self.images:
             raise TrainError(f"no training image is at least {(patch + 1) // 2}x{(patch + 1) // 2} pixels "

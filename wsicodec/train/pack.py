@@ -59,10 +59,10 @@ def _candidate_crops(image: np.ndarray, crop: int, rng: np.random.Generator) -> 
     gives one crop, mirrored out (:func:`~wsicodec.train.data.mirror_to`; its y, x negative: the
     mirrored margin); smaller ones give none."""
     from wsicodec.tiling import is_background
-    from wsicodec.train.data import mirror_to
+    from wsicodec.train.data import mirror_to, mirrorable
 
     h, w = image.shape[:2]
-    if min(h, w) < (crop + 1) // 2:
+    if not mirrorable(image, crop):
         return []
     if h < crop or w < crop:
         c, top, left = mirror_to(image, crop)
