@@ -10,18 +10,32 @@
 #    tests; 4. peak memory of compress / decompress
 #    (benchmarks/streaming.py); 5. how fast 1-16 readers decode the slide (benchmarks/read_scaling.py).
 #    Each step has its own time limit. Pack OUT_DIR into one archive to bring it back.
+#    The throughput runs with --pipeline also read their store back (`decode` in their JSON: what
+#    decompress and the viewer do, the TIFF writing left out).
+#    DEFAULT_ONLY=1: only the default model's throughput runs (fp32, fp16; about a minute each);
+#    DEVICE, TILES, CANVAS and LIMIT_S change its device, tiles, canvas side and time limit (a dry
+#    run on a CPU: DEVICE=cpu TILES=4 CANVAS=2 LIMIT_S=600).
+#    Python modules missing on the machine are installed from WHEELS (default .gpu/wheels-figures,
+#    `benchmarks/gpu_prepare.sh --figures`) into a temporary folder.
 OUT=${1:?OUT_DIR}
 DATA=${2:-../shared/data/histology/val}
 PY=${PYTHON:-python3}
+WHEELS=${WHEELS:-.gpu/wheels-figures}
 mkdir -p "$OUT"
 export PYTHONUNBUFFERED=1
+if ! $PY -c "import zarr, numcodecs, imagecodecs, constriction, openslide, compressai, pytorch_msssim" 2>/dev/null; then
+  $PY -m pip install -q --no-index --no-deps --no-compile --target /tmp/wsicodec-site "$WHEELS"/*.whl \
+    || { echo "Python modules missing and not installable from $WHEELS (benchmarks/gpu_prepare.sh --figures)"; exit 3; }
+  export PYTHONPATH="/tmp/wsicodec-site${PYTHONPATH:+:$PYTHONPATH}"
+fi
+export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
 summary() {  # one line per throughput run
   $PY -c "import json,sys; r=json.load(open(sys.argv[1])); print(json.dumps({k: r.get(k) for k in
   ('model','device','precision','precision_agreement','coder','mpx_per_s','pipeline','hyper_symbols_same_bytes')}))" "$1"
 }
 throughput() {  # MODEL PRECISION CANVAS_TILES
-  timeout 100 $PY benchmarks/throughput.py --device cuda --model "$1" --precision "$2" --batch-size 32 \
-    --tiles 64 --repeats 3 --skip-jxl --data "$DATA" --pipeline "$3" --out-dir /tmp \
+  timeout "${LIMIT_S:-100}" $PY benchmarks/throughput.py --device "${DEVICE:-cuda}" --model "$1" --precision "$2" \
+    --batch-size 32 --tiles "${TILES:-64}" --repeats 3 --skip-jxl --data "$DATA" --pipeline "${CANVAS:-$3}" --out-dir /tmp \
     --json "$OUT/throughput-$1-$2.json" >/dev/null 2>"$OUT/throughput-$1-$2.err"
   summary "$OUT/throughput-$1-$2.json" || tail -5 "$OUT/throughput-$1-$2.err"
 }
@@ -30,6 +44,12 @@ echo "cores: $(nproc); $(grep -m1 'model name' /proc/cpuinfo)" | tee -a "$OUT/gp
 $PY -c "import numpy, torch; b = numpy.show_config(mode='dicts')['Build Dependencies']['blas']
 print('numpy', numpy.__version__, 'BLAS', b.get('name'), b.get('version'), '| torch', torch.__version__,
       'threads', torch.get_num_threads())" 2>&1 | tail -1 | tee -a "$OUT/gpu.txt"
+if [ "${DEFAULT_ONLY:-0}" = 1 ]; then
+  DEFAULT=$($PY -c "from wsicodec.quality import default_point; print(default_point().model)")
+  throughput "$DEFAULT" fp32 32
+  throughput "$DEFAULT" fp16 32
+  exit 0
+fi
 throughput hne-f64-q4-v1 fp32 48
 throughput hne-f64-q4-v1 fp16 48
 for procs in 2 8; do  # around the default (a quarter of the cores; 4 on 16)

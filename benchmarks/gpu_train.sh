@@ -8,16 +8,18 @@
 # benchmarks/gpu_prepare.sh (.gpu/wheels). It
 #   1. reports the machine and checks the Python modules training needs; a missing one is installed
 #      from .gpu/wheels (no network needed) or named, and the script stops;
-#   2. continues RUN_DIR from its checkpoint.pt (exactly) or weights.pt (fresh optimiser state), or,
-#      when RUN_DIR holds neither, starts `wsicodec train run` with the OPTIONS after `--`;
+#   2. continues RUN_DIR from its checkpoint.pt (exactly) or weights.pt (fresh optimiser state), the
+#      OPTIONS after `--` replacing the run's (`wsicodec train continue`: --batch, --val-every, ...),
+#      or, when RUN_DIR holds neither, starts `wsicodec train run` with those OPTIONS;
 #      on CUDA, with bf16 autocast, batches made in worker processes and (unless NO_COMPILE=1)
 #      torch.compile; validation on PACK/val;
 #   3. stops itself in time: the trainer gets SECONDS minus what has been used, two interpreter starts
 #      (timed on the module check) and what the hand-back needs (RESERVE_S, default 15 s), and keeps
 #      enough of it to validate and save at the end;
-#   4. hands the run back in OUT_DIR as at most 8 files: bundle.json + at most 7 parts of <= 16 MiB
+#   4. hands the run back in OUT_DIR as at most 8 files, 64 MiB together: bundle.json + parts of <= 16 MiB
 #      (`wsicodec train bundle`: the logs, this script's window.log among them, the checkpoint if it
 #      fits, else the last and best weights); OUT_DIR/window.log alone if the hand-back fails.
+#      BUNDLE_FILES, BUNDLE_PART_MIB and BUNDLE_TOTAL_MIB (default 8, 16 and 64 MiB together) bound it.
 # At home: `wsicodec train merge OUT_DIR RUN_DIR --val VAL` checks the sha256 sums, reassembles the
 # parts into RUN_DIR and validates the weights on the CPU.
 set -u
@@ -86,7 +88,7 @@ COMPILE=--compile; [ "${NO_COMPILE:-0}" = 1 ] && COMPILE=--no-compile
 echo "== training: $LEFT s of wall time for the trainer ($WALL min; interpreter start ${STARTUP} s), then the hand-back"
 if [ -f "$RUN/checkpoint.pt" ] || [ -f "$RUN/weights.pt" ]; then
   timeout -s TERM -k 20 $(( LEFT + 60 )) $PY -m wsicodec train continue "$RUN" "$PACK" --val "$PACK/val" \
-    --device "${DEVICE:-cuda}" --precision auto --wall-minutes "$WALL" $COMPILE
+    --device "${DEVICE:-cuda}" --precision auto --wall-minutes "$WALL" $COMPILE "$@"
 else
   [ $# -gt 0 ] || fail "$RUN holds no checkpoint.pt or weights.pt and no options of a new run follow --"
   timeout -s TERM -k 20 $(( LEFT + 60 )) $PY -m wsicodec train run "$PACK" --val "$PACK/val" --out "$RUN" \
@@ -97,5 +99,6 @@ echo "trainer exit status $? after $(elapsed) s"
 echo "== hand-back after $(elapsed) s"
 [ -d "$RUN" ] || fail "the trainer left no run folder $RUN"
 cp "$LOG" "$RUN/window.log"
-$PY -m wsicodec train bundle "$RUN" "$OUT" --max-files 8 --max-part-mib 16 || fail "the hand-back failed"
+$PY -m wsicodec train bundle "$RUN" "$OUT" --max-files "${BUNDLE_FILES:-8}" --max-part-mib "${BUNDLE_PART_MIB:-16}" \
+  --max-total-mib "${BUNDLE_TOTAL_MIB:-64}" || fail "the hand-back failed"
 echo "done after $(elapsed) s of $BUDGET"

@@ -31,6 +31,7 @@ import statistics
 import sys
 import time
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 
@@ -125,19 +126,21 @@ class CanvasSource:
 
 
 def pipeline_throughput(coder, card, model, canvas: CanvasSource, processes: int, read_threads: int,
-                        io_threads: int, out_dir: Path, write: bool = True) -> dict:
+                        io_threads: int, out_dir: Path, write: bool = True,
+                        decode_processes: int | None | str = "skip") -> dict:
     """What ``compress`` does after decoding the slide, timed end to end on ``canvas``:
     ``encode_tiles`` (reading threads, batches, the analysis with the next batch queued on the
     GPU) -> ``pipeline.write_tiles`` on ``max(io_threads, processes)`` threads -> the chunk codec
     and the chunk files, in ``processes`` worker processes (0: in the writer threads) -> ``finish``.
     The workers are started before the clock starts (a one-off cost per slide, reported as
     ``worker_start_s``). ``write=False``: the same loop without the writer (reading and the
-    network alone)."""
+    network alone). ``decode_processes`` other than ``"skip"``: then also time reading the store
+    back (:func:`decode_throughput`)."""
     import shutil
 
     from wsicodec.codec import store_codec
     from wsicodec.engine import encode_tiles
-    from wsicodec.pipeline import canvas_reader, write_tiles
+    from wsicodec.pipeline import canvas_reader, store_metadata, write_tiles
     from wsicodec.store import StoreWriter, store_size
     from wsicodec.tiling import TileGrid
     from wsicodec.writers import ChunkWriterProcesses
@@ -153,8 +156,10 @@ def pipeline_throughput(coder, card, model, canvas: CanvasSource, processes: int
         seconds = time.perf_counter() - t0
         return {"tiles": n, "megapixels": round(mpx, 1), "seconds": round(seconds, 3),
                 "mpx_per_s": round(mpx / seconds, 1), "read_threads": read_threads, "writer": None}
-    meta = {"model": {"name": card.name, "entropy_model": card.spec.entropy_model},
-            "background": {"latents": coder.background_latents(glass).tolist()}}
+    # the metadata compress writes (of a source that is the canvas): the store reads back as any
+    meta, _ = store_metadata(SimpleNamespace(dimensions=canvas.dimensions, properties={}, associated_images={},
+                                             file_size=0, vendor="canvas", mpp=(0.25, 0.25), objective_power=None),
+                             Path("canvas"), card, coder, glass, grid, skip_glass=False, deidentify=False)
     out_dir.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
     writer = StoreWriter(out_dir / "pipeline.zarr", meta, grid, store_codec(model, card), card.latent_channels,
@@ -171,11 +176,37 @@ def pipeline_throughput(coder, card, model, canvas: CanvasSource, processes: int
     final = writer.finish(overwrite=True)
     seconds = time.perf_counter() - t0
     latent_bytes = store_size(final / "latents")
+    decode = decode_throughput(final, coder, decode_processes) if decode_processes != "skip" else None
     shutil.rmtree(final, ignore_errors=True)
     return {"canvas_px": side, "tiles": len(grid), "megapixels": round(mpx, 1), "seconds": round(seconds, 3),
             "mpx_per_s": round(mpx / seconds, 1), "writer_processes": processes, "read_threads": read_threads,
             "writer_threads": writers, "worker_start_s": round(start_s, 2),
-            "latent_bpp": round(8 * latent_bytes / (mpx * 1e6), 4)}
+            "latent_bpp": round(8 * latent_bytes / (mpx * 1e6), 4), "decode": decode}
+
+
+def decode_throughput(store: Path, coder, processes: int | None) -> dict:
+    """What ``decompress`` and the viewer do to get pixels, timed on the store the loop wrote:
+    ``WsiStore.decode_tiles`` over every tile in row-major order (each latent chunk decoded once;
+    a hyperprior's side information on the GPU and its range decoding in ``processes`` worker
+    processes on CUDA; the synthesis in batches, under fp16 on CUDA), the TIFF writing left out.
+    The worker processes are started and the model loaded before the clock starts."""
+    from wsicodec.store import WsiStore
+
+    with WsiStore(store, device=str(coder.device), batch_size=coder.batch_size, decode_processes=processes) as s:
+        t0 = time.perf_counter()
+        s.load_model()
+        on_device = s._device_hyper() is not None
+        if on_device:
+            s._decoder_processes()  # the workers started off the clock
+        start_s = time.perf_counter() - t0
+        tiles = [(tx, ty) for ty in range(s.grid.tiles_y) for tx in range(s.grid.tiles_x)]
+        t0 = time.perf_counter()
+        n = sum(1 for _ in s.decode_tiles(tiles))
+        seconds = time.perf_counter() - t0
+        W, H = s.dimensions
+    return {"tiles": n, "megapixels": round(W * H / 1e6, 1), "seconds": round(seconds, 3),
+            "mpx_per_s": round(W * H / 1e6 / seconds, 1), "side_information_on_device": on_device,
+            "decoder_processes": s._decode_processes if on_device else 0, "start_s": round(start_s, 2)}
 
 
 def timed(fn) -> float:
@@ -213,6 +244,9 @@ def main(argv: list[str] | None = None) -> dict:
                          "(default: as compress: a quarter of the cores on CUDA, else 0)")
     ap.add_argument("--read-threads", type=int, default=None,
                     help="--pipeline: reading threads (default: as compress, pipeline.host_split)")
+    ap.add_argument("--decode-processes", type=int, default=None,
+                    help="--pipeline: range-decoding processes when the store is read back "
+                         "(default: as WsiStore, half the cores on CUDA, else 0)")
     ap.add_argument("--out-dir", type=Path, default=None, help="--pipeline: where the store is written (then removed)")
     ap.add_argument("--profile-coder", action="store_true",
                     help="print where the chunk codec's encode spends its time (cProfile, 8 tiles)")
@@ -360,12 +394,16 @@ def main(argv: list[str] | None = None) -> dict:
         reads = args.read_threads if args.read_threads is not None else default_reads
         canvas = CanvasSource(windows, args.pipeline)
         with tempfile.TemporaryDirectory(dir=args.out_dir) as tmp:
-            pipe = pipeline_throughput(coder, card, model, canvas, max(0, procs), reads, 2, Path(tmp))
+            pipe = pipeline_throughput(coder, card, model, canvas, max(0, procs), reads, 2, Path(tmp),
+                                       decode_processes=args.decode_processes)
             pipe["without_writer"] = pipeline_throughput(coder, card, model, canvas, 0, reads, 2, Path(tmp),
                                                          write=False)
         print(f"pipeline: {pipe['mpx_per_s']} Mpx/s ({pipe['megapixels']} Mpx in {pipe['seconds']} s, "
               f"{pipe['writer_processes']} coder processes, {pipe['read_threads']} reading threads; "
               f"without the writer {pipe['without_writer']['mpx_per_s']} Mpx/s)", file=sys.stderr)
+        dec = pipe["decode"]
+        print(f"decode: {dec['mpx_per_s']} Mpx/s ({dec['megapixels']} Mpx in {dec['seconds']} s, "
+              f"{dec['decoder_processes']} decoder processes)", file=sys.stderr)
     else:
         pipe = None
     try:

@@ -10,7 +10,7 @@ import sys
 import numpy as np
 import pytest
 import torch
-from conftest import EXAMPLE, differing_files, side_information_on_device
+from conftest import EXAMPLE, code_chunks_whole, differing_files, side_information_on_device
 
 from wsicodec.codec import (
     CodecError,
@@ -287,6 +287,62 @@ def test_stores_of_whole_edge_chunks_still_read(hyper_store, tiny_models, tmp_pa
     assert 0 < mse and 10 * np.log10(255**2 / mse) > 40
     rep = verify_store(old, model_dir=tiny_models)
     assert rep.ok, rep.problems
+
+
+@pytest.mark.parametrize(("layout", "processes"), [("edges cut (version 5)", 0), ("edges cut (version 5)", 2),
+                                                  ("whole edge chunks (version 2)", 0)])
+def test_side_information_decoded_in_batches_on_a_device_gives_the_same_latents(
+        hyper_store, tiny_models, tmp_path, monkeypatch, layout, processes):
+    """On CUDA a reader runs the integer hyper-decoder for many chunks at once on the GPU and only
+    range-decodes on the host, in worker processes; here the same path on the CPU's torch: the
+    latents are zarr's, edge chunks included, and a damaged chunk is named in one line."""
+    import shutil
+
+    import wsicodec.engine as engine
+    from wsicodec.errors import StoreError
+    from wsicodec.store import chunk_file
+
+    store = tmp_path / "h.zarr"
+    shutil.copytree(hyper_store.output, store)
+    if layout.startswith("whole"):
+        code_chunks_whole(store)
+    made = []
+
+    class OnDevice(engine.Transforms):
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, **{**kwargs, "hyper_on_device": True})
+            made.append(self.hyper)
+
+    with WsiStore(store, model_dir=tiny_models) as s:
+        want = np.asarray(s.latents[...])
+        coded = [(tx, ty) for tx, ty in s.grid if s.tile_state[ty, tx] == 1]
+    monkeypatch.setattr(engine, "Transforms", OnDevice)
+    with WsiStore(store, model_dir=tiny_models, decode_processes=processes) as s:
+        rows, cols = s.grid.latent_shape
+        got = s.fetch_latents(0, 0, cols, rows)
+        assert len(made) == 1 and made[0] is not None and len(s._chunks) == len(coded)
+        assert (s._decoders is not None) == (processes > 0)
+        c = s.grid.chunk
+        for tx, ty in coded:
+            box = np.s_[:, ty * c : min((ty + 1) * c, rows), tx * c : min((tx + 1) * c, cols)]
+            np.testing.assert_array_equal(got[box], want[box])
+    tx, ty = coded[len(coded) // 2]
+    f = chunk_file(store, tx, ty)
+    data = bytearray(f.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    f.write_bytes(bytes(data))
+    with WsiStore(store, model_dir=tiny_models, decode_processes=processes) as s, pytest.raises(StoreError) as err:
+        s.fetch_latents(0, 0, cols, rows)
+    assert str(err.value) == f"{store}: latent chunk of tile {(tx, ty)}: corrupt (its CRC-32C does not match)"
+    # a stream that passes its checksum but not the range decoder: named by the workers too
+    import google_crc32c
+
+    body = bytearray(data[:-4])
+    body[len(body) - 8 : len(body) - 4] = b"\xff\xff\xff\xff"
+    f.write_bytes(bytes(body) + int(google_crc32c.value(bytes(body))).to_bytes(4, "little"))
+    with WsiStore(store, model_dir=tiny_models, decode_processes=processes) as s, pytest.raises(StoreError) as err:
+        s.fetch_latents(0, 0, cols, rows)
+    assert str(err.value).startswith(f"{store}: latent chunk of tile {(tx, ty)}: corrupt (")
 
 
 def test_hyper_store_fresh_process_zarr_decodes(hyper_store, tiny_models):

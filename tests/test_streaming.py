@@ -13,6 +13,7 @@ from conftest import EXAMPLE, code_chunks_whole
 
 from wsicodec.pipeline import compress
 from wsicodec.store import WsiStore
+from wsicodec.store.format import TILE_CODED
 from wsicodec.streaming import BackgroundSink, prefetch
 
 
@@ -217,6 +218,37 @@ def test_decoding_with_prefetch_matches_tile_by_tile(tiny_models, tmp_path):
             (_, _, one), = s.decode_tiles([t], group=1)
             assert np.abs(one.astype(int) - grouped[t].astype(int)).max() <= 1
 
+
+@pytest.mark.parametrize("model", ["tiny", "tiny-hyper"])
+def test_each_latent_chunk_is_decoded_once(tiny_models, tmp_path, model, monkeypatch):
+    """A tile's halo reaches into its neighbours' chunks: reading tile by tile (the viewer) or band
+    by band (decompress) decodes each chunk once and keeps it, and the latents are the ones a
+    reader that keeps nothing gets; a budget of no bytes keeps only the chunk just decoded."""
+    out = compress(EXAMPLE, tmp_path / "c.zarr", model=model, model_dir=tiny_models, tile=256).output
+    with WsiStore(out, model_dir=tiny_models) as s:
+        reads: list[tuple] = []
+        latents = s.latents
+
+        class Counting:
+            shape = latents.shape
+
+            def __getitem__(self, key):
+                reads.append(key)
+                return latents[key]
+
+        s.latents = Counting()
+        g, halo = s.grid, s.transforms.spec.decode_halo
+        windows = [g.latent_window(*g.tile_box(tx, ty), halo) for tx, ty in g]
+        kept = [s.fetch_latents(*w) for w in windows]
+        coded = int((s.tile_state == TILE_CODED).sum())
+        assert len(reads) == coded == len(set(map(str, reads)))
+        monkeypatch.setattr(WsiStore, "chunk_cache_bytes", 0)
+        s.close()
+        reads.clear()
+        for w, q in zip(windows, kept, strict=True):
+            np.testing.assert_array_equal(s.fetch_latents(*w), q)
+        assert len(reads) > 2 * coded  # nothing kept: the neighbours' chunks decoded again
+        assert len(s._chunks) == 1
 
 @pytest.mark.parametrize("model", ["tiny", "tiny-hyper"])
 def test_chunk_files_are_the_bytes_zarr_writes(tiny_models, tmp_path, model):

@@ -233,6 +233,10 @@ def test_bundle_drops_optimiser_state_when_the_checkpoint_does_not_fit(sources, 
     m = bundle_run(run, tmp_path / "out", max_files=3, max_part_mib=cap / 2, log=lambda s: None)
     assert m["contents"] == "weights"
     assert {x["name"] for x in m["members"]} == {"weights.pt", "best_model.pt", "val_log.csv"}
+    # the same bound on all the files together (a machine that takes back less), parts of any size
+    total = bundle_run(run, tmp_path / "out2", max_files=8, max_part_mib=1000, max_total_mib=cap + 1,
+                       log=lambda s: None)
+    assert total["contents"] == "weights" and len(total["parts"]) == 1
     home = tmp_path / "home"
     shutil.copytree(run, home)  # home still holds an older checkpoint.pt ...
     merge_bundle(tmp_path / "out", home, log=lambda s: None)

@@ -449,12 +449,25 @@ def code_hyper_symbols(s: HyperSymbols, hm: HyperEntropyModel) -> bytes:
     return head + z_part + _HYPER_TAIL.pack(words.size) + esc_arr.tobytes() + words.tobytes()
 
 
-def decode_hyper_chunk(data: bytes | memoryview, hm: HyperEntropyModel,
-                       expect_shape: Sequence[int] | None = None, within: bool = False) -> np.ndarray:
-    """Decode one hyperprior chunk to ``int32 (M, h, w)`` = ``ŷ · 2^A``; raises :class:`CodecError`.
-    ``expect_shape``: the shape it must have (``within``: at most)."""
-    import constriction
+@dataclass(frozen=True)
+class HyperChunk:
+    """A hyperprior chunk read as far as its side information: ``shape`` ``(M, h, w)`` of its
+    latents, ``z`` the side-information symbols ``(N, h/4, w/4)`` (int32, relative to the medians),
+    and the latents' range-coded stream (``escapes``, ``words``). What is left to decode the
+    latents is each one's table and mean (:meth:`HyperEntropyModel.parameters` on the CPU, or
+    :meth:`wsicodec.engine.DeviceHyperSymbols.parameters` in batches on a GPU), then
+    :func:`decode_hyper_latents`."""
 
+    shape: tuple[int, int, int]
+    z: np.ndarray
+    escapes: np.ndarray
+    words: np.ndarray
+
+
+def read_hyper_chunk(data: bytes | memoryview, hm: HyperEntropyModel,
+                     expect_shape: Sequence[int] | None = None, within: bool = False) -> HyperChunk:
+    """Check one hyperprior chunk's header and decode its side information; raises
+    :class:`CodecError`. ``expect_shape``: the shape it must have (``within``: at most)."""
     buf = bytes(data)
     if len(buf) < _HYPER_HEADER.size + _HYPER_TAIL.size:
         raise CodecError(f"latent chunk truncated ({len(buf)} bytes)")
@@ -479,24 +492,45 @@ def decode_hyper_chunk(data: bytes | memoryview, hm: HyperEntropyModel,
         raise CodecError(f"latent chunk length {len(buf)} does not match its header")
     esc = np.frombuffer(buf, "<i4", n_esc, body)
     words = np.frombuffer(buf, "<u4", n_words, body + 4 * n_esc).astype(np.uint32)
-    index, mean = hm.parameters(z_sym)
+    return HyperChunk((M, h, w), z_sym, esc, words)
+
+
+def decode_hyper_latents(chunk: HyperChunk, index: np.ndarray, mean: np.ndarray,
+                         hm: HyperEntropyModel) -> np.ndarray:
+    """The latents of a :class:`HyperChunk` as ``int32 (M, h, w)`` = ``ŷ · 2^A``, given every
+    latent's table ``index`` and fixed-point ``mean`` (both ``(M, h, w)``, derived exactly from
+    ``chunk.z``); raises :class:`CodecError`."""
+    import constriction
+
+    M, h, w = chunk.shape
+    if index.shape != chunk.shape or mean.shape != chunk.shape:
+        raise CodecError(f"tables of shape {index.shape} / {mean.shape} for a chunk of shape {chunk.shape}")
     order, counts = _by_table(index, hm.y.tables.channels)
     try:
-        dec = constriction.stream.queue.RangeDecoder(words)
+        dec = constriction.stream.queue.RangeDecoder(chunk.words)
         tables = np.flatnonzero(counts)
-        flat, used = _decode_runs(dec, hm.y, tables, counts[tables], esc)
+        flat, used = _decode_runs(dec, hm.y, tables, counts[tables], chunk.escapes)
     except CodecError:
         raise
     except Exception as e:
         raise CodecError(f"corrupt latent chunk ({e})") from None
-    if used != n_esc:
+    if used != chunk.escapes.size:
         raise CodecError("latent chunk has unused escaped values")
-    sym = np.empty(n, np.int64)
+    sym = np.empty(M * h * w, np.int64)
     sym[order] = flat
     out = (sym.reshape(M, h, w) << hm.act_bits) + mean
     if np.abs(out).max(initial=0) >= 1 << 31:
         raise CodecError("decoded latents overflow int32")
     return out.astype(np.int32)
+
+
+def decode_hyper_chunk(data: bytes | memoryview, hm: HyperEntropyModel,
+                       expect_shape: Sequence[int] | None = None, within: bool = False) -> np.ndarray:
+    """Decode one hyperprior chunk to ``int32 (M, h, w)`` = ``ŷ · 2^A``; raises :class:`CodecError`.
+    ``expect_shape``: the shape it must have (``within``: at most)."""
+    chunk = read_hyper_chunk(data, hm, expect_shape, within)
+    index, mean = hm.parameters(chunk.z)
+    return decode_hyper_latents(chunk, index, mean, hm)
 
 
 _HYPER_MODELS: dict[str, HyperEntropyModel] = {}

@@ -219,13 +219,19 @@ class DeviceHyperSymbols:
         with _no_tf32(self.device):
             z = self.h_a(y_fp.float().div_(self.unit).contiguous())
         z_sym = torch.round(z.float() - self.z_medians_float)
-        z_fp = z_sym.to(torch.int64) * int(self.unit) + self.z_medians
-        out = self.h_s(z_fp)
-        index = torch.searchsorted(self.thresholds, out[:, : self.M].contiguous())
-        sym = torch.div(y_fp.to(torch.int64) - out[:, self.M :] + int(self.unit) // 2, int(self.unit),
-                        rounding_mode="floor")
+        index, mean = self.parameters(z_sym)
+        sym = torch.div(y_fp.to(torch.int64) - mean + int(self.unit) // 2, int(self.unit), rounding_mode="floor")
         parts = ((z_sym, torch.int32), (sym, torch.int32), (index, torch.uint8))
         return [t.to(dtype).contiguous() for t, dtype in parts]
+
+    @torch.inference_mode()
+    def parameters(self, z_sym: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Side-information symbols ``(B, N, h/4, w/4)`` (integers, any dtype) -> each latent's
+        Gaussian table (uint8-valued int64) and fixed-point mean (int64), ``(B, M, h, w)`` on the
+        device: :meth:`wsicodec.codec.HyperEntropyModel.parameters` for a batch, exactly."""
+        z_fp = z_sym.to(self.device, torch.int64) * int(self.unit) + self.z_medians
+        out = self.h_s(z_fp)
+        return torch.searchsorted(self.thresholds, out[:, : self.M].contiguous()), out[:, self.M :]
 
 
 def limit_blas_threads(threads: int = 1) -> bool:

@@ -11,10 +11,8 @@ tiles' latents at a time: the parent only stacks them and writes them into a pip
 group: few wake-ups and GIL hand-offs per tile); range checks, casting, coding and the file
 writes all happen in the workers.
 
-The workers are plain child processes (``python -m wsicodec.writers PATH [MODEL_DIR]``, started
-in wsicodec's own folder so that they import this wsicodec) fed over their stdin / stdout
-pipes, not ``multiprocessing``: that would re-run the caller's main script in each child, which
-fails in any script without an ``if __name__ == "__main__"`` guard.
+The workers are plain child processes (``python -m wsicodec.writers PATH [MODEL_DIR]``,
+:mod:`wsicodec._pipes`) fed over their stdin / stdout pipes.
 
 Frames, parent to child: a header ``<III`` (length of the pickled description, number of tiles,
 length of the array data), the pickled ``(tiles, kind, [(dtype, shape), ...])``, then the raw
@@ -36,58 +34,15 @@ from typing import IO, Any
 
 import numpy as np
 
+from wsicodec._pipes import receive, send, serve_stdio, start_worker, stop_workers, write_all
 from wsicodec.errors import StoreError, first_line
 from wsicodec.store.chunks import LatentChunkFiles
 
-_LEN = struct.Struct("<I")
 _FRAME = struct.Struct("<III")
 
 
 class WriterError(StoreError):
     """A chunk-writer process failed (a one-line error naming the store)."""
-
-
-def _send(f: IO[bytes], payload: bytes) -> None:
-    f.write(_LEN.pack(len(payload)) + payload)
-    f.flush()
-
-
-def _write_all(fd: int, parts: list) -> None:
-    """Write ``parts`` (bytes-like) to ``fd`` in as few system calls as the pipe allows, without
-    joining them first (the latents are the bulk: no copy of them here)."""
-    views = [memoryview(x).cast("B") for x in parts]
-    while views:
-        n = os.writev(fd, views) if hasattr(os, "writev") else os.write(fd, views[0])  # no writev: Windows
-        while views and n >= len(views[0]):
-            n -= len(views[0])
-            views.pop(0)
-        if views and n:
-            views[0] = views[0][n:]
-
-
-def _widen_pipe(f: IO[bytes]) -> None:
-    """Best effort (Linux): a 4 MiB pipe buffer holds a whole frame of several tiles, so a write
-    does not wait for the reader in several rounds (unprivileged users may get at most 1 MiB,
-    ``/proc/sys/fs/pipe-max-size``)."""
-    try:
-        import fcntl
-    except ImportError:
-        return
-    for size in (4 << 20, 1 << 20):
-        try:
-            fcntl.fcntl(f.fileno(), getattr(fcntl, "F_SETPIPE_SZ", 1031), size)
-            return
-        except (OSError, ValueError):
-            continue
-
-
-def _receive(f: IO[bytes]) -> bytes | None:
-    head = f.read(_LEN.size)
-    if len(head) < _LEN.size:
-        return None
-    (n,) = _LEN.unpack(head)
-    data = f.read(n)
-    return data if len(data) == n else None
 
 
 def _receive_tiles(f: IO[bytes]) -> tuple[list, Sequence] | None:
@@ -125,22 +80,12 @@ class ChunkWriterProcesses:
 
     def __init__(self, path: Path, n: int, model_dir: Path | None = None):
         self.path = Path(path)
-        pkg_root = str(Path(__file__).resolve().parents[1])
-        env = dict(os.environ, PYTHONPATH=os.pathsep.join([pkg_root, *filter(None, [os.environ.get("PYTHONPATH")])]),
-                   # one thread each: n workers side by side, and the BLAS / OpenMP pools of a
-                   # hyperprior's hyper-networks would otherwise start one thread per core each
-                   OMP_NUM_THREADS="1", OPENBLAS_NUM_THREADS="1", MKL_NUM_THREADS="1")
-        # absolute paths: the workers run in wsicodec's folder (``-m`` puts the working folder
-        # first on sys.path, so a ``wsicodec`` folder where the caller stands is never imported)
-        cmd = [sys.executable, "-m", "wsicodec.writers", str(self.path.resolve())]
-        cmd += [str(Path(model_dir).resolve())] if model_dir else []
+        args = [str(self.path.resolve())] + ([str(Path(model_dir).resolve())] if model_dir else [])
         self._free: queue.Queue = queue.Queue()
         self._procs: list[subprocess.Popen] = []
         try:
             for _ in range(max(1, int(n))):
-                p = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, env=env, bufsize=0,
-                                     cwd=pkg_root)
-                _widen_pipe(p.stdin)
+                p = start_worker("wsicodec.writers", args)
                 self._procs.append(p)
                 self._free.put(p)
         except OSError as e:
@@ -165,9 +110,9 @@ class ChunkWriterProcesses:
         desc = pickle.dumps((tiles, kind, [(a.dtype.str, a.shape) for a in arrays]), protocol=5)
         p = self._free.get()
         try:
-            _write_all(p.stdin.fileno(), [_FRAME.pack(len(desc), len(tiles), sum(a.nbytes for a in arrays)), desc,
+            write_all(p.stdin.fileno(), [_FRAME.pack(len(desc), len(tiles), sum(a.nbytes for a in arrays)), desc,
                                           *arrays])
-            answer = _receive(p.stdout)
+            answer = receive(p.stdout)
         except (BrokenPipeError, OSError, ValueError):
             answer = None
         finally:  # back in the pool even when dead: its next write fails at once instead of
@@ -178,20 +123,7 @@ class ChunkWriterProcesses:
             raise WriterError(f"{self.path}: {answer.decode('utf-8', 'replace')}")
 
     def close(self) -> None:
-        for p in self._procs:
-            try:
-                if p.stdin:
-                    p.stdin.close()
-            except OSError:
-                pass
-        for p in self._procs:
-            try:
-                p.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                p.kill()
-                p.wait()
-            if p.stdout:
-                p.stdout.close()
+        stop_workers(self._procs)
         self._procs = []
 
     def __enter__(self) -> ChunkWriterProcesses:
@@ -212,9 +144,7 @@ def _serve(path: str, model_dir: str | None) -> int:
         os.environ["WSICODEC_MODELS"] = model_dir
     # no torch here unless the codec needs it (a hyperprior's hyper-encoder, one thread: the
     # parent set OMP_NUM_THREADS=1): a factorized model's worker starts in a fraction of a second
-    stdin = sys.stdin.buffer
-    stdout = os.fdopen(os.dup(1), "wb")  # the pipe to the parent, kept for the frames alone:
-    os.dup2(2, 1)  # anything a library prints goes to stderr instead
+    stdin, stdout = serve_stdio()
     chunks: Any = None
     failed = ""
     try:
@@ -225,19 +155,19 @@ def _serve(path: str, model_dir: str | None) -> int:
         try:
             frame = _receive_tiles(stdin)
         except Exception as e:  # a frame this worker cannot read: the stream is lost
-            _send(stdout, f"chunk-writer: {first_line(e)}".encode())
+            send(stdout, f"chunk-writer: {first_line(e)}".encode())
             return 1
         if frame is None:
             return 0
         if failed:
-            _send(stdout, failed.encode())
+            send(stdout, failed.encode())
             continue
         try:
             for (tx, ty), values in zip(*frame, strict=True):
                 chunks.write(tx, ty, values)  # range-checked, cast, coded; atomic: temp file + rename
-            _send(stdout, b"")
+            send(stdout, b"")
         except Exception as e:  # reported to the parent, which raises it
-            _send(stdout, first_line(e).removeprefix(f"{path}: ").encode())
+            send(stdout, first_line(e).removeprefix(f"{path}: ").encode())
 
 
 if __name__ == "__main__":

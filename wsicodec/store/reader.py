@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import math
 import os
+import threading
+from collections import OrderedDict
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -86,11 +88,17 @@ class WsiStore:
     ``get_thumbnail``; a context manager. Pixels are decoded on demand, only for the tiles asked
     for. ``precision``: ``"auto"`` runs the synthesis in half precision where that is native
     (fp16 on CUDA, bf16 on a CPU with AVX512-BF16 / AMX: faster, pixels within 2 levels of
-    fp32's; docs/performance.md); ``"fp32"`` never does."""
+    fp32's; docs/performance.md); ``"fp32"`` never does. ``decode_processes``: worker processes
+    that range-decode a hyperprior store's chunks where its side information is decoded on the
+    GPU (None: half the host's cores on CUDA; :mod:`wsicodec.decoders`)."""
+
+    #: decoded latent chunks kept for neighbouring reads, at most this many bytes (least recently
+    #: used first out): three rows of chunks of a 100,000-px-wide slide of the default model
+    chunk_cache_bytes = 256 << 20
 
     def __init__(self, path: str | os.PathLike, device: str = "auto", batch_size: int = 8,
                  model_dir: Path | None = None, storage_options: dict[str, Any] | None = None,
-                 precision: str = "auto"):
+                 precision: str = "auto", decode_processes: int | None = None):
         if precision not in ("auto", "fp32"):
             raise StoreError(f"unknown decoding precision {precision!r} (auto or fp32)")
         # auto: half-precision synthesis where it is native (fp16 on CUDA, bf16 on such CPUs)
@@ -117,6 +125,11 @@ class WsiStore:
         self.glass_latents = np.asarray(meta["background"]["latents"], np.int32).reshape(-1, 1, 1)
         self._device, self._batch_size, self._model_dir = device, batch_size, model_dir
         self._transforms = None
+        self._decode_processes = decode_processes
+        self._decoders = None
+        self._chunks: OrderedDict[tuple[int, int], np.ndarray] = OrderedDict()
+        self._chunk_bytes = 0
+        self._chunk_lock = threading.Lock()
         self.level_downsamples = tuple(float(d) for d in pyramid_downsamples(*self.dimensions))
 
     # -- OpenSlide-like properties -----------------------------------------------------------
@@ -210,34 +223,151 @@ class WsiStore:
             raise StoreError(f"{self.path}: {e}") from None
 
     def fetch_latents(self, lx0: int, ly0: int, lx1: int, ly1: int) -> np.ndarray:
-        """Latents of a box with glass tiles filled in; missing tiles are an error."""
+        """Latents of a box with glass tiles filled in; missing tiles are an error. Chunks are
+        decoded whole and kept (:meth:`_coded_chunks`): neighbouring boxes share their halo's."""
         if self.meta["model"].get("entropy_model", "factorized") != "factorized":
             self.load_model()  # a hyperprior's latents decode with the store's model (loaded and verified here)
-        box = f"latents[:, {ly0}:{ly1}, {lx0}:{lx1}]"
+        c = self.grid.chunk
+        keys = [(tx, ty) for ty in range(ly0 // c, -(-ly1 // c)) for tx in range(lx0 // c, -(-lx1 // c))]
+        for tx, ty in keys:
+            if self.tile_state[ty, tx] not in (TILE_GLASS, TILE_CODED):
+                raise StoreError(f"{self.path}: tile ({tx}, {ty}) is missing")
+        chunks = self._coded_chunks([(tx, ty) for tx, ty in keys if self.tile_state[ty, tx] == TILE_CODED])
+        q = np.empty((int(self.latents.shape[0]), ly1 - ly0, lx1 - lx0), np.int32)
+        for tx, ty in keys:
+            bx0, by0 = max(tx * c, lx0), max(ty * c, ly0)
+            bx1, by1 = min((tx + 1) * c, lx1), min((ty + 1) * c, ly1)
+            box = q[:, by0 - ly0 : by1 - ly0, bx0 - lx0 : bx1 - lx0]
+            if (tx, ty) in chunks:
+                box[...] = chunks[(tx, ty)][:, by0 - ty * c : by1 - ty * c, bx0 - tx * c : bx1 - tx * c]
+            else:
+                box[...] = self.glass_latents
+        return q
+
+    def _coded_chunks(self, keys: list[tuple[int, int]]) -> dict[tuple[int, int], np.ndarray]:
+        """The latent chunks of coded tiles ``(tx, ty)`` (each the part inside the array), decoded
+        once and kept while :attr:`chunk_cache_bytes` allows: a box's halo reaches into its
+        neighbours' chunks, so reading a slide band by band (decompress) or tile by tile (the
+        viewer) would otherwise decode each chunk up to nine times."""
+        found: dict[tuple[int, int], np.ndarray] = {}
+        with self._chunk_lock:
+            for key in keys:
+                hit = self._chunks.get(key)
+                if hit is not None:
+                    self._chunks.move_to_end(key)
+                    found[key] = hit
+        todo = [key for key in keys if key not in found]
+        if not todo:
+            return found
+        hyper = self._device_hyper()
+        decoded = self._decode_on_device(todo, hyper) if hyper is not None else {k: self._read_chunk(*k) for k in todo}
+        found.update(decoded)
+        with self._chunk_lock:
+            for key, arr in decoded.items():
+                old = self._chunks.pop(key, None)
+                self._chunk_bytes += arr.nbytes - (old.nbytes if old is not None else 0)
+                self._chunks[key] = arr
+            while len(self._chunks) > 1 and self._chunk_bytes > self.chunk_cache_bytes:
+                _, old = self._chunks.popitem(last=False)
+                self._chunk_bytes -= old.nbytes
+        return found
+
+    def _read_chunk(self, tx: int, ty: int) -> np.ndarray:
+        """One chunk through zarr and the store's codec (the side information, if any, on the CPU)."""
+        c = self.grid.chunk
+        box = f"latents[:, {ty * c}:{(ty + 1) * c}, {tx * c}:{(tx + 1) * c}]"
         try:
-            q = np.asarray(self.latents[:, ly0:ly1, lx0:lx1]).astype(np.int32)
+            return np.asarray(self.latents[:, ty * c : (ty + 1) * c, tx * c : (tx + 1) * c])
         except CodecError as e:
             raise StoreError(f"{self.path}: corrupt latent chunk in {box} ({e})") from None
         except Exception as e:
             raise StoreError(f"{self.path}: cannot read {box} ({first_line(e)})") from None
-        c = self.grid.chunk
-        for ty in range(ly0 // c, -(-ly1 // c)):
-            for tx in range(lx0 // c, -(-lx1 // c)):
-                st = self.tile_state[ty, tx]
-                if st == TILE_GLASS:
-                    bx0, by0, bx1, by1 = self.grid.tile_latents(tx, ty)
-                    bx0, by0, bx1, by1 = max(bx0, lx0), max(by0, ly0), min(bx1, lx1), min(by1, ly1)
-                    q[:, by0 - ly0 : by1 - ly0, bx0 - lx0 : bx1 - lx0] = self.glass_latents
-                elif st != TILE_CODED:
-                    raise StoreError(f"{self.path}: tile ({tx}, {ty}) is missing")
-        return q
 
-    def decode_tiles(self, tiles: list[tuple[int, int]], group: int = 16) -> Iterator[tuple[int, int, np.ndarray]]:
+    def _device_hyper(self) -> Any:
+        """The model's side-information decoder on the synthesis's device
+        (:class:`~wsicodec.engine.DeviceHyperSymbols`, checked exact there: on CUDA), for a local
+        hyperprior store; else None (each chunk then decodes through zarr on the CPU)."""
+        if entropy_model(self.meta) == "factorized" or not isinstance(self.path, Path):
+            return None
+        return self.transforms.hyper
+
+    def _decoder_processes(self) -> Any:
+        """The worker processes that range-decode this store's chunks (started on first use),
+        or None where there are none (``decode_processes``; default: half the cores on CUDA)."""
+        from wsicodec.decoders import ChunkDecoderProcesses, default_decoder_processes
+
+        if self._decode_processes is None:
+            self._decode_processes = default_decoder_processes(self.transforms.cuda)
+        if self._decoders is None and self._decode_processes > 0:
+            try:
+                self._decoders = ChunkDecoderProcesses(self.meta["model"], self._decode_processes, self._model_dir)
+            except CodecError as e:
+                raise StoreError(f"{self.path}: {e}") from None
+        return self._decoders
+
+    def _decode_on_device(self, keys: list[tuple[int, int]], hyper: Any) -> dict[tuple[int, int], np.ndarray]:
+        """Hyperprior chunks read straight from their files (CRC-32C checked, as zarr does): the
+        side information decoded here, the integer hyper-decoder run for all of them in one batch
+        per chunk shape on the device, then each chunk's latents range-decoded with the tables and
+        means it gave. The same latents as :meth:`_read_chunk`: the hyper-decoder is exact."""
+        import torch
+
+        from wsicodec.codec import decode_hyper_latents, hyper_entropy_model, read_hyper_chunk
+        from wsicodec.store.chunks import chunk_crc_ok
+
+        hm = hyper_entropy_model(self.meta["model"])
+        C, rows, cols = (int(n) for n in self.latents.shape)
+        c = self.grid.chunk
+        read: dict[tuple[int, int], Any] = {}
+        for tx, ty in keys:
+            what = f"{self.path}: latent chunk of tile {(tx, ty)}"
+            try:
+                data = (self.path / "latents" / self.latents.metadata.encode_chunk_key((0, ty, tx))).read_bytes()
+            except OSError as e:
+                raise StoreError(f"{what}: cannot read it ({first_line(e)})") from None
+            if not chunk_crc_ok(data):
+                raise StoreError(f"{what}: corrupt (its CRC-32C does not match)")
+            try:
+                read[(tx, ty)] = read_hyper_chunk(memoryview(data)[:-4], hm, (C, c, c), within=True)
+            except CodecError as e:
+                raise StoreError(f"{what}: corrupt ({e})") from None
+        by_shape: dict[tuple, list] = {}
+        for key, chunk in read.items():
+            by_shape.setdefault(chunk.shape, []).append(key)
+        out: dict[tuple[int, int], np.ndarray] = {}
+        for group in by_shape.values():
+            index, mean = hyper.parameters(torch.from_numpy(np.stack([read[k].z for k in group])))
+            index, mean = index.to(torch.uint8).cpu().numpy(), mean.to(torch.int32).cpu().numpy()
+            workers = self._decoder_processes() if len(group) > 1 else None
+            lats: list[np.ndarray] = []
+            try:
+                if workers is not None:
+                    lats = workers.decode([read[k] for k in group], index, mean)
+                else:
+                    for i, key in enumerate(group):
+                        lats.append(decode_hyper_latents(read[key], index[i], mean[i], hm))
+            except CodecError as e:
+                at = getattr(e, "chunk", None) if workers is not None else len(lats)
+                which = f"tile {group[at]}" if at is not None else f"one of tiles {group[0]} to {group[-1]}"
+                raise StoreError(f"{self.path}: latent chunk of {which}: corrupt ({e})") from None
+            for (tx, ty), lat in zip(group, lats, strict=True):
+                part = np.zeros((C, min(c, rows - ty * c), min(c, cols - tx * c)), np.int32)
+                h, w = min(part.shape[1], lat.shape[1]), min(part.shape[2], lat.shape[2])
+                part[:, :h, :w] = lat[:, :h, :w]  # a smaller stream: the array's fill value, as zarr reads it
+                out[(tx, ty)] = part
+        return out
+
+    def decode_tiles(self, tiles: list[tuple[int, int]], group: int | None = None
+                     ) -> Iterator[tuple[int, int, np.ndarray]]:
         """Yield ``(tx, ty, rgb)`` for tiles (row-major order advised), batched, seam-free. The
-        latents of the next groups are entropy-decoded on a thread while the network runs."""
+        latents of the next groups of ``group`` tiles are entropy-decoded on a thread while the
+        network runs (default 16; 64 where worker processes range-decode, so that each group
+        gives every worker chunks to decode)."""
         from wsicodec.streaming import prefetch
 
         grid, transforms = self.grid, self.transforms
+        if group is None:
+            group = 64 if self._device_hyper() is not None and self._decoder_processes() is not None else 16
         halo, s = transforms.spec.decode_halo, grid.stride
 
         def fetch(part):
@@ -334,6 +464,12 @@ class WsiStore:
 
     def close(self) -> None:
         self._transforms = None
+        if self._decoders is not None:
+            self._decoders.close()
+            self._decoders = None
+        with self._chunk_lock:
+            self._chunks.clear()
+            self._chunk_bytes = 0
 
     def __enter__(self) -> WsiStore:
         return self

@@ -127,14 +127,19 @@ def _choose_members(run_dir: Path, capacity: int, log: Callable[[str], None]) ->
 
 
 def bundle_run(run_dir: str | os.PathLike, out_dir: str | os.PathLike, max_files: int = 8,
-               max_part_mib: float = 16.0, log: Callable[[str], None] = print) -> dict:
+               max_part_mib: float = 16.0, log: Callable[[str], None] = print,
+               max_total_mib: float | None = None) -> dict:
     """Write ``run_dir`` into ``out_dir`` as ``bundle.json`` plus at most ``max_files - 1`` parts
-    ``bundle.tar.NNN`` of at most ``max_part_mib`` MiB; returns the manifest."""
+    ``bundle.tar.NNN`` of at most ``max_part_mib`` MiB, all of them together at most
+    ``max_total_mib`` MiB when given; returns the manifest."""
     run_dir, out_dir = Path(run_dir), Path(out_dir)
     if max_files < 2:
         raise BundleError("a bundle needs at least 2 files (the manifest and one part)")
     part_bytes = int(max_part_mib * 2**20)
-    members, kind, best_is_last = _choose_members(run_dir, (max_files - 1) * part_bytes, log)
+    capacity = (max_files - 1) * part_bytes
+    if max_total_mib is not None:  # the manifest (a few KiB per member) and the tar headers fit in 1 MiB
+        capacity = min(capacity, int((max_total_mib - 1) * 2**20))
+    members, kind, best_is_last = _choose_members(run_dir, capacity, log)
     buf = io.BytesIO()
     with tarfile.open(fileobj=buf, mode="w", format=tarfile.PAX_FORMAT) as tar:
         for m in members:

@@ -194,12 +194,15 @@ def pack(out, train, val, crop, val_crop, max_mib, seed):
 @click.argument("out_dir", type=click.Path(file_okay=False, path_type=Path))
 @click.option("--max-files", default=8, show_default=True, help="Files the bundle may have (manifest included).")
 @click.option("--max-part-mib", default=16.0, show_default=True, help="Largest file of the bundle.")
-def bundle(run_dir, out_dir, max_files, max_part_mib):
+@click.option("--max-total-mib", type=float, default=None,
+              help="All the bundle's files together at most (default: files x largest file).")
+def bundle(run_dir, out_dir, max_files, max_part_mib, max_total_mib):
     """Write RUN_DIR's logs and weights (the full checkpoint if it fits) into OUT_DIR as bundle.json
     and parts of bounded size."""
     from wsicodec.train.bundle import bundle_run
 
-    bundle_run(run_dir, out_dir, max_files=max_files, max_part_mib=max_part_mib, log=click.echo)
+    bundle_run(run_dir, out_dir, max_files=max_files, max_part_mib=max_part_mib, log=click.echo,
+               max_total_mib=max_total_mib)
 
 
 @command.command("merge")
