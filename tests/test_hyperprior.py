@@ -326,6 +326,17 @@ def test_side_information_decoded_in_batches_on_a_device_gives_the_same_latents(
         for tx, ty in coded:
             box = np.s_[:, ty * c : min((ty + 1) * c, rows), tx * c : min((tx + 1) * c, cols)]
             np.testing.assert_array_equal(got[box], want[box])
+        # reading threads (the viewer's) share the reader and its workers: nothing kept, so each
+        # box of two coded chunks goes to the workers
+        from concurrent.futures import ThreadPoolExecutor
+
+        s.chunk_cache_bytes = 0
+        boxes = [(tx * c, ty * c, min((tx + 2) * c, cols), min((ty + 1) * c, rows))
+                 for tx, ty in coded if (tx + 1, ty) in coded][:12]
+        assert len(boxes) == 12
+        with ThreadPoolExecutor(4) as pool:
+            for (x0, y0, x1, y1), q in zip(boxes, pool.map(lambda b: s.fetch_latents(*b), boxes), strict=True):
+                np.testing.assert_array_equal(q, want[:, y0:y1, x0:x1])
     tx, ty = coded[len(coded) // 2]
     f = chunk_file(store, tx, ty)
     data = bytearray(f.read_bytes())

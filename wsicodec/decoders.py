@@ -21,6 +21,7 @@ import os
 import pickle
 import struct
 import sys
+import threading
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -57,6 +58,7 @@ class ChunkDecoderProcesses:
         args += [str(Path(model_dir).resolve())] if model_dir else []
         self._procs = []
         self._pool: ThreadPoolExecutor | None = None
+        self._lock = threading.Lock()
         try:
             for _ in range(max(1, int(n))):
                 self._procs.append(start_worker("wsicodec.decoders", args))
@@ -71,6 +73,10 @@ class ChunkDecoderProcesses:
         go out in messages of a few, each worker's on a thread of its own, one message in flight
         per worker: a worker decodes while the next message is made, and no pipe ever holds more
         than one message each way (no deadlock whatever size the system gives a pipe)."""
+        with self._lock:  # one call at a time: the workers' pipes carry one conversation each
+            return self._decode(chunks, index, mean)
+
+    def _decode(self, chunks: list[HyperChunk], index: np.ndarray, mean: np.ndarray) -> list[np.ndarray]:
         per = max(1, min(self.chunks_per_message, -(-len(chunks) // len(self._procs))))
         messages = [np.arange(i, min(i + per, len(chunks))) for i in range(0, len(chunks), per)]
         out: list[Any] = [None] * len(chunks)

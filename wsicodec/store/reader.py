@@ -130,6 +130,7 @@ class WsiStore:
         self._chunks: OrderedDict[tuple[int, int], np.ndarray] = OrderedDict()
         self._chunk_bytes = 0
         self._chunk_lock = threading.Lock()
+        self._start_lock = threading.Lock()
         self.level_downsamples = tuple(float(d) for d in pyramid_downsamples(*self.dimensions))
 
     # -- OpenSlide-like properties -----------------------------------------------------------
@@ -296,14 +297,16 @@ class WsiStore:
         or None where there are none (``decode_processes``; default: half the cores on CUDA)."""
         from wsicodec.decoders import ChunkDecoderProcesses, default_decoder_processes
 
-        if self._decode_processes is None:
-            self._decode_processes = default_decoder_processes(self.transforms.cuda)
-        if self._decoders is None and self._decode_processes > 0:
-            try:
-                self._decoders = ChunkDecoderProcesses(self.meta["model"], self._decode_processes, self._model_dir)
-            except CodecError as e:
-                raise StoreError(f"{self.path}: {e}") from None
-        return self._decoders
+        with self._start_lock:  # reading threads (the viewer's) may ask at once: one set of workers
+            if self._decode_processes is None:
+                self._decode_processes = default_decoder_processes(self.transforms.cuda)
+            if self._decoders is None and self._decode_processes > 0:
+                try:
+                    self._decoders = ChunkDecoderProcesses(self.meta["model"], self._decode_processes,
+                                                           self._model_dir)
+                except CodecError as e:
+                    raise StoreError(f"{self.path}: {e}") from None
+            return self._decoders
 
     def _decode_on_device(self, keys: list[tuple[int, int]], hyper: Any) -> dict[tuple[int, int], np.ndarray]:
         """Hyperprior chunks read straight from their files (CRC-32C checked, as zarr does): the
