@@ -12,7 +12,8 @@
 #    Each step has its own time limit. Pack OUT_DIR into one archive to bring it back.
 #    The throughput runs with --pipeline also read their store back (`decode` in their JSON: what
 #    decompress and the viewer do, the TIFF writing left out).
-#    DEFAULT_ONLY=1: only the default model's throughput runs (fp32, fp16; about a minute each);
+#    DEFAULT_ONLY=1: only the default model's throughput runs (fp32, fp16; about a minute each), or
+#    MODEL's (a models folder without the whole zoo: WSICODEC_MODELS=FOLDER MODEL=NAME);
 #    DEVICE, TILES, CANVAS and LIMIT_S change its device, tiles, canvas side and time limit (a dry
 #    run on a CPU: DEVICE=cpu TILES=4 CANVAS=2 LIMIT_S=600).
 #    Python modules missing on the machine are installed from WHEELS (default .gpu/wheels-figures,
@@ -45,7 +46,7 @@ $PY -c "import numpy, torch; b = numpy.show_config(mode='dicts')['Build Dependen
 print('numpy', numpy.__version__, 'BLAS', b.get('name'), b.get('version'), '| torch', torch.__version__,
       'threads', torch.get_num_threads())" 2>&1 | tail -1 | tee -a "$OUT/gpu.txt"
 if [ "${DEFAULT_ONLY:-0}" = 1 ]; then
-  DEFAULT=$($PY -c "from wsicodec.quality import default_point; print(default_point().model)")
+  DEFAULT=${MODEL:-$($PY -c "from wsicodec.quality import default_point; print(default_point().model)")}
   throughput "$DEFAULT" fp32 32
   throughput "$DEFAULT" fp16 32
   exit 0

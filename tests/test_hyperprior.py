@@ -316,11 +316,14 @@ def test_side_information_decoded_in_batches_on_a_device_gives_the_same_latents(
     with WsiStore(store, model_dir=tiny_models) as s:
         want = np.asarray(s.latents[...])
         coded = [(tx, ty) for tx, ty in s.grid if s.tile_state[ty, tx] == 1]
+        pixels = s.read_level0(300, 500, 900, 700)
     monkeypatch.setattr(engine, "Transforms", OnDevice)
+    with WsiStore(store, model_dir=tiny_models, decode_processes=processes) as s:
+        np.testing.assert_array_equal(s.read_level0(300, 500, 900, 700), pixels)  # bands of 64 with workers
     with WsiStore(store, model_dir=tiny_models, decode_processes=processes) as s:
         rows, cols = s.grid.latent_shape
         got = s.fetch_latents(0, 0, cols, rows)
-        assert len(made) == 1 and made[0] is not None and len(s._chunks) == len(coded)
+        assert len(made) == 2 and made[-1] is not None and len(s._chunks) == len(coded)
         assert (s._decoders is not None) == (processes > 0)
         c = s.grid.chunk
         for tx, ty in coded:
