@@ -12,7 +12,7 @@
 #    Each step has its own time limit. Pack OUT_DIR into one archive to bring it back.
 #    The throughput runs with --pipeline also read their store back (`decode` in their JSON: what
 #    decompress and the viewer do, the TIFF writing left out).
-#    DEFAULT_ONLY=1: only the default model's throughput runs (fp32, fp16; about a minute each), or
+#    DEFAULT_ONLY=1: only the default model's throughput runs (fp32, fp16; each within LIMIT_S), or
 #    MODEL's (a models folder without the whole zoo: WSICODEC_MODELS=FOLDER MODEL=NAME);
 #    DEVICE, TILES, CANVAS and LIMIT_S change its device, tiles, canvas side and time limit (a dry
 #    run on a CPU: DEVICE=cpu TILES=4 CANVAS=2 LIMIT_S=600).
