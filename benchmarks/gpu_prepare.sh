@@ -46,6 +46,10 @@ if [ "$FIGURES" = 1 ]; then
   wheels .gpu/wheels-figures "compressai==1.2.8" "pytorch-msssim==1.0.0" "zarr==3.1.5" "numcodecs==0.16.6" \
     donfig google-crc32c "constriction==0.5.0" imagecodecs openslide-python openslide-bin
 fi
-tracked=$(git ls-files -z | xargs -0 du -cb 2>/dev/null | tail -1 | cut -f1)
+bytes() { xargs -0 stat -c %s 2>/dev/null | awk '{s += $1} END {print s + 0}'; }
+tracked=$(git ls-files -z | bytes)
+slim=$(git ls-files -z -- ':!weights' ':!runs' | bytes)
 extra=$(du -sb .gpu | cut -f1)
-echo "tracked files: $((tracked / 1048576)) MiB; .gpu: $((extra / 1048576)) MiB; together $(((tracked + extra) / 1048576)) MiB"
+echo "tracked files: $((tracked / 1048576)) MiB ($((slim / 1048576)) MiB without weights/ and runs/);" \
+     ".gpu: $((extra / 1048576)) MiB; together $(((tracked + extra) / 1048576)) MiB"
+[ $(((tracked + extra) / 1048576)) -lt 64 ] || echo "note: over 64 MiB; docs/training.md, \"One call per GPU window\", says what to send instead"
