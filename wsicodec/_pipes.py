@@ -52,6 +52,30 @@ def stop_workers(procs: Sequence[subprocess.Popen]) -> None:
             p.stdout.close()
 
 
+class WorkerProcesses:
+    """``n`` worker processes ``python -m module args`` (at least one, :func:`start_worker`); a
+    context manager that ends them (:meth:`close`). Raises ``OSError`` when one does not start."""
+
+    def __init__(self, module: str, args: Sequence[str], n: int):
+        self._procs: list[subprocess.Popen] = []
+        try:
+            for _ in range(max(1, int(n))):
+                self._procs.append(start_worker(module, args))
+        except OSError:
+            self.close()
+            raise
+
+    def close(self) -> None:
+        stop_workers(self._procs)
+        self._procs = []
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
 def serve_stdio() -> tuple[IO[bytes], IO[bytes]]:
     """In a worker: ``(input, output)`` for the messages; anything a library prints goes to
     stderr instead of into the pipe to the parent."""

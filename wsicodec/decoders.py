@@ -28,13 +28,14 @@ from typing import Any
 
 import numpy as np
 
-from wsicodec._pipes import receive, send, send_parts, serve_stdio, start_worker, stop_workers
+from wsicodec._pipes import WorkerProcesses, receive, send, send_parts, serve_stdio
 from wsicodec.codec import CodecError, HyperChunk, decode_hyper_latents, hyper_entropy_model
 from wsicodec.errors import first_line
 
 __all__ = ["ChunkDecoderProcesses", "default_decoder_processes"]
 
 _HEAD = struct.Struct("<II")
+_NO_Z = np.zeros((0, 0, 0), np.int32)  # a worker gets the tables and means, not the side information
 
 
 def default_decoder_processes(cuda: bool, cores: int | None = None) -> int:
@@ -45,7 +46,7 @@ def default_decoder_processes(cuda: bool, cores: int | None = None) -> int:
     return max(1, (cores or os.cpu_count() or 1) // 2) if cuda else 0
 
 
-class ChunkDecoderProcesses:
+class ChunkDecoderProcesses(WorkerProcesses):
     """``n`` worker processes that range-decode the latents of the hyperprior model
     ``model_ref`` (``{"name", "sha256"}``, found in ``model_dir`` or the zoo)."""
 
@@ -56,14 +57,11 @@ class ChunkDecoderProcesses:
     def __init__(self, model_ref: dict[str, Any], n: int, model_dir: Path | None = None):
         args = [json.dumps({"name": str(model_ref["name"]), "sha256": str(model_ref["sha256"])})]
         args += [str(Path(model_dir).resolve())] if model_dir else []
-        self._procs = []
         self._pool: ThreadPoolExecutor | None = None
         self._lock = threading.Lock()
         try:
-            for _ in range(max(1, int(n))):
-                self._procs.append(start_worker("wsicodec.decoders", args))
+            super().__init__("wsicodec.decoders", args, n)
         except OSError as e:
-            self.close()
             raise CodecError(f"cannot start a chunk-decoder process ({e})") from None
 
     def decode(self, chunks: list[HyperChunk], index: np.ndarray, mean: np.ndarray) -> list[np.ndarray]:
@@ -121,14 +119,7 @@ class ChunkDecoderProcesses:
         if self._pool is not None:
             self._pool.shutdown()
             self._pool = None
-        stop_workers(self._procs)
-        self._procs = []
-
-    def __enter__(self) -> ChunkDecoderProcesses:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
+        super().close()
 
 
 def _serve(model_json: str, model_dir: str | None) -> int:
@@ -165,7 +156,7 @@ def _serve(model_json: str, model_dir: str | None) -> int:
         latents = []
         for i, (s, esc, words) in enumerate(items):
             try:
-                latents.append(decode_hyper_latents(HyperChunk(tuple(s), None, esc, words), index[i], mean[i], hm))
+                latents.append(decode_hyper_latents(HyperChunk(tuple(s), _NO_Z, esc, words), index[i], mean[i], hm))
             except Exception as e:  # reported with the chunk's place in the message
                 send(stdout, b"\1" + f"{i}\t{first_line(e)}".encode())
                 break

@@ -30,6 +30,7 @@ from wsicodec.store import (
     TILE_CODED,
     TILE_GLASS,
     WsiStore,
+    array_chunk_file,
     associated_pixels,
     check_arrays,
     chunk_crc_ok,
@@ -128,7 +129,7 @@ def verify_store(path: str | os.PathLike, against: str | os.PathLike | None = No
 
     # -- chunks --------------------------------------------------------------------------------
     for tx, ty in grid:
-        f = _chunk_path(path, latents, tx, ty)
+        f = array_chunk_file(path, latents, tx, ty)
         st = None if state is None else int(state[ty, tx])
         if not f.is_file():
             if st == TILE_CODED or st is None:
@@ -176,10 +177,6 @@ def verify_store(path: str | os.PathLike, against: str | os.PathLike | None = No
         else:
             _compare(rep, path, Path(against), model_dir, device, batch_size)
     return rep
-
-
-def _chunk_path(root: Path, latents: Any, tx: int, ty: int) -> Path:
-    return root / "latents" / latents.metadata.encode_chunk_key((0, ty, tx))
 
 
 def _check_model(rep: VerifyReport, latents: Any, m: dict[str, Any], model_dir: Path | None,

@@ -26,7 +26,6 @@ import os
 import pickle
 import queue
 import struct
-import subprocess
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -34,7 +33,7 @@ from typing import IO, Any
 
 import numpy as np
 
-from wsicodec._pipes import receive, send, serve_stdio, start_worker, stop_workers, write_all
+from wsicodec._pipes import WorkerProcesses, receive, send, serve_stdio, write_all
 from wsicodec.errors import StoreError, first_line
 from wsicodec.store.chunks import LatentChunkFiles
 
@@ -73,7 +72,7 @@ def _receive_tiles(f: IO[bytes]) -> tuple[list, Sequence] | None:
     raise ValueError(f"malformed frame (kind {kind!r})")
 
 
-class ChunkWriterProcesses:
+class ChunkWriterProcesses(WorkerProcesses):
     """``n`` worker processes that entropy-code and write latent chunks of the store at ``path``.
     :meth:`write` blocks until the chunks are on disk (call it from ``n`` threads to keep every
     worker busy); the bytes are those this process would write (the codec is deterministic)."""
@@ -81,16 +80,13 @@ class ChunkWriterProcesses:
     def __init__(self, path: Path, n: int, model_dir: Path | None = None):
         self.path = Path(path)
         args = [str(self.path.resolve())] + ([str(Path(model_dir).resolve())] if model_dir else [])
-        self._free: queue.Queue = queue.Queue()
-        self._procs: list[subprocess.Popen] = []
         try:
-            for _ in range(max(1, int(n))):
-                p = start_worker("wsicodec.writers", args)
-                self._procs.append(p)
-                self._free.put(p)
+            super().__init__("wsicodec.writers", args, n)
         except OSError as e:
-            self.close()
             raise WriterError(f"{self.path}: cannot start a chunk-writer process ({e})") from None
+        self._free: queue.Queue = queue.Queue()
+        for p in self._procs:
+            self._free.put(p)
 
     def write(self, tiles: Sequence[tuple[int, int]], chunks: np.ndarray | Sequence[Any]) -> None:
         """Code and write chunks of one shape: ``chunks[i]`` (any integer dtype; values outside the
@@ -121,16 +117,6 @@ class ChunkWriterProcesses:
             raise WriterError(f"{self.path}: a chunk-writer process ended unexpectedly (exit status {p.poll()})")
         if answer:
             raise WriterError(f"{self.path}: {answer.decode('utf-8', 'replace')}")
-
-    def close(self) -> None:
-        stop_workers(self._procs)
-        self._procs = []
-
-    def __enter__(self) -> ChunkWriterProcesses:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
 
 
 def _serve(path: str, model_dir: str | None) -> int:

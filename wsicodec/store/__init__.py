@@ -19,7 +19,7 @@ Layout::
 """
 from wsicodec.errors import StoreError
 from wsicodec.pyramid import box_reduce, pyramid_downsamples
-from wsicodec.store.chunks import LatentChunkFiles, chunk_crc_ok, chunk_file
+from wsicodec.store.chunks import LatentChunkFiles, array_chunk_file, chunk_crc_ok, chunk_file
 from wsicodec.store.format import (
     ENCODED_ASSOCIATED,
     FORMAT_NAME,
@@ -47,8 +47,8 @@ from wsicodec.store.writer import ChunkWriters, StoreWriter
 __all__ = [
     "ENCODED_ASSOCIATED", "FORMAT_NAME", "FORMAT_VERSION", "MAX_ASSOCIATED_PIXELS", "MAX_SIDE", "READ_VERSIONS",
     "TILE_CODED", "TILE_GLASS", "TILE_MISSING", "ChunkWriters", "LatentChunkFiles", "StoreError", "StoreWriter",
-    "WsiStore", "associated_pixels", "box_reduce", "check_arrays", "check_meta", "check_output_path",
-    "chunk_crc_ok", "chunk_file", "entropy_model", "format_version", "is_partial_name", "json_roundtrip",
-    "latent_array_shape", "now_iso", "open_store", "partial_path", "pyramid_downsamples", "read_store_meta",
-    "store_size", "stored_chunk_shape",
+    "WsiStore", "array_chunk_file", "associated_pixels", "box_reduce", "check_arrays", "check_meta",
+    "check_output_path", "chunk_crc_ok", "chunk_file", "entropy_model", "format_version", "is_partial_name",
+    "json_roundtrip", "latent_array_shape", "now_iso", "open_store", "partial_path", "pyramid_downsamples",
+    "read_store_meta", "store_size", "stored_chunk_shape",
 ]

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import uuid
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -12,12 +13,18 @@ from wsicodec.codec import HyperSymbols
 from wsicodec.errors import StoreError, first_line
 from wsicodec.store.format import FORMAT_VERSION, read_store_meta, stored_chunk_shape
 
-__all__ = ["LatentChunkFiles", "chunk_crc_ok", "chunk_file"]
+__all__ = ["LatentChunkFiles", "array_chunk_file", "chunk_crc_ok", "chunk_file"]
 
 
 def chunk_file(root: Path, tx: int, ty: int) -> Path:
     """The file of tile ``(tx, ty)``'s latent chunk (zarr v3 default chunk keys, ``/``)."""
     return Path(root) / "latents" / "c" / "0" / str(ty) / str(tx)
+
+
+def array_chunk_file(root: Path, latents: Any, tx: int, ty: int) -> Path:
+    """The file of tile ``(tx, ty)``'s latent chunk under the chunk key encoding the ``latents``
+    array (a zarr array) records: a store that zarr rewrote may use another than wsicodec's."""
+    return Path(root) / "latents" / latents.metadata.encode_chunk_key((0, ty, tx))
 
 
 def chunk_crc_ok(data: bytes) -> bool:

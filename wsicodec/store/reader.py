@@ -130,6 +130,7 @@ class WsiStore:
         self._chunks: OrderedDict[tuple[int, int], np.ndarray] = OrderedDict()
         self._chunk_bytes = 0
         self._chunk_lock = threading.Lock()
+        self.chunks_decoded = 0  # latent chunks entropy-decoded so far (kept ones are not decoded again)
         self._start_lock = threading.Lock()
         self.level_downsamples = tuple(float(d) for d in pyramid_downsamples(*self.dimensions))
 
@@ -226,7 +227,7 @@ class WsiStore:
     def fetch_latents(self, lx0: int, ly0: int, lx1: int, ly1: int) -> np.ndarray:
         """Latents of a box with glass tiles filled in; missing tiles are an error. Chunks are
         decoded whole and kept (:meth:`_coded_chunks`): neighbouring boxes share their halo's."""
-        if self.meta["model"].get("entropy_model", "factorized") != "factorized":
+        if entropy_model(self.meta) != "factorized":
             self.load_model()  # a hyperprior's latents decode with the store's model (loaded and verified here)
         c = self.grid.chunk
         keys = [(tx, ty) for ty in range(ly0 // c, -(-ly1 // c)) for tx in range(lx0 // c, -(-lx1 // c))]
@@ -264,6 +265,7 @@ class WsiStore:
         decoded = self._decode_on_device(todo, hyper) if hyper is not None else {k: self._read_chunk(*k) for k in todo}
         found.update(decoded)
         with self._chunk_lock:
+            self.chunks_decoded += len(decoded)
             for key, arr in decoded.items():
                 old = self._chunks.pop(key, None)
                 self._chunk_bytes += arr.nbytes - (old.nbytes if old is not None else 0)
@@ -316,7 +318,7 @@ class WsiStore:
         import torch
 
         from wsicodec.codec import decode_hyper_latents, hyper_entropy_model, read_hyper_chunk
-        from wsicodec.store.chunks import chunk_crc_ok
+        from wsicodec.store.chunks import array_chunk_file, chunk_crc_ok
 
         hm = hyper_entropy_model(self.meta["model"])
         C, rows, cols = (int(n) for n in self.latents.shape)
@@ -325,7 +327,7 @@ class WsiStore:
         for tx, ty in keys:
             what = f"{self.path}: latent chunk of tile {(tx, ty)}"
             try:
-                data = (self.path / "latents" / self.latents.metadata.encode_chunk_key((0, ty, tx))).read_bytes()
+                data = array_chunk_file(self.path, self.latents, tx, ty).read_bytes()
             except OSError as e:
                 raise StoreError(f"{what}: cannot read it ({first_line(e)})") from None
             if not chunk_crc_ok(data):
