@@ -27,6 +27,8 @@ FAMILY = {"wsicodec": "factorized zoo", "wsicodec-hyperprior": "hyperprior zoo",
 
 
 def family(curve_name: str) -> str:
+    if curve_name.endswith("-high"):  # the same models at encoder effort high
+        return f"{family(curve_name.removesuffix('-high'))}, encoder effort high"
     return FAMILY.get(curve_name, f"variable-rate model `{curve_name.removeprefix('wsicodec-')}`")
 
 
@@ -40,9 +42,15 @@ def headline(summary: dict, whole: dict, upper: dict, metric: str = "psnr") -> s
     (``upper``), and its best figures. A curve of models trained for MS-SSIM is measured on
     MS-SSIM, what it was trained for, and comes last."""
     lines = []
-    curves = sorted((c for c in summary if c.startswith("wsicodec")), key=lambda c: c.endswith("-ms-ssim"))
+    order = [c for c in summary if c.startswith("wsicodec")]
+
+    def rank(c: str) -> tuple:  # MS-SSIM curves last; a curve at encoder effort high after its own
+        base = c.removesuffix("-high")
+        return "-ms-ssim" in c, order.index(base) if base in order else order.index(c), c != base
+
+    curves = sorted(order, key=rank)
     for c in curves:
-        m = "ms_ssim" if c.endswith("-ms-ssim") else metric
+        m = "ms_ssim" if "-ms-ssim" in c else metric
         digits = 4 if m == "ms_ssim" else 2
         pts = summary[c]["points"]
         bpp = [p["bpp"] for p in pts]
@@ -71,7 +79,7 @@ def results_block(results: Path, doc: Path, summary: dict, metrics: list[str], w
     for c in (c for c in summary if c.startswith("wsicodec")):
         models = [p["setting"] for p in sorted(summary[c]["points"], key=lambda p: p["bpp"])]
         parts += [f"**{family(c)[0].upper() + family(c)[1:]}**, mean over the images:", "",
-                  model_table(results, models), ""]
+                  model_table(results, models, curve=c), ""]
     ranges = []
     for a in ANCHOR_NAMES:
         if a in summary and (r := upper_range(summary, a, "psnr")):

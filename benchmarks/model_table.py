@@ -15,11 +15,14 @@ COLUMNS = (("bpp", "bpp", 3), ("psnr", "PSNR (dB)", 2), ("ms_ssim", "MS-SSIM", 4
            ("st_lpips", "ST-LPIPS Alex ↓", 4), ("st_lpips_vgg", "ST-LPIPS VGG ↓", 4))
 
 
-def table(path: Path, models: list[str] | None = None) -> str:
+def table(path: Path, models: list[str] | None = None, curve: str | None = None) -> str:
+    """``curve``: only that curve's rows (the same models at another encoder effort are another curve)."""
     acc: dict[str, dict[str, list[float]]] = defaultdict(lambda: defaultdict(list))
     with open(path, newline="") as f:
         for row in csv.DictReader(f):
             if not row["codec"].startswith("wsicodec") or (models and row["setting"] not in models):
+                continue
+            if curve is not None and row["codec"] != curve:
                 continue
             for key, *_ in COLUMNS:
                 if row.get(key) not in (None, ""):

@@ -44,6 +44,9 @@ def main() -> None:
               help="The analysis's arithmetic: auto = fp16 on CUDA, bf16 on a CPU with native bf16 "
                    "(AVX512-BF16 / AMX), else fp32. Half precision is faster and changes ~0.1-1.3% of "
                    "latents by 1; the store decodes the same everywhere.")
+@click.option("--effort", type=click.Choice(["standard", "high"]), default="standard", show_default=True,
+              help="high: search each tile's latents for fewer bytes at the same quality (hyperprior models; "
+                   "encoding about 20x slower, decoding unchanged; see docs/benchmarks.md).")
 @click.option("--writer-processes", type=click.IntRange(0, 256), default=None,
               help="Processes that entropy-code and write tiles  [default: on CUDA a quarter of the cores, else 0]")
 @click.option("--read-threads", type=click.IntRange(1, 256), default=None,
@@ -62,8 +65,8 @@ def main() -> None:
                    "models were trained on H&E brightfield). More than 8 bits or 3 channels are always refused.")
 @click.option("--quiet", "-q", is_flag=True, help="No progress bar or summary.")
 def compress(paths, out_dir, manifest, workers, scheduler, retries, quality, target, target_tiles, model, device,
-             batch_size, precision, writer_processes, read_threads, tile, keep_glass, overwrite, resume, deidentify,
-             allow_non_he, quiet):
+             batch_size, precision, effort, writer_processes, read_threads, tile, keep_glass, overwrite, resume,
+             deidentify, allow_non_he, quiet):
     """Compress level 0 of a slide or image into a Zarr store.
 
     \b
@@ -75,6 +78,8 @@ def compress(paths, out_dir, manifest, workers, scheduler, retries, quality, tar
     opts = dict(model=model, device=device, batch_size=batch_size, tile=tile, overwrite=overwrite,
                 skip_glass=not keep_glass, precision=precision, writer_processes=writer_processes,
                 read_threads=read_threads)
+    if effort != "standard":
+        opts["effort"] = effort
     for key, value in (("quality", quality), ("target", target), ("target_tiles", target_tiles)):
         if value is not None:
             opts[key] = value

@@ -491,14 +491,16 @@ LatentCoder = Transforms
 def encode_tiles(read_rgb: Callable[[int, int, int, int], np.ndarray], grid: TileGrid,
                  transforms: Transforms, glass: tuple[int, int, int] | None,
                  tiles: Iterable[tuple[int, int]] | None = None,
-                 read_ahead: int = 8, read_threads: int = 1) -> Iterator[tuple[int, int, Any]]:
+                 read_ahead: int = 8, read_threads: int = 1, refiner: Any = None) -> Iterator[tuple[int, int, Any]]:
     """Yield ``(tx, ty, latents)`` for each tile (``latents`` None for empty glass; a whole
     tile's :class:`~wsicodec.codec.HyperSymbols` when the transforms make them, see
     ``Transforms.hyper_on_device``), reading ahead
     on ``read_threads`` threads and running the network in batches of windows of the same shape
     (on CUDA with the next batch queued while the last one's latents are handed on).
 
-    ``read_rgb(x0, y0, w, h)`` returns canvas pixels (background colour beyond level 0)."""
+    ``read_rgb(x0, y0, w, h)`` returns canvas pixels (background colour beyond level 0).
+    ``refiner``: a :class:`wsicodec.refine.LatentRefiner` that replaces each whole tile's latents
+    by optimised symbols (a higher encoder effort)."""
     halo = transforms.spec.encode_halo
     s = transforms.spec.stride
     glass_tiles: list[tuple[int, int]] = []
@@ -542,6 +544,9 @@ def encode_tiles(read_rgb: Callable[[int, int, int, int], np.ndarray], grid: Til
                 yield group, [b[3] for b in group], [whole_tile(*b[:3]) for b in group]
 
     for batch, q, symbols in transforms.analysis_stream(batches(), chunk=c):
+        if refiner is not None:
+            symbols = refiner.refine([b[3] for b in batch], q, [tile_in_window(*b[:3]) for b in batch],
+                                     [b[:2] for b in batch])
         while glass_tiles:
             yield (*glass_tiles.pop(), None)
         for i, ((tx, ty, origin, _), lat) in enumerate(zip(batch, q, strict=True)):

@@ -22,6 +22,7 @@ from wsicodec.errors import QualityError, StoreError, first_line
 from wsicodec.models import load_model
 from wsicodec.models.rates import resolve, split_model_ref
 from wsicodec.quality import Choice, choose
+from wsicodec.refine import LatentRefiner, effort_steps
 from wsicodec.remote_jobs import compress_urls, decompress_urls
 from wsicodec.slide import SlideError, SlideSource, open_input
 from wsicodec.store import (
@@ -30,10 +31,12 @@ from wsicodec.store import (
     WsiStore,
     check_output_path,
     format_version,
+    latent_array_shape,
     now_iso,
     partial_path,
     read_store_meta,
     store_size,
+    stored_chunk_shape,
 )
 from wsicodec.streaming import BackgroundSink
 from wsicodec.tiling import TileGrid, default_tile, measure_glass
@@ -154,6 +157,18 @@ def write_tiles(tiles: Iterable[tuple[int, int, np.ndarray | None]], writer: Sto
             sink.put(items)
 
 
+def _refiner(transforms: Transforms, steps: int, meta: dict[str, Any], grid: TileGrid) -> LatentRefiner:
+    """The latent search of a higher effort for the store described by ``meta`` (its background
+    latents complete edge chunks; its format version sets their shapes)."""
+    shape = latent_array_shape(grid, transforms.card.latent_channels, meta["model"]["entropy_model"],
+                               meta["format_version"])
+
+    def chunk_shape(tx: int, ty: int) -> tuple[int, int]:
+        return stored_chunk_shape(shape, grid.chunk, tx, ty, meta["format_version"])[1:]
+
+    return LatentRefiner(transforms, steps, meta["background"]["latents"], chunk_shape)
+
+
 def check_paths(input_path: Path, output: Path, overwrite: bool) -> None:
     """Refuse outputs that would write into or over the input, or through a symbolic link."""
     if output.is_symlink():
@@ -177,13 +192,13 @@ DARK_GLASS_OFF = ("off: dark background (fluorescence or dark-field), where fain
 
 def store_metadata(src: SlideSource, input_path: Path, card, transforms: Transforms, glass: tuple[int, int, int],
                    grid: TileGrid, skip_glass: bool, deidentify: bool, content: dict[str, Any] | None = None,
-                   glass_detection: str | None = None, quality: dict[str, Any] | None = None
-                   ) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
+                   glass_detection: str | None = None, quality: dict[str, Any] | None = None,
+                   effort: str = "standard") -> tuple[dict[str, Any], dict[str, np.ndarray]]:
     """The group metadata of a new store (docs/format.md) and the associated images to keep (the
     thumbnail is not kept: a reader makes it from the store's pyramid). ``content``: what the input
     holds (:meth:`wsicodec.content.Content.to_meta`); ``glass_detection``: the recorded detection
     rule when it is not the default one; ``quality``: how the operating point was chosen
-    (:class:`~wsicodec.quality.Choice`'s record)."""
+    (:class:`~wsicodec.quality.Choice`'s record); ``effort``: the encoder's effort (recorded only)."""
     W, H = src.dimensions
     props, assoc = src.properties, src.associated_images
     source: dict[str, Any] = {"file_name": input_path.name, "file_size": src.file_size, "vendor": src.vendor}
@@ -211,7 +226,7 @@ def store_metadata(src: SlideSource, input_path: Path, card, transforms: Transfo
                        "detection": glass_detection or (GLASS_RULE if skip_glass else "off")},
         "associated": [], "deidentified": bool(deidentify),
         # provenance: which arithmetic chose the latents (a resumed run records its own)
-        "encoder": {"device": transforms.device.type, "precision": transforms.precision},
+        "encoder": {"device": transforms.device.type, "precision": transforms.precision, "effort": effort},
     }
     if transforms.rate is not None:  # a variable-rate model: which of its operating points (format 4)
         meta["operating_point"] = transforms.rate.to_meta()
@@ -249,7 +264,8 @@ def compress(input_path: str | Path, output: str | Path, model: str | None = Non
              deidentify: bool = False, io_threads: int = 2, writer_processes: int | None = None,
              read_threads: int | None = None, precision: str = "auto",
              allow_non_he: bool = False, quality: int | None = None, target: str | None = None,
-             target_tiles: int | None = None, on_choice: Callable[[Choice], None] | None = None) -> CompressResult:
+             target_tiles: int | None = None, on_choice: Callable[[Choice], None] | None = None,
+             effort: str = "standard") -> CompressResult:
     """Compress level 0 of a slide or image into a store at ``output``.
 
     The operating point: ``model`` (a shipped model, for experts; a variable-rate model takes an
@@ -274,6 +290,9 @@ def compress(input_path: str | Path, output: str | Path, model: str | None = Non
     of the cores, else a quarter); see :func:`host_split`.
     The store's bytes depend on none of these. ``precision``: the analysis's arithmetic (``"auto"``:
     fp16 on CUDA, bf16 on a CPU with native bf16, else fp32; see :class:`~wsicodec.engine.Transforms`).
+    ``effort``: ``"standard"`` (the analysis's latents) or ``"high"`` (each tile's latents
+    optimised for the model's rate-distortion objective, :mod:`wsicodec.refine`: fewer bytes at
+    the same quality, encoding many times slower; a hyperprior model only).
 
     Before anything is written the input is sorted by :func:`wsicodec.content.assess`: more than
     8 bits, more than one plane or other than 1 or 3 channels raise :class:`SlideError`;
@@ -284,6 +303,7 @@ def compress(input_path: str | Path, output: str | Path, model: str | None = Non
     if sum(x is not None for x in (model, quality, target)) > 1:
         raise QualityError("give one of --model, --quality and --target")
     check_paths(input_path, output, overwrite)
+    refine_steps = effort_steps(effort)
 
     def load(choice: Choice) -> tuple[Any, Any, Transforms]:
         name, position = split_model_ref(choice.point.model)  # NAME@P: a variable-rate model's point
@@ -342,7 +362,9 @@ def compress(input_path: str | Path, output: str | Path, model: str | None = Non
         codec = store_codec(net, card)
         grid = TileGrid(W, H, tile, card.stride)
         meta, assoc = store_metadata(src, input_path, card, transforms, glass, grid, skip_glass, deidentify,
-                                     content=content_meta, glass_detection=detection, quality=choice.record)
+                                     content=content_meta, glass_detection=detection, quality=choice.record,
+                                     effort=effort)
+        refiner = _refiner(transforms, refine_steps, meta, grid) if refine_steps else None
         chunk_writers = None
         if writer_processes > 0:  # entropy coding + chunk writes off this process's GIL
             chunk_writers = functools.partial(ChunkWriterProcesses, n=writer_processes, model_dir=model_dir)
@@ -356,7 +378,7 @@ def compress(input_path: str | Path, output: str | Path, model: str | None = Non
                 advance(len(grid) - len(todo))
 
                 write_tiles(encode_tiles(read, grid, transforms, glass if skip_glass else None, tiles=todo,
-                                         read_threads=read_threads),
+                                         read_threads=read_threads, refiner=refiner),
                             writer, max(io_threads, writer_processes), transforms.batch_size, writer_processes > 0,
                             advance)
             n_glass = int((writer.state == 2).sum())

@@ -66,9 +66,11 @@ def _threads(n: int) -> None:
 @click.option("--reuse", type=click.Path(exists=True, dir_okay=False, path_type=Path), default=None,
               help="An earlier results.csv: its rows for the same images are kept, except for the codec "
                    "settings (models) measured now (e.g. add a model without re-measuring the others).")
+@click.option("--effort", type=click.Choice(["standard", "high"]), default="standard", show_default=True,
+              help="wsicodec's encoder effort (`wsicodec compress --effort`); high: curves named ...-high.")
 @click.option("--quiet", "-q", is_flag=True, help="No progress bar or tables.")
 def run(inputs, out, codecs, metrics, tiles, tile_size, seed, device, threads, precision, models, sweeps, models_dir,
-        reuse, quiet):
+        reuse, effort, quiet):
     """Rate–distortion benchmark of INPUT images, folders and slides; results in --out."""
     from wsicodec.bench.runner import run_benchmark
 
@@ -77,7 +79,7 @@ def run(inputs, out, codecs, metrics, tiles, tile_size, seed, device, threads, p
     settings.update(parse_sweeps(sweeps))
     r = run_benchmark(list(inputs), out, codecs=codecs, metrics=metrics, tiles=tiles, tile_size=tile_size,
                       seed=seed, settings=settings or None, model_dir=models_dir, device=device, progress=not quiet,
-                      reuse=reuse, precision=precision)
+                      reuse=reuse, precision=precision, effort=effort)
     if not quiet:
         click.echo(f"{len(r.rows)} measurements; wrote " + ", ".join(p.name for p in r.files) + f" to {r.out}")
 

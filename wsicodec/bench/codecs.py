@@ -135,8 +135,10 @@ class WsicodecCodec(Codec):
     setting_label = "model"
 
     def __init__(self, settings: Sequence[str] | None = None, model_dir: Path | None = None,
-                 device: str = "cpu", batch_size: int = 4, tile: int | None = None, precision: str = "auto"):
+                 device: str = "cpu", batch_size: int = 4, tile: int | None = None, precision: str = "auto",
+                 effort: str = "standard"):
         self.model_dir = Path(model_dir) if model_dir else None
+        self.effort = effort  # wsicodec compress --effort
         self.device, self.batch_size, self.tile = device, batch_size, tile
         self.precision = precision  # "auto" or "fp32", for compress and decompress alike
         self._tmp = tempfile.TemporaryDirectory(prefix="wsicodec-bench-")
@@ -162,8 +164,8 @@ class WsicodecCodec(Codec):
     def curve(self, setting: str) -> str:
         """``wsicodec`` for factorized models, ``wsicodec-hyperprior`` for mean-scale hyperprior
         ones, ``wsicodec-<model>`` for each variable-rate model (its points ``NAME@K``), and
-        ``-ms-ssim`` appended for models trained for MS-SSIM: one curve per family, each compared
-        with the classical codecs."""
+        ``-ms-ssim`` appended for models trained for MS-SSIM, then ``-high`` at a higher encoder
+        effort: one curve per family and effort, each compared with the classical codecs."""
         from wsicodec.models import list_models
 
         if not hasattr(self, "_kinds"):
@@ -172,9 +174,10 @@ class WsicodecCodec(Codec):
                            for c in list_models(self.model_dir)}
         name = setting.partition("@")[0]
         kind, trained_for = self._kinds.get(name, ("factorized", ""))
+        effort = "" if self.effort == "standard" else f"-{self.effort}"
         if kind == "variable-rate":
-            return f"{self.name}-{name}{trained_for}"
-        return (self.name if kind == "factorized" else f"{self.name}-hyperprior") + trained_for
+            return f"{self.name}-{name}{trained_for}{effort}"
+        return (self.name if kind == "factorized" else f"{self.name}-hyperprior") + trained_for + effort
 
     def run(self, rgb: np.ndarray, setting: str) -> Coded:
         from PIL import Image
@@ -188,7 +191,8 @@ class WsicodecCodec(Codec):
         h, w = rgb.shape[:2]
         t0 = time.perf_counter()
         compress(src, store, model=setting, device=self.device, batch_size=self.batch_size, tile=self.tile,
-                 overwrite=True, skip_glass=False, progress=False, model_dir=self.model_dir, precision=self.precision)
+                 overwrite=True, skip_glass=False, progress=False, model_dir=self.model_dir, precision=self.precision,
+                 effort=self.effort)
         t1 = time.perf_counter()
         with WsiStore(store, device=self.device, batch_size=self.batch_size, model_dir=self.model_dir,
                       precision=self.precision) as s:
@@ -201,9 +205,9 @@ class WsicodecCodec(Codec):
 
 
 def make_codec(name: str, settings: Sequence[Any] | None = None, model_dir: Path | None = None,
-               device: str = "cpu", precision: str = "auto") -> Codec:
+               device: str = "cpu", precision: str = "auto", effort: str = "standard") -> Codec:
     if name == "wsicodec":
-        return WsicodecCodec(settings, model_dir=model_dir, device=device, precision=precision)
+        return WsicodecCodec(settings, model_dir=model_dir, device=device, precision=precision, effort=effort)
     if name in CLASSICAL:
         return classical_codec(name, settings)
     raise BenchError(f"unknown codec {name!r} (known: {', '.join(ALL_CODECS)})")

@@ -135,12 +135,13 @@ def run_benchmark(inputs: Sequence[str | Path], out: str | Path, codecs: str | S
                   metrics: str | Sequence[str] | None = None, tiles: int = 8, tile_size: int = 512, seed: int = 0,
                   settings: dict[str, Sequence[Any]] | None = None, model_dir: Path | None = None,
                   device: str = "cpu", progress: bool = True, console=None,
-                  reuse: str | Path | None = None, precision: str = "auto") -> BenchResult:
+                  reuse: str | Path | None = None, precision: str = "auto", effort: str = "standard"
+                  ) -> BenchResult:
     """Benchmark ``codecs`` (default: all; ``wsicodec`` only if a model is shipped) on ``inputs``
     and write the result files into ``out``. ``settings`` overrides a codec's sweep (e.g.
     ``{"jpeg": [50, 80]}``; for ``wsicodec`` a list of model names). ``reuse``: an earlier
     ``results.csv`` whose rows for these images are kept, except for the codec settings (models)
-    measured now."""
+    measured now. ``effort``: wsicodec's encoder effort (its curves get ``-high`` appended)."""
     from rich.console import Console
 
     console = console or Console(quiet=not progress)
@@ -163,7 +164,7 @@ def run_benchmark(inputs: Sequence[str | Path], out: str | Path, codecs: str | S
         for name in codec_names:
             try:
                 built.append(make_codec(name, settings.get(name), model_dir=model_dir, device=device,
-                                        precision=precision))
+                                        precision=precision, effort=effort))
             except ValueError as e:
                 if explicit:
                     raise

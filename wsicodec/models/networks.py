@@ -65,6 +65,8 @@ def divisive_normalization(x: torch.Tensor, beta: torch.Tensor, gamma: torch.Ten
     """GDN's arithmetic with the used β (C,) and γ (C, C, 1, 1): the same operations as
     compressai's, with fewer full-size temporaries (the same numbers bit for bit, tested)."""
     norm = nn.functional.conv2d(x * x, gamma, beta)
+    if torch.is_grad_enabled() and norm.requires_grad:  # autograd keeps the intermediates: no in-place
+        return (norm.sqrt() if inverse else norm.rsqrt()) * x
     norm = norm.sqrt_() if inverse else norm.rsqrt_()
     return norm.mul_(x)
 

@@ -1,0 +1,107 @@
+"""Encoder effort: at ``effort="high"`` each tile's latents are optimised for the model's own
+rate-distortion objective. The store decodes with the same decoder, costs less in that
+objective, is the same on every run, and a model that cannot use it is refused up front."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+from conftest import differing_files, one_line_error
+from PIL import Image
+
+from wsicodec.bench.codecs import WsicodecCodec, wsicodec_bytes
+from wsicodec.cli import main
+from wsicodec.models import load_model
+from wsicodec.pipeline import compress
+from wsicodec.refine import EffortError, effort_steps
+from wsicodec.store import WsiStore, read_store_meta
+from wsicodec.verify import verify_store
+
+
+@pytest.fixture()
+def crop_png(he_crop, tmp_path):
+    """The 400 x 368 H&E crop as PNG: with 128-px tiles, 12 tiles, 5 of them cut by the edges."""
+    path = tmp_path / "crop.png"
+    Image.fromarray(he_crop).save(path)
+    return path
+
+
+def _objective(store, rgb: np.ndarray, card) -> float:
+    """The training objective of a store on ``rgb``: its real bits per pixel plus λ times the
+    distortion the model was trained for (255²·MSE, or 1 − MS-SSIM)."""
+    import torch
+    from pytorch_msssim import ms_ssim
+
+    h, w = rgb.shape[:2]
+    with WsiStore(store, device="cpu", precision="fp32") as s:
+        decoded = s.read_level0(0, 0, w, h)
+    x, y = (torch.from_numpy(np.asarray(a, np.float32) / 255).permute(2, 0, 1)[None] for a in (rgb, decoded))
+    if card.distortion == "ms-ssim":
+        distortion = 1 - float(ms_ssim(y, x, data_range=1.0))
+    else:
+        distortion = 255.0**2 * float(torch.mean((x - y) ** 2))
+    return wsicodec_bytes(store) * 8 / (h * w) + card.lmbda * distortion
+
+
+@pytest.mark.parametrize("model", ["hne-hp64-q3-v4", "hne-hp64-ms5-v2"])
+def test_high_effort_lowers_the_objective_and_decodes_as_before(model, crop_png, he_crop, tmp_path, one_thread):
+    _, card = load_model(model)
+    stores = {}
+    for effort in ("standard", "high"):
+        stores[effort] = tmp_path / f"{effort}.zarr"
+        compress(crop_png, stores[effort], model=model, tile=128, skip_glass=False, device="cpu",
+                 precision="fp32", effort=effort)
+        assert verify_store(stores[effort]).ok
+        assert read_store_meta(stores[effort])["encoder"]["effort"] == effort
+    standard, high = (_objective(stores[e], he_crop, card) for e in ("standard", "high"))
+    assert high < standard, (high, standard)
+    again = tmp_path / "again.zarr"  # seeded annealing noise: the same store on every run
+    compress(crop_png, again, model=model, tile=128, skip_glass=False, device="cpu", precision="fp32",
+             effort="high")
+    files, differing = differing_files(stores["high"], again)
+    assert [f for f in differing if f.name != "zarr.json"] == [] and files
+
+
+def test_effort_is_refused_where_it_cannot_apply(crop_png, tmp_path):
+    with pytest.raises(EffortError, match="unknown effort"):
+        effort_steps("extreme")
+    out = tmp_path / "f.zarr"
+    with pytest.raises(EffortError, match="hyperprior"):
+        compress(crop_png, out, model="hne-f64-q1-v1", effort="high", device="cpu")
+    assert not out.exists() and not list(tmp_path.glob(".*partial*"))
+    result = CliRunner().invoke(main, ["compress", str(crop_png), str(out), "--model", "hne-f64-q1-v1",
+                                       "--effort", "high", "-q"])
+    one_line_error(result, "hne-f64-q1-v1", "hyperprior")
+    assert not out.exists()
+
+
+def test_bench_names_high_effort_curves_apart():
+    standard, high = WsicodecCodec(["hne-hp64-q3-v4"]), WsicodecCodec(["hne-hp64-q3-v4"], effort="high")
+    try:
+        assert standard.curve("hne-hp64-q3-v4") == "wsicodec-hyperprior"
+        assert high.curve("hne-hp64-q3-v4") == "wsicodec-hyperprior-high"
+        assert high.curve("hne-hp64-ms5-v2") == "wsicodec-hyperprior-ms-ssim-high"
+    finally:
+        standard.close()
+        high.close()
+
+
+def test_side_information_on_the_device_or_by_the_cpu_codec_agree(he_crop, monkeypatch):
+    """The search takes each chunk's ẑ, tables and means from the engine's exact device path, or
+    from the CPU chunk codec where that path is unavailable: the same values either way."""
+    import torch
+
+    from wsicodec.engine import DeviceHyperSymbols, Transforms
+    from wsicodec.refine import LatentRefiner
+
+    net, card = load_model("hne-hp64-q3-v4")
+    transforms = Transforms(net, card, "cpu", precision="fp32")
+    latents = torch.from_numpy(transforms.analysis(he_crop[None, :256, :256]))  # one 16 x 16 chunk
+    background = np.zeros(card.latent_channels, np.int32)
+    on_device = LatentRefiner(transforms, 1, background, lambda tx, ty: (16, 16))
+    assert on_device.hyper is not None
+    monkeypatch.setattr(DeviceHyperSymbols, "checked", classmethod(lambda cls, *a: None))
+    by_codec = LatentRefiner(transforms, 1, background, lambda tx, ty: (16, 16))
+    assert by_codec.hyper is None and by_codec.entropy_model is not None
+    for a, b in zip(on_device._side_information(latents), by_codec._side_information(latents), strict=True):
+        assert torch.equal(a.to(torch.int64), b.to(torch.int64))
