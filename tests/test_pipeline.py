@@ -47,7 +47,8 @@ def test_example_slide_round_trip_metadata(cmu_store):
         assert s.level_dimensions[0] == (2220, 2967) and s.level_count == 2
         from wsicodec.engine import native_bf16  # provenance: what chose the latents
 
-        assert s.meta["encoder"] == {"device": "cpu", "precision": "bf16" if native_bf16() else "fp32"}
+        assert s.meta["encoder"] == {"device": "cpu", "precision": "bf16" if native_bf16() else "fp32",
+                                     "effort": "standard"}
 
 
 def test_reader_decodes_regions_like_a_full_decode(cmu_store, tiny_models):
