@@ -9,6 +9,7 @@
 #    the network's answer made instant); the loop with 2 and 8 writer processes; 3. the CUDA
 #    tests; 4. peak memory of compress / decompress
 #    (benchmarks/streaming.py); 5. how fast 1-16 readers decode the slide (benchmarks/read_scaling.py).
+#    6. the default model's compress at encoder effort standard and high (effort.json).
 #    Each step has its own time limit. Pack OUT_DIR into one archive to bring it back.
 #    The throughput runs with --pipeline also read their store back (`decode` in their JSON: what
 #    decompress and the viewer do, the TIFF writing left out).
@@ -40,6 +41,23 @@ throughput() {  # MODEL PRECISION CANVAS_TILES
     --json "$OUT/throughput-$1-$2.json" >/dev/null 2>"$OUT/throughput-$1-$2.err"
   summary "$OUT/throughput-$1-$2.json" || tail -5 "$OUT/throughput-$1-$2.err"
 }
+effort() {  # the default model at both encoder efforts on a synthetic slide (EFFORT_SIDE, 4096 px)
+  side=${EFFORT_SIDE:-4096}
+  timeout 60 $PY benchmarks/make_synthetic_slide.py /tmp/synthetic-effort.tiff --size "$side" "$side" --glass 0.3 \
+    --source "$DATA" >/dev/null 2>&1
+  timeout "${LIMIT_S:-100}" $PY - "${DEVICE:-cuda}" <<'PYEOF' | tee "$OUT/effort.json"
+import json, sys
+from wsicodec.pipeline import compress
+out = {"device": sys.argv[1]}
+for effort in ("standard", "high"):
+    r = compress("/tmp/synthetic-effort.tiff", f"/tmp/effort-{effort}.zarr", device=sys.argv[1], overwrite=True,
+                 effort=effort)
+    tissue = r.pixels / 1e6 * (1 - r.glass_tiles / r.tiles)
+    out[effort] = {"slide_s": round(r.seconds, 2), "latent_bytes": r.latent_bytes, "tiles": r.tiles,
+                   "glass_tiles": r.glass_tiles, "tissue_mpx_per_s": round(tissue / r.seconds, 2)}
+print(json.dumps(out))
+PYEOF
+}
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader | tee "$OUT/gpu.txt"
 echo "cores: $(nproc); $(grep -m1 'model name' /proc/cpuinfo)" | tee -a "$OUT/gpu.txt"
 $PY -c "import numpy, torch; b = numpy.show_config(mode='dicts')['Build Dependencies']['blas']
@@ -49,6 +67,7 @@ if [ "${DEFAULT_ONLY:-0}" = 1 ]; then
   DEFAULT=${MODEL:-$($PY -c "from wsicodec.quality import default_point; print(default_point().model)")}
   throughput "$DEFAULT" fp32 32
   throughput "$DEFAULT" fp16 32
+  effort
   exit 0
 fi
 throughput hne-f64-q4-v1 fp32 48
@@ -99,3 +118,4 @@ throughput hne-hp64-q6-v3 fp16 32
 timeout 100 $PY benchmarks/streaming.py /tmp/synthetic16k.tiff --device cuda --json "$OUT/streaming-cuda.json" 2>&1 | tail -2
 timeout 90 $PY benchmarks/read_scaling.py /tmp/synthetic16k.tiff --windows 1024 --readers 1 4 8 12 16 \
   --json "$OUT/read_scaling.json" 2>&1 | tail -13
+effort
