@@ -46,7 +46,7 @@ def main() -> None:
                    "latents by 1; the store decodes the same everywhere.")
 @click.option("--effort", type=click.Choice(["standard", "high"]), default="standard", show_default=True,
               help="high: search each tile's latents for fewer bytes at the same quality (hyperprior models; "
-                   "encoding about 20x slower, decoding unchanged; see docs/benchmarks.md).")
+                   "encoding about 30x slower on a CPU, decoding unchanged; docs/performance.md).")
 @click.option("--writer-processes", type=click.IntRange(0, 256), default=None,
               help="Processes that entropy-code and write tiles  [default: on CUDA a quarter of the cores, else 0]")
 @click.option("--read-threads", type=click.IntRange(1, 256), default=None,
