@@ -148,3 +148,22 @@ def code_chunks_whole(store: Path) -> None:
         ty, tx = int(f.parent.name), int(f.name)
         block = (slice(None), slice(ty * c, (ty + 1) * c), slice(tx * c, (tx + 1) * c))
         a[block] = np.asarray(a[block])
+
+
+def disk_full_after(monkeypatch, n: int):
+    """Chunk writes fail as on a full disk (ENOSPC) once ``n`` chunks are on disk; returns the
+    call that frees the disk again."""
+    import errno
+
+    from wsicodec.store.chunks import LatentChunkFiles
+
+    write, written = LatentChunkFiles.write, []
+
+    def write_until_full(self, tx, ty, values):
+        if len(written) >= n:
+            raise OSError(errno.ENOSPC, "No space left on device", str(self.root / "latents"))
+        write(self, tx, ty, values)
+        written.append((tx, ty))
+
+    monkeypatch.setattr(LatentChunkFiles, "write", write_until_full)
+    return lambda: monkeypatch.setattr(LatentChunkFiles, "write", write)

@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from click.testing import CliRunner
+from conftest import disk_full_after
 from PIL import Image
 
 from wsicodec.cli import main
@@ -257,26 +258,14 @@ def test_killed_runs_resume_to_an_identical_store(tiny_models, tmp_path):
 def test_full_disk_is_a_one_line_error_and_resume_finishes(tiny_models, tmp_path, monkeypatch):
     """No space left while writing: a StoreError naming the file and saying how to go on; the
     tiles written are kept and --resume finishes the same store an uninterrupted run writes."""
-    import errno
-
-    from wsicodec.store.chunks import LatentChunkFiles
-
     img = _image(tmp_path / "img.png", 400)
     ref = compress(img, tmp_path / "ref.zarr", tile=128, model_dir=tiny_models, device="cpu").output
     out = tmp_path / "out.zarr"
-    write, written = LatentChunkFiles.write, []
-
-    def write_until_full(self, tx, ty, values):
-        if len(written) >= 2:
-            raise OSError(errno.ENOSPC, "No space left on device", str(self.root / "latents"))
-        write(self, tx, ty, values)
-        written.append((tx, ty))
-
-    monkeypatch.setattr(LatentChunkFiles, "write", write_until_full)
+    free_disk = disk_full_after(monkeypatch, 2)
     with pytest.raises(StoreError, match="No space left on device.*--resume"):
         compress(img, out, tile=128, model_dir=tiny_models, device="cpu", io_threads=1)
     assert partial_path(out).is_dir() and not out.exists()
-    monkeypatch.setattr(LatentChunkFiles, "write", write)
+    free_disk()
     r = compress(img, out, tile=128, model_dir=tiny_models, device="cpu", resume=True)
     assert r.resumed_tiles >= 2
     assert _files(out) == _files(ref)

@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 from click.testing import CliRunner
-from conftest import differing_files, one_line_error
+from conftest import differing_files, disk_full_after, one_line_error
 from PIL import Image
 
 from wsicodec.bench.codecs import WsicodecCodec, wsicodec_bytes
@@ -110,27 +110,16 @@ def test_side_information_on_the_device_or_by_the_cpu_codec_agree(he_crop, monke
 def test_an_interrupted_high_effort_run_resumes_to_the_same_store(crop_png, tmp_path, monkeypatch, one_thread):
     """Each tile's search depends on that tile alone (its own noise seed): a run stopped by a full
     disk and resumed writes the chunks an uninterrupted run writes, whatever the batches."""
-    import errno
-
     from wsicodec.errors import StoreError
-    from wsicodec.store.chunks import LatentChunkFiles
 
     options = dict(model="hne-hp64-q3-v4", tile=128, skip_glass=False, device="cpu", precision="fp32",
                    effort="high")
     ref = compress(crop_png, tmp_path / "ref.zarr", **options).output
     out = tmp_path / "out.zarr"
-    write, written = LatentChunkFiles.write, []
-
-    def write_until_full(self, tx, ty, values):
-        if len(written) >= 5:
-            raise OSError(errno.ENOSPC, "No space left on device", str(self.root / "latents"))
-        write(self, tx, ty, values)
-        written.append((tx, ty))
-
-    monkeypatch.setattr(LatentChunkFiles, "write", write_until_full)
+    free_disk = disk_full_after(monkeypatch, 5)
     with pytest.raises(StoreError, match="--resume"):
         compress(crop_png, out, io_threads=1, **options)
-    monkeypatch.setattr(LatentChunkFiles, "write", write)
+    free_disk()
     r = compress(crop_png, out, resume=True, **options)
     assert r.resumed_tiles >= 5
     files, differing = differing_files(ref, out)
