@@ -499,8 +499,8 @@ def encode_tiles(read_rgb: Callable[[int, int, int, int], np.ndarray], grid: Til
     (on CUDA with the next batch queued while the last one's latents are handed on).
 
     ``read_rgb(x0, y0, w, h)`` returns canvas pixels (background colour beyond level 0).
-    ``refiner``: a :class:`wsicodec.refine.LatentRefiner` that replaces each whole tile's latents
-    by optimised symbols (a higher encoder effort)."""
+    ``refiner``: a :class:`wsicodec.refine.LatentRefiner` that replaces each tile's latents (edge
+    tiles' too) by searched symbols: a higher encoder effort."""
     halo = transforms.spec.encode_halo
     s = transforms.spec.stride
     glass_tiles: list[tuple[int, int]] = []
