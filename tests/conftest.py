@@ -167,3 +167,24 @@ def disk_full_after(monkeypatch, n: int):
 
     monkeypatch.setattr(LatentChunkFiles, "write", write_until_full)
     return lambda: monkeypatch.setattr(LatentChunkFiles, "write", write)
+
+
+def rd_objective(store: Path, rgb: np.ndarray, lmbda: float, distortion: str = "mse",
+                 model_dir: Path | None = None) -> float:
+    """A store's training objective on ``rgb``: the real bits per pixel of its latent chunks plus
+    λ times the distortion its model was trained for (255²·MSE, or 1 − MS-SSIM), decoded in fp32
+    on the CPU."""
+    from pytorch_msssim import ms_ssim
+
+    from wsicodec.bench.codecs import wsicodec_bytes
+    from wsicodec.store import WsiStore
+
+    h, w = rgb.shape[:2]
+    with WsiStore(store, model_dir=model_dir, device="cpu", precision="fp32") as s:
+        decoded = s.read_level0(0, 0, w, h)
+    x, y = (torch.from_numpy(np.asarray(a, np.float32) / 255).permute(2, 0, 1)[None] for a in (rgb, decoded))
+    if distortion == "ms-ssim":
+        loss = 1 - float(ms_ssim(y, x, data_range=1.0))
+    else:
+        loss = 255.0**2 * float(torch.mean((x - y) ** 2))
+    return wsicodec_bytes(store) * 8 / (h * w) + lmbda * loss

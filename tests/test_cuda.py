@@ -155,12 +155,11 @@ def test_cuda_fp16_training_uses_a_gradient_scaler(he_folder, tmp_path):
 def test_cuda_high_effort_store_decodes_on_cpu(he_crop, tmp_path):
     """Encoder effort high on CUDA (side information on the device, writer processes): a store
     the CPU verifies and decodes, with fewer bits plus λ·distortion than the standard effort's."""
+    from conftest import rd_objective
     from PIL import Image
 
-    from wsicodec.bench.codecs import wsicodec_bytes
     from wsicodec.models import load_model
     from wsicodec.pipeline import compress
-    from wsicodec.store import WsiStore
     from wsicodec.verify import verify_store
 
     Image.fromarray(he_crop).save(tmp_path / "he.png")
@@ -171,8 +170,5 @@ def test_cuda_high_effort_store_decodes_on_cpu(he_crop, tmp_path):
         compress(tmp_path / "he.png", out, model=card.name, tile=128, device="cuda", precision="fp32",
                  effort=effort, writer_processes=2, skip_glass=False)
         assert verify_store(out).ok
-        with WsiStore(out, device="cpu", precision="fp32") as s:
-            decoded = s.read_level0(0, 0, *s.dimensions).astype(np.float64)
-        mse = float(np.mean((decoded - he_crop) ** 2))
-        objective[effort] = wsicodec_bytes(out) * 8 / he_crop[..., 0].size + card.lmbda * mse
+        objective[effort] = rd_objective(out, he_crop, card.lmbda)
     assert objective["high"] < objective["standard"], objective

@@ -6,15 +6,15 @@ from __future__ import annotations
 import numpy as np
 import pytest
 from click.testing import CliRunner
-from conftest import differing_files, disk_full_after, one_line_error
+from conftest import differing_files, disk_full_after, one_line_error, rd_objective
 from PIL import Image
 
-from wsicodec.bench.codecs import WsicodecCodec, wsicodec_bytes
+from wsicodec.bench.codecs import WsicodecCodec
 from wsicodec.cli import main
 from wsicodec.models import load_model
 from wsicodec.pipeline import compress
 from wsicodec.refine import EffortError, effort_steps
-from wsicodec.store import WsiStore, read_store_meta
+from wsicodec.store import read_store_meta
 from wsicodec.verify import verify_store
 
 
@@ -24,23 +24,6 @@ def crop_png(he_crop, tmp_path):
     path = tmp_path / "crop.png"
     Image.fromarray(he_crop).save(path)
     return path
-
-
-def _objective(store, rgb: np.ndarray, card) -> float:
-    """The training objective of a store on ``rgb``: its real bits per pixel plus λ times the
-    distortion the model was trained for (255²·MSE, or 1 − MS-SSIM)."""
-    import torch
-    from pytorch_msssim import ms_ssim
-
-    h, w = rgb.shape[:2]
-    with WsiStore(store, device="cpu", precision="fp32") as s:
-        decoded = s.read_level0(0, 0, w, h)
-    x, y = (torch.from_numpy(np.asarray(a, np.float32) / 255).permute(2, 0, 1)[None] for a in (rgb, decoded))
-    if card.distortion == "ms-ssim":
-        distortion = 1 - float(ms_ssim(y, x, data_range=1.0))
-    else:
-        distortion = 255.0**2 * float(torch.mean((x - y) ** 2))
-    return wsicodec_bytes(store) * 8 / (h * w) + card.lmbda * distortion
 
 
 @pytest.mark.parametrize("model", ["hne-hp64-q3-v4", "hne-hp64-ms5-v2"])
@@ -53,7 +36,7 @@ def test_high_effort_lowers_the_objective_and_decodes_as_before(model, crop_png,
                  precision="fp32", effort=effort)
         assert verify_store(stores[effort]).ok
         assert read_store_meta(stores[effort])["encoder"]["effort"] == effort
-    standard, high = (_objective(stores[e], he_crop, card) for e in ("standard", "high"))
+    standard, high = (rd_objective(stores[e], he_crop, card.lmbda, card.distortion) for e in ("standard", "high"))
     assert high < standard, (high, standard)
     again = tmp_path / "again.zarr"  # seeded annealing noise: the same store on every run
     compress(crop_png, again, model=model, tile=128, skip_glass=False, device="cpu", precision="fp32",

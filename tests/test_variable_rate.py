@@ -247,7 +247,8 @@ def test_symbols_made_by_the_engine_give_the_same_store(vbr_models, texture_png,
 def test_high_effort_at_an_interpolated_point(vbr_models, texture_png, texture, tmp_path, one_thread):
     """A higher encoder effort searches the gained latents with the point's λ interpolated
     between the trained ones: fewer bits plus λ·255²·MSE than the analysis's own latents."""
-    from wsicodec.bench.codecs import wsicodec_bytes
+    from conftest import rd_objective
+
     from wsicodec.refine import _lambda
 
     light, card = load_model("tiny-vbr", vbr_models)
@@ -259,8 +260,5 @@ def test_high_effort_at_an_interpolated_point(vbr_models, texture_png, texture, 
         compress(texture_png, out, model="tiny-vbr@1.5", tile=64, skip_glass=False, model_dir=vbr_models,
                  device="cpu", precision="fp32", effort=effort)
         assert verify_store(out, model_dir=vbr_models).ok
-        with WsiStore(out, model_dir=vbr_models, device="cpu", precision="fp32") as s:
-            decoded = s.read_level0(0, 0, *s.dimensions).astype(np.float64)
-        mse = float(np.mean((decoded - texture) ** 2)) / 255**2
-        objective[effort] = wsicodec_bytes(out) * 8 / texture[..., 0].size + lmbda * 255**2 * mse
+        objective[effort] = rd_objective(out, texture, lmbda, model_dir=vbr_models)
     assert objective["high"] < objective["standard"], objective

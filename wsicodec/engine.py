@@ -543,10 +543,13 @@ def encode_tiles(read_rgb: Callable[[int, int, int, int], np.ndarray], grid: Til
             if group:
                 yield group, [b[3] for b in group], [whole_tile(*b[:3]) for b in group]
 
-    for batch, q, symbols in transforms.analysis_stream(batches(), chunk=c):
+    # a search makes each tile's symbols itself: the analysis then leaves the side information out
+    for batch, q, *made in transforms.analysis_stream(batches(), chunk=None if refiner else c):
         if refiner is not None:
             symbols = refiner.refine([b[3] for b in batch], q, [tile_in_window(*b[:3]) for b in batch],
                                      [b[:2] for b in batch])
+        else:
+            symbols = made[0]
         while glass_tiles:
             yield (*glass_tiles.pop(), None)
         for i, ((tx, ty, origin, _), lat) in enumerate(zip(batch, q, strict=True)):

@@ -166,6 +166,19 @@ class LatentRefiner:
         window = q.float().div_(unit)  # the halo keeps the analysis's latents
         x = torch.from_numpy(pixels).to(dev).permute(0, 3, 1, 2).float().div_(255.0)
         target = x[:, :, oy * s:(oy + h) * s, ox * s:(ox + w) * s]
+        pixels_per_tile = float(target[0, 0].numel())
+
+        def objective(y: torch.Tensor, offsets: torch.Tensor, clamp: bool) -> torch.Tensor:
+            """Per tile: bits of the chunk's latents ``y`` (``offsets``: ``y`` − mean) + λ · the
+            distortion of the tile's pixels decoded from them inside the window's halo."""
+            full = window.clone()
+            full[:, :, oy:oy + h, ox:ox + w] = y[:, :, :h, :w]
+            if self.inverse_gain is not None:
+                full = full * self.inverse_gain
+            x_hat = self.g_s(full)[:, :, oy * s:(oy + h) * s, ox * s:(ox + w) * s]
+            bits = _bits(offsets, sigma).sum(dim=(1, 2, 3)) / pixels_per_tile
+            return bits + self.lmbda * self._distortion(x_hat.clamp(0, 1) if clamp else x_hat, target)
+
         u = chunk.float().div(unit).requires_grad_(True)
         generators = [torch.Generator(device=dev).manual_seed((ty << 24) + tx) for tx, ty in tiles]
         optimiser = torch.optim.Adam([u], lr=_LEARNING_RATE)
@@ -173,28 +186,15 @@ class LatentRefiner:
             for step in range(self.steps):
                 tau = max(_TAU_START * math.exp(-4.0 * step / self.steps), _TAU_END)
                 y_soft = mean + _annealed_round(u - mean, tau, generators)
-                full = window.clone()
-                full[:, :, oy:oy + h, ox:ox + w] = y_soft[:, :, :h, :w]
-                if self.inverse_gain is not None:
-                    full = full * self.inverse_gain
-                x_hat = self.g_s(full)[:, :, oy * s:(oy + h) * s, ox * s:(ox + w) * s]
-                bits = _bits(y_soft - mean, sigma).sum(dim=(1, 2, 3)) / float(target[0, 0].numel())
-                loss = (bits + self.lmbda * self._distortion(x_hat, target)).sum()
-                (u.grad,) = torch.autograd.grad(loss, u)
+                (u.grad,) = torch.autograd.grad(objective(y_soft, y_soft - mean, clamp=False).sum(), u)
                 optimiser.step()
         with torch.inference_mode():
             def symbols_of(y: torch.Tensor) -> torch.Tensor:  # the chunk codec's rounding
                 return torch.div(y - mean_fp + int(unit) // 2, int(unit), rounding_mode="floor")
 
-            def cost(symbols: torch.Tensor) -> torch.Tensor:  # the objective of hard symbols, per tile
-                full = window.clone()
+            def cost(symbols: torch.Tensor) -> torch.Tensor:  # the objective of hard symbols
                 y_hat = ((symbols * int(unit) + mean_fp).double() / unit).float()
-                full[:, :, oy:oy + h, ox:ox + w] = y_hat[:, :, :h, :w]
-                if self.inverse_gain is not None:
-                    full = full * self.inverse_gain
-                x_hat = self.g_s(full)[:, :, oy * s:(oy + h) * s, ox * s:(ox + w) * s].clamp(0, 1)
-                bits = _bits(symbols.float(), sigma).sum(dim=(1, 2, 3)) / float(target[0, 0].numel())
-                return bits + self.lmbda * self._distortion(x_hat, target)
+                return objective(y_hat, symbols.float(), clamp=True)
 
             found = symbols_of(torch.round(u.detach() * unit).to(torch.int64))
             analysis = symbols_of(chunk.to(torch.int64))
