@@ -31,8 +31,9 @@ def data_dir(tmp_path):
 
 
 def _cfg(data_dir, out, lambdas=LADDER, **kw):
+    kw = {"patch": 64, **kw}
     return TrainConfig(data=[str(data_dir)], out=str(out), architecture="mbt2018-mean-gain", N=8, M=16,
-                       lambdas=lambdas, params=PARAMS, patch=64, batch=4, lr=3e-3, steps=100, val_every=1000,
+                       lambdas=lambdas, params=PARAMS, batch=4, lr=3e-3, steps=100, val_every=1000,
                        val=[str(data_dir)], val_crop=192, **kw)
 
 
@@ -115,6 +116,57 @@ def test_fine_tune_at_another_ladder_keeps_the_transforms(data_dir, tmp_path):
     torch.save(a.model.state_dict(), tmp_path / "bare.pt")  # a model file: its ladder is unknown
     with pytest.raises(TrainError, match="ladder is unknown"):
         b.init_weights_from(tmp_path / "bare.pt")
+
+def test_a_ladder_trains_for_ms_ssim(data_dir, tmp_path):
+    from pytorch_msssim import ms_ssim
+
+    from wsicodec.models import load_model
+    from wsicodec.train.ladder import ladder_loss
+
+    ladder = [20.0, 200.0]
+    t = Trainer(_cfg(data_dir, tmp_path / "ms", lambdas=ladder, distortion="ms-ssim", patch=192))
+    x = t.next_batch()
+    torch.manual_seed(5)  # the points drawn, then the training noise
+    terms = ladder_loss(t.model, x, ladder, "ms-ssim")
+    torch.manual_seed(5)
+    index = torch.randint(0, 2, (x.shape[0],))
+    out = t.model(x, index)
+    bpp = sum(torch.log(lk).reshape(x.shape[0], -1).sum(1) for lk in out["likelihoods"].values()) / (
+        -math.log(2) * x.shape[2] * x.shape[3])
+    feat = 1 - ms_ssim(out["x_hat"], x, data_range=1.0, size_average=False)  # each element its own
+    expected = torch.mean(bpp + torch.tensor(ladder)[index] * feat)
+    assert terms["loss"].item() == pytest.approx(expected.item(), rel=1e-5) and 0 < terms["feat"] < 1
+    t.validate_and_schedule()
+    rows = list(csv.DictReader(open(tmp_path / "ms" / "val_log.csv")))
+    for lmbda, r in zip(ladder, rows, strict=True):
+        expected = lmbda * (1 - float(r["ms_ssim"])) + float(r["bpp"])
+        assert float(r["objective"]) == pytest.approx(expected, abs=lmbda * 1e-5 + 1e-4)  # the log rounds to 5 places
+    card = t.export("mini-vbr-ms", tmp_path / "models", use_best=False)
+    assert load_model("mini-vbr-ms", tmp_path / "models")[1].distortion == card.distortion == "ms-ssim"
+
+
+def test_gains_carry_across_distortions_and_ladders_of_the_same_length(data_dir, tmp_path):
+    from wsicodec.train.ladder import MS_SSIM_LAMBDA_PER_MSE
+
+    torch.manual_seed(0)
+    a = Trainer(_cfg(data_dir, tmp_path / "a", lambdas=[0.02, 0.2]))
+    a.train_step()
+    a.save()
+    same = Trainer(_cfg(data_dir, tmp_path / "same", lambdas=[0.02, 0.2]))
+    same.init_weights_from(tmp_path / "a" / "checkpoint.pt")
+    assert torch.equal(same.model.log_gain, a.model.log_gain)
+    moved = Trainer(_cfg(data_dir, tmp_path / "moved", lambdas=[0.2, 2.0]))  # as many points, other λ
+    moved.init_weights_from(tmp_path / "a" / "checkpoint.pt")
+    assert torch.allclose(moved.model.log_gain[0], a.model.log_gain[1])
+    # an MS-SSIM ladder: its λ put in MSE units first (λ 40 spends about the bits of MSE λ 0.02)
+    ms = Trainer(_cfg(data_dir, tmp_path / "ms", lambdas=[0.02 * MS_SSIM_LAMBDA_PER_MSE, 2000.0],
+                      distortion="ms-ssim", patch=192))
+    ms.init_weights_from(tmp_path / "a" / "checkpoint.pt")
+    assert torch.allclose(ms.model.log_gain[0], a.model.log_gain[0])
+    beyond = 2000.0 / MS_SSIM_LAMBDA_PER_MSE / 0.2  # MSE λ 1 against the ladder's top, 0.2
+    assert torch.allclose(ms.model.log_gain[1], a.model.log_gain[1] + 0.5 * math.log(beyond))
+    assert torch.allclose(ms.model.log_inverse_gain[0], a.model.log_inverse_gain[0])
+
 
 def test_single_rate_config_builds_the_same_model_as_before(data_dir, tmp_path):
     from wsicodec.models import build_model

@@ -67,7 +67,7 @@ def command() -> None:
                    "the rate only, g_s never runs (e.g. a cheaper hyper-decoder, --param h_kernel=1).")
 @click.option("--distortion", type=click.Choice(["mse", "ms-ssim"]), default="mse", show_default=True,
               help="The loss's distortion term: λ·255²·MSE, or λ·(1 − MS-SSIM) for a model that serves an "
-                   "MS-SSIM policy (single-rate; crops of at least 161 px).")
+                   "MS-SSIM policy (crops of at least 161 px).")
 @click.option("--exclude", multiple=True, metavar="PATTERN",
               help="Leave out the training files whose path matches this shell pattern, e.g. '*/train/ebhi-*' "
                    "to keep a set of images for a check (repeatable).")

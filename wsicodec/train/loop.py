@@ -109,7 +109,7 @@ def _bpp(likelihoods, x: torch.Tensor) -> torch.Tensor:
     return sum(torch.log(lk).sum() for lk in likelihoods) / (-math.log(2) * x.shape[0] * x.shape[2] * x.shape[3])
 
 
-#: the distortion terms a single-rate run can train for. ``mse``: λ·255²·MSE (+ ψ·feature term);
+#: the distortion terms a run can train for. ``mse``: λ·255²·MSE (+ ψ·feature term);
 #: ``ms-ssim``: λ·(1 − MS-SSIM), CompressAI's convention, for models that serve an MS-SSIM policy
 #: (``--target ms_ssim=…``) with fewer bits than an MSE model needs for the same MS-SSIM
 DISTORTIONS = ("mse", "ms-ssim")
@@ -140,9 +140,7 @@ def _rd_loss(model: nn.Module, x: torch.Tensor, lmbda: float, psi: float,
 def objective(distortion: str, lmbda: float, v: dict[str, float]) -> float:
     """A single-rate run's rate-distortion objective on real bits and 8-bit pixels (validation
     figures ``v``), in its training loss's units."""
-    if distortion == "ms-ssim":
-        return lmbda * (1 - v["ms_ssim"]) + v["bpp"]
-    return rate_ladder.objective(lmbda, v)
+    return rate_ladder.objective(lmbda, v, distortion)
 
 
 def _rate_loss(model: nn.Module, x: torch.Tensor) -> dict[str, torch.Tensor]:
@@ -256,9 +254,8 @@ def _check_distortion(cfg: TrainConfig) -> None:
         raise TrainError(f"distortion {cfg.distortion!r}: one of {', '.join(DISTORTIONS)}")
     # with --freeze-transforms the loss is the rate alone whatever the distortion; the distortion
     # then only names the model's (for its card and the validation objective)
-    if cfg.distortion != "mse" and (cfg.ladder or cfg.feature_net != "none"):
-        raise TrainError(f"--distortion {cfg.distortion} trains a single-rate model on that term alone: "
-                         "no --lambdas ladder or --feature-net")
+    if cfg.distortion != "mse" and cfg.feature_net != "none":
+        raise TrainError(f"--distortion {cfg.distortion} trains on that term alone: no --feature-net")
     if cfg.distortion == "ms-ssim" and cfg.patch < 161:
         raise TrainError(f"--distortion ms-ssim needs crops of at least 161 px (MS-SSIM's five scales), "
                          f"not --patch {cfg.patch}")
@@ -409,7 +406,7 @@ class Trainer:
         weights = st["model"] if "model" in st else st
         own = self.model.state_dict()
         if set(weights) == set(own):
-            if weights.get("log_gain") is not None and weights["log_gain"].shape != own["log_gain"].shape:
+            if weights.get("log_gain") is not None and self._ladder_changes(st, weights, own):
                 weights = self._regained(path, st, weights)
             weights = _kernels_to_1x1(weights, own) | _architecture_constants(own)
             self.model.load_state_dict(weights)
@@ -432,21 +429,34 @@ class Trainer:
         self.log(f"init from {path}: {len(taken)} of {len(own)} tensors (same name and shape)")
         return list(taken)
 
+    def _ladder_changes(self, st: dict, weights: dict, own: dict) -> bool:
+        """Whether a variable-rate model's weights were trained at another λ ladder or for another
+        distortion than this run's (a model file's ladder is unknown: only its point count shows)."""
+        if weights["log_gain"].shape != own["log_gain"].shape:
+            return True
+        source = st.get("config") or {}
+        if "architecture" not in source:
+            return False
+        return (rate_ladder.ladder_of(source["architecture"], source.get("lambdas") or []) != self.cfg.ladder
+                or source.get("distortion", "mse") != self.cfg.distortion)
+
     def _regained(self, path: Path, st: dict, weights: dict) -> dict:
         """A variable-rate model's weights with its gains carried to this run's λ ladder
-        (:func:`wsicodec.models.gained.log_gains_for_ladder`): a fine-tune at other rates."""
+        (:func:`wsicodec.models.gained.log_gains_for_ladder`): a fine-tune at other rates, or for
+        another distortion (its λ first put in the source's units, :data:`MS_SSIM_LAMBDA_PER_MSE`)."""
         source = st.get("config") or {}
         if "architecture" not in source:
             raise TrainError(f"{path}: its λ ladder is unknown (a model file); start from a run's "
                              "checkpoint.pt or weights.pt to change the ladder")
         old = rate_ladder.ladder_of(source["architecture"], source.get("lambdas") or [])
-        new = self.cfg.ladder
+        new = rate_ladder.in_units_of(self.cfg.ladder, self.cfg.distortion, source.get("distortion", "mse"))
         try:
             gains = log_gains_for_ladder(weights["log_gain"], old, new)
             inverse = log_gains_for_ladder(weights["log_inverse_gain"], old, new, slope=-0.5)
         except ValueError as exc:
             raise TrainError(f"{path}: {exc}") from None
-        self.log(f"init from {path}: gains carried from λ {old} to λ {new}")
+        units = "" if new == self.cfg.ladder else f" ({source.get('distortion', 'mse')} λ {new})"
+        self.log(f"init from {path}: gains carried from λ {old} to λ {self.cfg.ladder}{units}")
         return {**weights, "log_gain": gains, "log_inverse_gain": inverse}
 
     def save_weights(self, path: Path | None = None) -> Path:
@@ -496,7 +506,7 @@ class Trainer:
         self.opt.zero_grad(set_to_none=True)
         self.aux_opt.zero_grad(set_to_none=True)
         if self.ladder:  # a variable-rate model: each element at a point of the ladder
-            terms = rate_ladder.ladder_loss(self.model, x, self.ladder)
+            terms = rate_ladder.ladder_loss(self.model, x, self.ladder, cfg.distortion)
         elif cfg.freeze_transforms:
             terms = _rate_loss(self.model, x)
         else:
@@ -592,7 +602,7 @@ class Trainer:
         """Every operating point validated (one ``val_log.csv`` row each); the schedule and the
         best checkpoint follow the mean of the points' objectives. Returns that mean's row."""
         t0 = time.monotonic()
-        points, obj = rate_ladder.validate_ladder(self.model, self.val, self.ladder, validate)
+        points, obj = rate_ladder.validate_ladder(self.model, self.val, self.ladder, validate, self.cfg.distortion)
         self._reserve["validate"] = time.monotonic() - t0
         self.sched.step(obj)
         if obj < self.best:
@@ -603,7 +613,7 @@ class Trainer:
         ceilings = transform_ceiling(self.model, self.val, range(len(self.ladder)))
         for k, (lmbda, v, ceiling) in enumerate(zip(self.ladder, points, ceilings, strict=True)):
             row = {"step": self.step, "point": k, "lambda": lmbda, **{key: round(x, 5) for key, x in v.items()},
-                   "objective": round(rate_ladder.objective(lmbda, v), 5),
+                   "objective": round(rate_ladder.objective(lmbda, v, self.cfg.distortion), 5),
                    "psnr_unquantized": round(ceiling, 5), **common}
             self._log_row("val_log.csv", row)
             self.log("val " + json.dumps(row))
@@ -632,7 +642,8 @@ class Trainer:
             if default >= len(self.ladder):
                 raise ValueError(f"default operating point {default}: the ladder has {len(self.ladder)} points")
             card = ModelCard(name=name, architecture=cfg.architecture, params=cfg.model_params, lmbda=None, psi=0.0,
-                             feature_net="none", steps=step, data=data_desc or ", ".join(cfg.data),
+                             feature_net="none", steps=step, distortion=cfg.distortion,
+                             data=data_desc or ", ".join(cfg.data),
                              validation=dict(points[default]["validation"]), notes=notes,
                              operating_points=points, default_point=default)
             return save_model(model, card, directory)
