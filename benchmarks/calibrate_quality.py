@@ -15,6 +15,22 @@ import sys
 from pathlib import Path
 
 
+def _spans(cal, point) -> list[tuple[str, bool]]:
+    """The runs of qualities that map to ``point``, each as ``"a–b"`` with whether it is matched."""
+    runs: list[list] = []
+    for q in cal.qualities_of(point):
+        matched = cal.mapping[q][1]
+        if runs and runs[-1][1] == q - 1 and runs[-1][2] == matched:
+            runs[-1][1] = q
+        else:
+            runs.append([q, q, matched])
+    return [(f"{a}–{b}" if b > a else str(a), m) for a, b, m in runs]
+
+
+def _unmatched(cal, point) -> str:
+    return " (no match: the top point)" if point == cal.top else " (no match in fewer bytes: as good, more bytes)"
+
+
 def markdown(cal) -> str:
     """The calibration as Markdown: the operating points, then quality -> operating point."""
     from wsicodec.quality import DEFAULT_REFERENCE
@@ -22,10 +38,7 @@ def markdown(cal) -> str:
     lines = ["| operating point | bpp | PSNR (dB) | MS-SSIM | matches JPEG up to | `--quality` |",
              "|---|---|---|---|---|---|"]
     for p, f in sorted(cal.points.items(), key=lambda kv: kv[1].bpp):
-        qs = [q for q in cal.qualities_of(p) if cal.mapping[q][1]]
-        used = f"{qs[0]}–{qs[-1]}" if len(qs) > 1 else (str(qs[0]) if qs else "")
-        if p == cal.top and cal.limit is not None and cal.limit < 100:
-            used = (used + ", " if used else "") + f"{cal.limit + 1}–100 (beyond the limit)"
+        used = ", ".join(f"{span}{'' if matched else _unmatched(cal, p)}" for span, matched in _spans(cal, p))
         mark = " (default)" if p == cal.default else ""
         m = cal.matches.get(p)
         lines.append(f"| `{p}`{mark} | {f.bpp:.3f} | {f.psnr:.2f} | {f.ms_ssim:.4f} | "
@@ -41,7 +54,7 @@ def markdown(cal) -> str:
             end += 1
         f, lo, hi = cal.points[p], cal.jpeg[q], cal.jpeg[end]
         span = f"{q}–{end}" if end > q else str(q)
-        lines.append(f"| {span}{'' if matched else ' (beyond the limit)'} | `{p}` | "
+        lines.append(f"| {span}{'' if matched else _unmatched(cal, p)} | `{p}` | "
                      f"{f.bpp:.3f} / {f.psnr:.2f} / {f.ms_ssim:.4f} | "
                      f"q{q}: {lo.bpp:.3f} / {lo.psnr:.2f} / {lo.ms_ssim:.4f}"
                      + (f"; q{end}: {hi.bpp:.3f} / {hi.psnr:.2f} / {hi.ms_ssim:.4f}" if end > q else "") + " |")

@@ -1,6 +1,8 @@
 """BD-rate between two rate–distortion curves drawn from `wsicodec bench` results.csv files: a
 curve is a codec (every setting of it: ``jxl``, ``wsicodec-hyperprior``) or a comma-separated list
-of wsicodec models, e.g. a zoo against the zoo it replaces.
+of wsicodec models, e.g. a zoo against the zoo it replaces. A model measured under two codec names
+(the hyperprior models at encoder effort high: ``wsicodec-hyperprior-high``) is named with its
+codec, ``CODEC:MODEL``.
 
     python benchmarks/curve_bd.py OLD.csv NEW.csv --anchor hne-hp64-q1-v1,... --test hne-hp64-q1-v2,...
     python benchmarks/curve_bd.py docs/bench/val/results.csv --anchor jxl --test wsicodec-hyperprior --exclude glas
@@ -30,12 +32,21 @@ def pooled_rows(paths: list[str], exclude: list[str]) -> list[dict]:
 
 
 def select(rows: list[dict], spec: str, label: str) -> list[dict]:
-    """The rows of curve ``spec`` (a codec, or comma-separated settings), relabelled ``label``."""
+    """The rows of curve ``spec`` (a codec, or comma-separated settings, each ``SETTING`` or
+    ``CODEC:SETTING``), relabelled ``label``."""
     names = spec.split(",")
-    by_setting = len(names) > 1 or not any(r["codec"] == spec for r in rows)
-    picked = [r for r in rows if (r["setting"] in names if by_setting else r["codec"] == spec)]
-    if by_setting and {r["setting"] for r in picked} != set(names):
-        raise SystemExit(f"not in the results: {sorted(set(names) - {r['setting'] for r in picked})}")
+    if len(names) == 1 and any(r["codec"] == spec for r in rows):
+        return [{**r, "codec": label} for r in rows if r["codec"] == spec]
+    picked = []
+    for name in names:
+        codec, _, setting = name.rpartition(":")
+        found = [r for r in rows if r["setting"] == setting and (not codec or r["codec"] == codec)]
+        codecs = sorted({r["codec"] for r in found})
+        if not found:
+            raise SystemExit(f"not in the results: {name}")
+        if len(codecs) > 1:
+            raise SystemExit(f"{setting} was measured as {', '.join(codecs)}: name one, e.g. {codecs[0]}:{setting}")
+        picked += found
     return [{**r, "codec": label} for r in picked]
 
 

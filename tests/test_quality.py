@@ -11,7 +11,7 @@ from conftest import EXAMPLE, one_line_error
 
 from wsicodec.cli import main
 from wsicodec.quality import QUALITIES, Figures, OperatingPoint, QualityError, choose, derive, load_calibration, reaches
-from wsicodec.target import frontier, parse_target
+from wsicodec.target import frontiers, parse_target
 
 
 # -- the rule ------------------------------------------------------------------------------------
@@ -47,7 +47,20 @@ def test_rule_picks_the_cheapest_point_at_least_as_good_as_jpeg():
     # fewer bytes than JPEG is part of the promise: JPEG takes 0.99 bpp at q13, 1.02 at q14
     points[a] = Figures(1.03, 27.0, 0.93)
     mapping = derive(points, jpeg)[0]
-    assert mapping[13] == (c, False) and mapping[14] == (b, True) and (a, True) not in mapping.values()
+    # below q14 no point is cheaper than JPEG: the cheapest one at least as good, b, unmatched
+    assert mapping[13] == (b, False) and mapping[14] == (b, True) and (a, True) not in mapping.values()
+
+
+def test_a_quality_no_point_matches_in_fewer_bytes_takes_the_cheapest_as_good():
+    """A gap inside the range (b is as good as JPEG q31-33 but bigger) takes b, not the top point;
+    beyond every point's quality, the top point."""
+    jpeg = {q: _jpeg(q) for q in QUALITIES}
+    a, b, c = OperatingPoint("a"), OperatingPoint("b"), OperatingPoint("c")
+    points = {a: Figures(0.5, 27.0, 0.93), b: Figures(1.6, 30.0, 0.95), c: Figures(3.5, 31.0, 0.99)}
+    mapping, _, top, limit, _ = derive(points, jpeg)
+    assert mapping[30] == (a, True) and limit == 30 and top == c
+    assert [mapping[q] for q in (31, 33, 34, 55)] == [(b, False), (b, False), (b, True), (b, True)]
+    assert mapping[56] == (c, False) and mapping[71] == (c, False)  # c is bigger than JPEG there
 
 
 def test_rule_holds_on_every_image_not_only_on_average():
@@ -174,7 +187,7 @@ def test_quality_on_the_command_line(calibration, small_input, tmp_path, one_thr
     point = cal.mapping[q][0]
     rec = _record(store)
     assert rec["chosen_by"] == "quality" and rec["quality"] == q and rec["matched"] is True
-    assert rec["operating_point"] == {"model": point.model, "rate": None}
+    assert rec["operating_point"] == point.to_dict()
     assert rec["calibration"]["jpeg"]["quality"] == q
     info = json.loads(_cli("info", store, "--json").output)
     assert info["model"] == point.model and info["operating_point"] == point.label
@@ -187,7 +200,7 @@ def test_quality_on_the_command_line(calibration, small_input, tmp_path, one_thr
         assert r.exit_code == 0, r.output
         lines = [ln for ln in r.output.splitlines() if ln.strip()]
         assert len(lines) == 1 and "no installed model matches JPEG q100" in lines[0], r.output
-        assert _record(store)["matched"] is False and _record(store)["operating_point"]["model"] == cal.top.model
+        assert _record(store)["matched"] is False and _record(store)["operating_point"] == cal.top.to_dict()
 
     store = tmp_path / "d.zarr"
     assert _cli("compress", small_input, store, "--quiet").exit_code == 0
@@ -203,11 +216,14 @@ def test_target_on_the_command_line(calibration, small_input, tmp_path, one_thre
     assert rec["sample"]["tiles"] == [[0, 0]] and rec["sample"]["seed"] == 0 and rec["sample"]["pixels"] == 512 * 512
     assert reaches(rec["measured"]["ms_ssim"], 0.97, "ms_ssim")
     assert f"target ms_ssim=0.97: {rec['operating_point']['model']}" in r.output  # printed
-    # the cheapest that reaches it: the frontier point below it was measured and missed
-    points = [p.model for p, _ in frontier("ms_ssim")]
-    i = points.index(rec["operating_point"]["model"])
-    tried = {t["model"]: t for t in rec["tried"]}
-    assert i == 0 or not reaches(tried[points[i - 1]]["ms_ssim"], 0.97, "ms_ssim")
+    # the cheapest that reaches it: in its family the frontier point below it was measured and
+    # missed, and no other family's point that reached it took fewer bits on the sample
+    chosen = OperatingPoint.from_dict(rec["operating_point"])
+    tried = {OperatingPoint.from_dict(t): t for t in rec["tried"]}
+    family = next([p for p, _ in f] for f in frontiers("ms_ssim") if chosen in [p for p, _ in f])
+    i = family.index(chosen)
+    assert i == 0 or not reaches(tried[family[i - 1]]["ms_ssim"], 0.97, "ms_ssim")
+    assert all(t["bpp"] >= tried[chosen]["bpp"] for t in tried.values() if reaches(t["ms_ssim"], 0.97, "ms_ssim"))
     info = _cli("info", store).output
     assert "target" in info and "ms_ssim=0.97" in info and str(rec["measured"]["ms_ssim"]) in info
 
@@ -222,6 +238,35 @@ def test_target_on_the_command_line(calibration, small_input, tmp_path, one_thre
     (store / "zarr.json").write_text(json.dumps(doc))
     r = _cli("verify", store, "--against", small_input)
     assert r.exit_code == 1 and "target ms_ssim=0.99995 not met" in r.output and "NOT met" in r.output
+
+
+def test_target_search_bisects_each_family_of_models_on_its_own(monkeypatch):
+    """On a slide where the models trained for MS-SSIM gain on the others, one bisection over all
+    points would stop in the MSE family; each family bisected on its own finds the cheaper one."""
+    from wsicodec import target as target_mod
+
+    mse = [OperatingPoint(f"m{i}") for i in range(4)]
+    mss = [OperatingPoint(f"s{i}") for i in range(2)]
+    on_slide = {  # bpp, MS-SSIM on the sample
+        mse[0]: (0.4, 0.95), mse[1]: (0.7, 0.97), mse[2]: (1.0, 0.985), mse[3]: (1.4, 0.992),
+        mss[0]: (0.5, 0.980), mss[1]: (0.8, 0.991),
+    }
+    families = [[(p, Figures(b, 30.0, 0.0)) for p, (b, _) in sorted(on_slide.items(), key=lambda kv: kv[1][0])
+                 if p.model[0] == k] for k in "ms"]
+    monkeypatch.setattr(target_mod, "frontiers", lambda metric, directory=None: families)
+    monkeypatch.setattr(target_mod, "sample_tiles", lambda *a, **k: [(0, 0)])
+    monkeypatch.setattr(target_mod, "TileCoder", lambda point, *a: point)
+    monkeypatch.setattr(target_mod, "measure", lambda point, *a: {"bpp": on_slide[point][0], "psnr": 30.0,
+                                                                   "ms_ssim": on_slide[point][1]})
+
+    class Source:
+        dimensions = (512, 512)
+
+    choice = target_mod.choose_target(Source(), None, (255, 255, 255), parse_target("ms_ssim=0.99"), 512)
+    assert choice.point == mss[1] and choice.record["measured"]["bpp"] == 0.8
+    assert {OperatingPoint.from_dict(t) for t in choice.record["tried"]} >= {mse[3], mss[1]}
+    with pytest.raises(QualityError, match=r"out of reach.*0\.9920 \(m3"):
+        target_mod.choose_target(Source(), None, (255, 255, 255), parse_target("ms_ssim=0.995"), 512)
 
 
 def test_target_and_quality_errors_are_one_line(small_input, tmp_path, one_thread):

@@ -178,3 +178,43 @@ def test_single_rate_config_builds_the_same_model_as_before(data_dir, tmp_path):
     torch.manual_seed(3)
     ref = build_model("mbt2018-mean", N=8, M=8)
     assert all(torch.equal(a, b) for a, b in zip(built.state_dict().values(), ref.state_dict().values(), strict=True))
+
+
+def test_export_at_other_lambdas_and_continue_from_the_shipped_model(data_dir, tmp_path):
+    """A model exported at more points than it trained (gains interpolated and extrapolated as for
+    a fine-tune, weights rounded to fp16 and stored in half the bytes) codes at every point, its
+    card marks the trained ones, and a run starts from the shipped file at its trained ladder
+    again (the card beside the file tells its λ)."""
+    from wsicodec.models import load_model
+    from wsicodec.models.gained import log_gains_for_ladder
+    from wsicodec.train.bundle import travels_as_half
+
+    torch.manual_seed(0)
+    t = Trainer(_cfg(data_dir, tmp_path / "run"))
+    t.train_step()
+    models = tmp_path / "models"
+    points = [0.001, 0.002, 0.0063, 0.02, 0.2]
+    card = t.export("mini-vbr-at", models, use_best=False, half=True, lambdas=points)
+    assert [p["lambda"] for p in card.operating_points] == points
+    assert [p["trained"] for p in card.operating_points] == [False, True, False, True, True]
+    bpp = [p["validation"]["bpp"] for p in card.operating_points]  # real bits at every point
+    assert bpp == sorted(bpp) and bpp[0] > 0
+    state = torch.load(models / "mini-vbr-at.pt", weights_only=True)
+    expected = log_gains_for_ladder(t.model.log_gain.detach(), LADDER, points)
+    assert torch.allclose(state["log_gain"].float(), expected, atol=1e-3)  # fp16 rounding only
+    halved = [k for k, v in t.model.state_dict().items() if travels_as_half(v)]
+    assert halved and all(state[k].dtype == torch.float16 for k in halved)
+    assert state["gaussian_conditional.scale_table"].dtype == torch.float32  # tables keep their types
+    model, loaded = load_model("mini-vbr-at", models)
+    assert model.log_gain.shape == (len(points), 16) and loaded.operating_points == card.operating_points
+
+    again = Trainer(_cfg(data_dir, tmp_path / "again"))
+    again.init_weights_from(models / "mini-vbr-at.pt")
+    assert torch.equal(again.model.log_gain, state["log_gain"][[1, 3, 4]].float())
+    assert again.step == 0
+    with pytest.raises(TrainError, match="increasing"):
+        t.export("mini-vbr-down", models, use_best=False, lambdas=[0.2, 0.02])
+    single = Trainer(TrainConfig(data=[str(data_dir)], out=str(tmp_path / "s"), architecture="mbt2018-mean",
+                                 N=8, M=8))
+    with pytest.raises(TrainError, match="variable-rate"):
+        single.export("mini-s", models, use_best=False, lambdas=[0.01, 0.1])

@@ -12,9 +12,11 @@ every operating point's bits per pixel, PSNR and MS-SSIM on each image, JPEG's a
   good as JPEG at quality Q on *both* PSNR and MS-SSIM, in fewer bytes, **on every image of the
   set** (not only on average: the promise then holds on slides outside the set too, where a
   tie on the average would not). JPEG's figures count as their running maximum over qualities
-  up to Q, image by image, so a higher Q never maps to a cheaper point. Where no point is that
-  good (beyond the table's ``limit``), Q maps to the top point (the one that matches JPEG up to
-  the highest quality) and says so.
+  up to Q, image by image, so a higher Q never maps to a cheaper point. Where no point does
+  that in fewer bytes, Q maps to the cheapest point that is at least as good on every image
+  (and no cheaper than the point of Q − 1), else to the top point (the one that matches JPEG up
+  to the highest quality), and says so; the table's ``limit`` is the highest quality below which
+  every quality is matched.
 * the **default** is the operating point with the fewest bits per pixel whose mean MS-SSIM over
   the set is at least JPEG's at the reference quality (80): the archive's choice.
 
@@ -162,6 +164,10 @@ class Calibration:
         by_label = {p.label: p for p in self.points}
         return [by_label[x] for x in labels if x in by_label]
 
+    def matched_qualities(self) -> list[int]:
+        """The qualities some point matches in fewer bytes."""
+        return [q for q, (_, matched) in sorted(self.mapping.items()) if matched]
+
     def qualities_of(self, point: OperatingPoint) -> list[int]:
         """The qualities that map to ``point``."""
         return [q for q, (p, _) in sorted(self.mapping.items()) if p == point]
@@ -249,9 +255,16 @@ def derive(points: Mapping[OperatingPoint, Figures], jpeg: Mapping[int, Figures]
         raise QualityError("no operating point to map qualities to (none trained for pixel fidelity)")
     top = max(chosen, key=lambda p: (matches[p] or 0, points[p].psnr, points[p].ms_ssim, -points[p].bpp))
     mapping: dict[int, tuple[OperatingPoint, bool]] = {}
+    floor = 0.0  # the bits of the previous quality's point: a higher quality never costs less
     for q in QUALITIES:
-        fit = [p for p in chosen if as_good(p, q) and cheaper(p, q)]
-        mapping[q] = (fit[0], True) if fit else (top, False)
+        good = [p for p in chosen if as_good(p, q)]
+        fit = [p for p in good if cheaper(p, q)]
+        if fit:
+            mapping[q] = (fit[0], True)
+        else:  # none in fewer bytes: the cheapest at least as good, else the top point
+            near = [p for p in good if points[p].bpp >= floor]
+            mapping[q] = (near[0] if near else top, False)
+        floor = points[mapping[q][0]].bpp
     limit = None
     for q in QUALITIES:
         if not mapping[q][1]:
@@ -432,9 +445,12 @@ def choose(model: str | None = None, quality: int | None = None, directory: Path
     if not matched:
         f, j = cal.points[point], cal.jpeg[quality]
         set_name = cal.meta.get("set", {}).get("name", "the calibration set")
-        note = (f"quality {quality}: no installed model matches JPEG q{quality} on {set_name} "
-                f"(PSNR {j.psnr:.2f} dB, MS-SSIM {j.ms_ssim:.4f}; models match up to q{cal.limit}); "
-                f"using the top operating point {point} (PSNR {f.psnr:.2f} dB, MS-SSIM {f.ms_ssim:.4f})")
+        which = (f"using the top operating point {point}" if point == cal.top
+                 else f"using {point}, at least as good on every image, in more bytes on some")
+        note = (f"quality {quality}: no installed model matches JPEG q{quality} in fewer bytes on {set_name} "
+                f"(JPEG: {j.bpp:.3f} bpp, PSNR {j.psnr:.2f} dB, MS-SSIM {j.ms_ssim:.4f}; models match qualities "
+                f"{_spans(cal.matched_qualities()) or 'none'}); {which} ({f.bpp:.3f} bpp, PSNR {f.psnr:.2f} dB, "
+                f"MS-SSIM {f.ms_ssim:.4f})")
     return Choice(point, record, note)
 
 
@@ -476,17 +492,19 @@ def model_rows(directory: Path | None = None) -> tuple[list[dict[str, Any]], str
             own = next((q for q in c.operating_points if q.get("index") == p.rate), {})
             v, lmbda = own.get("validation", {}), own.get("lambda")
         figures = f.to_dict() if f else {k: v.get(k) for k in ("bpp", "psnr", "ms_ssim")}
-        qualities = [q for q in cal.qualities_of(p) if cal.mapping[q][1]] if cal and f else []
-        beyond = cal is not None and p == cal.top and cal.limit is not None and cal.limit < 100
+        mine = cal.qualities_of(p) if cal and f else []
+        qualities = [q for q in mine if cal.mapping[q][1]]
+        unmatched = [q for q in mine if not cal.mapping[q][1]]
         rows.append({
             "name": p.model, "operating_point": p.label, "rate": p.rate, "default": p == default,
-            "kind": ("hyperprior" if c.spec.entropy_model != "factorized" else "factorized")
+            "kind": ("variable-rate" if c.spec.variable_rate
+                     else "hyperprior" if c.spec.entropy_model != "factorized" else "factorized")
                     + (", MS-SSIM" if c.distortion == "ms-ssim" else ""),
             "N/M": f"{c.params.get('N')}/{c.params.get('M')}", "lambda": f"{lmbda:g}" if lmbda else "",
             **figures, "figures": f"calibration ({cal.meta.get('set', {}).get('name')})" if f else "model card",
             "matches_jpeg": cal.matches.get(p) if f else None,
-            "qualities": _spans(qualities)
-                         + ((", " if qualities else "") + f"{cal.limit + 1}–100 (top)" if beyond else ""),
+            "qualities": ", ".join(x for x in (_spans(qualities), unmatched and _spans(unmatched) + (
+                " (top)" if p == cal.top else " (not in fewer bytes)")) if x),
             "sha256": c.sha256, "steps": c.steps,
         })
     rows.sort(key=lambda r: (r["figures"] == "model card", r["bpp"] if r["bpp"] is not None else 1e9,
@@ -500,6 +518,7 @@ def model_rows(directory: Path | None = None) -> tuple[list[dict[str, Any]], str
                    "MS-SSIM, for --target ms_ssim). "
                    f"bpp, PSNR, MS-SSIM: mean over the {s.get('images')} images of {s.get('name')}; ≥ JPEG: the "
                    f"highest JPEG quality matched on both; --quality: the qualities that use it"
-                   + (f"; above q{cal.limit} no model matches JPEG, --quality uses the top point {cal.top}"
-                      if cal.limit is not None and cal.limit < 100 else ""))
+                   + (f"; qualities {_spans(missing)} match no model in fewer bytes: --quality uses the cheapest "
+                      f"point at least as good, else the top point {cal.top}"
+                      if (missing := [q for q in QUALITIES if not cal.mapping[q][1]]) else ""))
     return rows, caption

@@ -10,10 +10,13 @@ rounded, since the neighbouring chunks are not coded). PSNR is pooled over the s
 and MS-SSIM is the pixel-weighted mean over its tiles, as ``verify --against`` measures a store.
 
 The candidates are the operating points on the rate–quality frontier of the calibration set for
-the target's metric (cheapest first, each better than every cheaper one). The top one is
-measured first (a target it misses is refused, naming the best figure reached); then a bisection
-finds the cheapest that reaches the target, so a search codes the sample at most
-``1 + ceil(log2(candidates))`` times.
+the target's metric (cheapest first, each better than every cheaper one), one frontier per
+family of models trained for the same distortion (MSE, MS-SSIM): a family keeps its order on
+a slide, two families need not. Each family's top point is measured first; then a bisection
+finds the family's cheapest point that reaches the target, and the search takes, of all the
+points it measured to reach the target, the one of fewest bits on the sample (a target no top
+point reaches is refused, naming the best figure reached). A search codes the sample at most
+``1 + ceil(log2(candidates))`` times per family.
 """
 from __future__ import annotations
 
@@ -29,7 +32,7 @@ import numpy as np
 from wsicodec.quality import DECIMALS, METRICS, Choice, Figures, OperatingPoint, QualityError, load_calibration, reaches
 from wsicodec.store.format import latent_array_shape, stored_chunk_shape
 
-__all__ = ["Target", "TileCoder", "choose_target", "frontier", "parse_target", "sample_tiles"]
+__all__ = ["Target", "TileCoder", "choose_target", "frontier", "frontiers", "parse_target", "sample_tiles"]
 
 #: sampled tiles per target search, unless asked otherwise
 SAMPLE_TILES = 8
@@ -66,25 +69,42 @@ def parse_target(text: str) -> Target:
     return Target(metric, v)
 
 
-def frontier(metric: str, directory: Path | None = None) -> list[tuple[OperatingPoint, Figures]]:
+def frontier(metric: str, directory: Path | None = None, distortion: str | None = None
+             ) -> list[tuple[OperatingPoint, Figures]]:
     """The operating points worth trying for a target on ``metric``: by the calibration's
     bits per pixel (the models' own validation figures without a calibration table), cheapest
-    first, each better on ``metric`` than every cheaper one."""
+    first, each better on ``metric`` than every cheaper one; ``distortion``: only the points of
+    models trained for it (``mse``, ``ms-ssim``; None: all)."""
+    from wsicodec.models import list_models
+
+    cards = {c.name: c for c in list_models(directory)}
     cal = load_calibration(directory)
     if cal is not None:
         figures = dict(cal.points)
     else:
-        from wsicodec.models import list_models
-
         figures = {OperatingPoint(c.name): Figures(c.validation["bpp"], c.validation["psnr"], c.validation["ms_ssim"])
-                   for c in list_models(directory) if all(k in c.validation for k in ("bpp", "psnr", "ms_ssim"))}
-    if not figures:
-        raise QualityError("no calibrated operating points to search a target among; give --model")
+                   for c in cards.values() if all(k in c.validation for k in ("bpp", "psnr", "ms_ssim"))}
+    if distortion is not None:
+        figures = {p: f for p, f in figures.items() if p.model in cards and cards[p.model].distortion == distortion}
     out: list[tuple[OperatingPoint, Figures]] = []
     for p, f in sorted(figures.items(), key=lambda kv: (kv[1].bpp, kv[0].label)):
         if not out or f.get(metric) > out[-1][1].get(metric):
             out.append((p, f))
     return out
+
+
+def frontiers(metric: str, directory: Path | None = None) -> list[list[tuple[OperatingPoint, Figures]]]:
+    """One :func:`frontier` per training distortion of the installed models (MSE, MS-SSIM), none
+    empty. Within a family the points keep their calibration order on a slide; across families
+    they need not (on a JPEG-compressed slide the models trained for MS-SSIM gain on the others),
+    so a search bisects each family on its own."""
+    from wsicodec.models import list_models
+
+    kinds = sorted({c.distortion for c in list_models(directory)})
+    found = [f for f in (frontier(metric, directory, k) for k in kinds) if f]
+    if not found:
+        raise QualityError("no calibrated operating points to search a target among; give --model")
+    return found
 
 
 def sample_tiles(src: Any, grid: Any, read_canvas: Callable, glass: tuple[int, int, int], tiles: int = SAMPLE_TILES,
@@ -215,41 +235,48 @@ def choose_target(src: Any, read_canvas: Callable, glass: tuple[int, int, int], 
     grid = TileGrid(W, H, tile, stride)
     t0 = time.time()
     sample = sample_tiles(src, grid, read_canvas, glass, tiles, seed)
-    candidates = frontier(target.metric, model_dir)
-    steps = 1 + math.ceil(math.log2(max(len(candidates) - 1, 1))) if len(candidates) > 1 else 1
-    tried: dict[int, dict[str, float]] = {}
+    families = frontiers(target.metric, model_dir)
+    steps = sum(1 + math.ceil(math.log2(max(len(f) - 1, 1))) if len(f) > 1 else 1 for f in families)
+    tried: dict[OperatingPoint, dict[str, float]] = {}
     with _bar(progress, f"target {target}", steps * len(sample)) as (advance, describe):
-        def figure(i: int) -> dict[str, float]:
-            if i not in tried:
-                describe(f"target {target}: {candidates[i][0]}")
-                tried[i] = measure(TileCoder(candidates[i][0], device, precision, model_dir), read_canvas, grid,
-                                   sample, glass, advance)
-            return tried[i]
+        def figure(point: OperatingPoint) -> dict[str, float]:
+            if point not in tried:
+                describe(f"target {target}: {point}")
+                tried[point] = measure(TileCoder(point, device, precision, model_dir), read_canvas, grid, sample,
+                                       glass, advance)
+            return tried[point]
 
-        def ok(i: int) -> bool:
-            return reaches(figure(i)[target.metric], target.value, target.metric)
+        def ok(point: OperatingPoint) -> bool:
+            return reaches(figure(point)[target.metric], target.value, target.metric)
 
-        top = len(candidates) - 1
-        if not ok(top):
-            best = figure(top)[target.metric]
-            raise QualityError(f"target {target} is out of reach: the best the installed models reach on "
-                               f"{len(sample)} tissue tiles of this slide is {target.shown(best)} "
-                               f"({candidates[top][0]}, {figure(top)['bpp']:.3f} bpp there)")
-        lo, hi = -1, top   # candidates[hi] reaches the target; every index <= lo was found not to
-        while hi - lo > 1:
-            mid = (lo + hi) // 2
-            if ok(mid):
-                hi = mid
-            else:
-                lo = mid
-    point, measured = candidates[hi][0], tried[hi]
+        found = []  # each family's cheapest point that reaches the target
+        for candidates in families:
+            if not ok(candidates[-1][0]):
+                continue
+            lo, hi = -1, len(candidates) - 1   # candidates[hi] reaches the target; none at or below lo does
+            while hi - lo > 1:
+                mid = (lo + hi) // 2
+                if ok(candidates[mid][0]):
+                    hi = mid
+                else:
+                    lo = mid
+            found.append(candidates[hi][0])
+    if not found:
+        best = max((f[-1][0] for f in families), key=lambda p: tried[p][target.metric])
+        raise QualityError(f"target {target} is out of reach: the best the installed models reach on "
+                           f"{len(sample)} tissue tiles of this slide is {target.shown(tried[best][target.metric])} "
+                           f"({best}, {tried[best]['bpp']:.3f} bpp there)")
+    # the fewest bits on the sample among every point measured to reach it (the families' own
+    # cheapest, or a top point that took fewer bits there)
+    point = min((p for p in tried if ok(p)), key=lambda p: (tried[p]["bpp"], p.label))
+    measured = tried[point]
     record = {
         "chosen_by": "target", "operating_point": point.to_dict(),
         "target": {"metric": target.metric, "value": target.value},
         "sample": {"tiles": [list(t) for t in sample], "tile_size": tile, "seed": seed,
                    "pixels": int(sum(grid.tile_box(*t)[2] * grid.tile_box(*t)[3] for t in sample))},
         "measured": measured,
-        "tried": [{**candidates[i][0].to_dict(), **tried[i]} for i in sorted(tried)],
+        "tried": [{**p.to_dict(), **m} for p, m in sorted(tried.items(), key=lambda kv: (kv[1]["bpp"], kv[0].label))],
     }
     note = (f"target {target}: {point}, {target.shown(measured[target.metric])} on {len(sample)} tissue tiles "
             f"(seed {seed}; {measured['bpp']:.3f} bpp there; {len(tried)} operating points tried "

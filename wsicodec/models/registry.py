@@ -251,7 +251,10 @@ def load_model(
 
 
 def save_model(model: nn.Module, card: ModelCard, directory: Path) -> ModelCard:
-    """Freeze CDF tables and write ``<name>.pt`` + ``<name>.json``; returns the card with sha256."""
+    """Freeze CDF tables and write ``<name>.pt`` + ``<name>.json``; returns the card with sha256.
+    A float32 parameter whose every value fp16 holds exactly is stored as fp16 (half the bytes, the
+    same numbers: loading puts it back into the float32 model unchanged); buffers (the entropy
+    models' tables) keep their types."""
     import torch
 
     directory = Path(directory)
@@ -260,11 +263,21 @@ def save_model(model: nn.Module, card: ModelCard, directory: Path) -> ModelCard:
     model.update(force=True)
     weights = directory / f"{card.name}.pt"
     tmp = weights.with_suffix(".pt.tmp")
-    torch.save({k: v.detach().clone() for k, v in model.state_dict().items()}, tmp)
+    parameters = {name for name, _ in model.named_parameters()}
+    torch.save({k: _exact_half(v.detach().clone()) if k in parameters else v.detach().clone()
+                for k, v in model.state_dict().items()}, tmp)
     os.replace(tmp, weights)
     card.sha256 = sha256_file(weights)
     (directory / f"{card.name}.json").write_text(json.dumps(asdict(card), indent=2) + "\n")
     return card
+
+
+def _exact_half(v):
+    import torch
+
+    if v.dtype == torch.float32 and v.numel() and torch.equal(v.half().float(), v):
+        return v.half()
+    return v
 
 
 def default_model_name(directory: Path | None = None) -> str:

@@ -26,7 +26,7 @@ from pathlib import Path
 from wsicodec._hashing import sha256_file
 from wsicodec.errors import TrainError
 
-__all__ = ["BUNDLE_FORMAT", "BundleError", "bundle_run", "merge_bundle"]
+__all__ = ["BUNDLE_FORMAT", "BundleError", "bundle_run", "merge_bundle", "travels_as_half"]
 
 BUNDLE_FORMAT = "wsicodec-run-bundle"
 BUNDLE_VERSION = 1
@@ -48,7 +48,7 @@ def _sha256_bytes(data: bytes) -> str:
 HALF_MIN_ELEMENTS = 256
 
 
-def _halves(v) -> bool:
+def travels_as_half(v) -> bool:
     """Whether an fp32 tensor may travel as fp16: large enough to matter, and no value that fp16
     flushes to zero or overflows."""
     import torch
@@ -61,7 +61,7 @@ def _halves(v) -> bool:
 
 def _weights_only(checkpoint: Path, half: bool = False) -> bytes:
     """``weights.pt`` of a checkpoint or weights file: the last weights, step, config and best
-    objective; ``half``: the large fp32 tensors stored as fp16 (:func:`_halves`; half the bytes;
+    objective; ``half``: the large fp32 tensors stored as fp16 (:func:`travels_as_half`; half the bytes;
     they load into the fp32 model as they are, within fp16's 2^-11 relative rounding: far below
     what one training step changes)."""
     import torch
@@ -69,7 +69,7 @@ def _weights_only(checkpoint: Path, half: bool = False) -> bytes:
     st = torch.load(checkpoint, map_location="cpu", weights_only=False)
     model = st["model"]
     if half:
-        model = {k: v.half() if _halves(v) else v for k, v in model.items()}
+        model = {k: v.half() if travels_as_half(v) else v for k, v in model.items()}
     buf = io.BytesIO()
     torch.save({"model": model, "step": st["step"], "config": st["config"], "best": st.get("best")}, buf)
     return buf.getvalue()

@@ -78,11 +78,11 @@ def run(data, out, val, architecture, N, M, lmbda, lambdas, params, feature_net,
     """Train on DATA (image files, folders, slides, training packs)."""
     from wsicodec.train import TrainConfig, Trainer
 
+    ladder = _floats(lambdas) or []
     try:
-        ladder = [float(v) for v in lambdas.split(",") if v.strip()]
         extra = {k.strip(): int(v) for k, v in (p.split("=", 1) for p in params)}
     except ValueError:
-        raise click.BadParameter("--lambdas takes numbers, --param KEY=INT") from None
+        raise click.BadParameter("--param takes KEY=INT") from None
     from wsicodec.train.ladder import default_widths
 
     N, M = (N, M) if N and M else tuple(a or b for a, b in zip((N, M), default_widths(architecture), strict=True))
@@ -156,7 +156,14 @@ def continue_run(run_dir, data, val, device, precision, batch, workers, compile_
 @click.option("--val", "val", multiple=True, help="Validation folder for the card's figures (default: the run's).")
 @click.option("--default-point", type=int, default=None,
               help="A variable-rate model's default operating point (default: the ladder's middle).")
-def export(run_dir, name, models_dir, last, data_desc, notes, val, default_point):
+@click.option("--half-weights", is_flag=True,
+              help="Round the large weights to fp16 where fp16 holds them (about half the file; the "
+                   "card's figures are measured on the rounded weights).")
+@click.option("--lambdas", default=None,
+              help="A variable-rate model's operating points at these λ (comma-separated, increasing) "
+                   "instead of its trained ladder: gains interpolated between trained points, extrapolated "
+                   "beyond them; the card says which points were trained.")
+def export(run_dir, name, models_dir, last, data_desc, notes, val, default_point, half_weights, lambdas):
     """Write RUN_DIR's model as NAME (.pt with frozen CDF tables, .json model card with sha256;
     a variable-rate model's card lists every operating point with its λ and validation figures)."""
     from wsicodec.models import model_dir
@@ -166,8 +173,20 @@ def export(run_dir, name, models_dir, last, data_desc, notes, val, default_point
     if default_point is not None:
         overrides["default_point"] = default_point
     card = Trainer.from_checkpoint(run_dir, **overrides).export(name, models_dir or model_dir(), use_best=not last,
-                                                                data_desc=data_desc, notes=notes)
+                                                                data_desc=data_desc, notes=notes,
+                                                                half=half_weights,
+                                                                lambdas=_floats(lambdas))
     click.echo(f"{name}: sha256 {card.sha256}, validation {card.validation}")
+
+
+def _floats(text: str | None) -> list[float] | None:
+    """``--lambdas L0,L1,…`` as numbers (None when not given)."""
+    if not text:
+        return None
+    try:
+        return [float(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise click.BadParameter(f"--lambdas takes comma-separated numbers, not {text!r}") from None
 
 
 @command.command("pack")

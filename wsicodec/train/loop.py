@@ -21,7 +21,7 @@ import random
 import signal
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -32,6 +32,7 @@ from wsicodec.errors import TrainError
 from wsicodec.models import ModelCard, build_model, save_model
 from wsicodec.models.gained import log_gains_for_ladder
 from wsicodec.train import ladder as rate_ladder
+from wsicodec.train.bundle import travels_as_half
 from wsicodec.train.data import CropSampler, find_inputs, load_images, load_rgb
 from wsicodec.train.device import Precision, compile_model, resolve_device, step_clock
 from wsicodec.train.loader import BatchStream, default_workers
@@ -177,6 +178,20 @@ def _architecture_constants(state: dict) -> dict:
     whose floats were all stored as fp16 holds the likelihood bound and the pedestals flushed to
     zero, and a zero likelihood bound makes the first batch's rate infinite."""
     return {k: v for k, v in state.items() if k.endswith((".bound", ".pedestal", "scale_bound"))}
+
+
+def _card_source(path: Path) -> dict:
+    """What a shipped model's card (``NAME.json`` beside ``NAME.pt``) tells a run starting from
+    it: the architecture, λ ladder and distortion it was trained with (empty without a card;
+    the step count starts at 0, as from any model file)."""
+    card = path.with_suffix(".json")
+    try:
+        meta = json.loads(card.read_text())
+    except (OSError, ValueError):
+        return {}
+    lambdas = [p["lambda"] for p in meta.get("operating_points") or [] if "lambda" in p]
+    return {"config": {"architecture": meta.get("architecture"), "distortion": meta.get("distortion", "mse"),
+                       "lambdas": lambdas}}
 
 
 def _val_images(paths: list[str], crop: int) -> list[torch.Tensor]:
@@ -404,6 +419,8 @@ class Trainer:
         (:func:`wsicodec.train.widen.embed_narrower`). Returns the names of the tensors loaded."""
         st = torch.load(path, map_location="cpu", weights_only=False)
         weights = st["model"] if "model" in st else st
+        if "config" not in st:  # a shipped model file: its card tells its ladder and steps
+            st = {"model": weights, **_card_source(Path(path))}
         own = self.model.state_dict()
         if set(weights) == set(own):
             if weights.get("log_gain") is not None and self._ladder_changes(st, weights, own):
@@ -431,7 +448,7 @@ class Trainer:
 
     def _ladder_changes(self, st: dict, weights: dict, own: dict) -> bool:
         """Whether a variable-rate model's weights were trained at another λ ladder or for another
-        distortion than this run's (a model file's ladder is unknown: only its point count shows)."""
+        distortion than this run's (a model file's from its card; without one only its point count shows)."""
         if weights["log_gain"].shape != own["log_gain"].shape:
             return True
         source = st.get("config") or {}
@@ -446,8 +463,8 @@ class Trainer:
         another distortion (its λ first put in the source's units, :data:`MS_SSIM_LAMBDA_PER_MSE`)."""
         source = st.get("config") or {}
         if "architecture" not in source:
-            raise TrainError(f"{path}: its λ ladder is unknown (a model file); start from a run's "
-                             "checkpoint.pt or weights.pt to change the ladder")
+            raise TrainError(f"{path}: its λ ladder is unknown (no model card beside it); start from a "
+                             "run's checkpoint.pt or weights.pt, or a shipped model with its .json card")
         old = rate_ladder.ladder_of(source["architecture"], source.get("lambdas") or [])
         new = rate_ladder.in_units_of(self.cfg.ladder, self.cfg.distortion, source.get("distortion", "mse"))
         try:
@@ -620,27 +637,51 @@ class Trainer:
         return {"objective": obj}
 
     def export(self, name: str, directory: Path, data_desc: str = "", use_best: bool = True,
-               notes: str = "") -> ModelCard:
+               notes: str = "", half: bool = False, lambdas: Sequence[float] | None = None) -> ModelCard:
+        """Write the run's model (its best validation weights, or with ``use_best=False`` its
+        last) as a shipped model; ``half``: its large weights rounded to fp16 first where fp16
+        holds them (:func:`wsicodec.train.bundle.travels_as_half`), so that the file is about half
+        the size and the card's figures are measured on the rounded weights. ``lambdas``: a
+        variable-rate model's operating points at these λ instead of its trained ladder's, the
+        gains carried as for a fine-tune (:func:`wsicodec.models.gained.log_gains_for_ladder`:
+        interpolated between trained points, extrapolated beyond them); each point's card entry
+        says whether it was trained."""
         cfg = self.cfg
-        model = cfg.build()
         best = self.out / "best_model.pt"
         step = self.step
         if use_best and best.exists():
             st = torch.load(best, map_location="cpu", weights_only=False)
-            model.load_state_dict(st["model"])
+            weights = st["model"]
             step = int(st["step"])
         else:
-            model.load_state_dict(self.model.state_dict())
+            weights = self.model.state_dict()
+        trained = self.ladder
+        if lambdas is not None and list(lambdas) != trained:
+            if not trained:
+                raise TrainError(f"{cfg.architecture} has one rate: --lambdas is for a variable-rate model")
+            try:
+                lambdas = rate_ladder.ladder_of(cfg.architecture, [float(v) for v in lambdas])
+                gains = log_gains_for_ladder(weights["log_gain"], trained, lambdas)
+                inverse = log_gains_for_ladder(weights["log_inverse_gain"], trained, lambdas, slope=-0.5)
+            except ValueError as exc:
+                raise TrainError(f"--lambdas {','.join(f'{v:g}' for v in lambdas)}: {exc}") from None
+            weights = {**weights, "log_gain": gains, "log_inverse_gain": inverse}
+            cfg = replace(cfg, lambdas=lambdas)
+        if half:
+            weights = {k: v.half().float() if travels_as_half(v) else v for k, v in weights.items()}
+        model = cfg.build()
+        model.load_state_dict(weights)
         where = {"set": ", ".join(cfg.val), "crop": cfg.val_crop}
-        if self.ladder:  # a variable-rate model: its points, each with its λ and figures
-            figures = (rate_ladder.validate_ladder(model, self.val, self.ladder, validate)[0] if self.val
-                       else [{}] * len(self.ladder))
-            points = [{"index": k, "lambda": lmbda,
+        ladder = cfg.ladder
+        if ladder:  # a variable-rate model: its points, each with its λ and figures
+            figures = (rate_ladder.validate_ladder(model, self.val, ladder, validate)[0] if self.val
+                       else [{}] * len(ladder))
+            points = [{"index": k, "lambda": lmbda, "trained": lmbda in trained,
                        "validation": {**{key: round(x, 4) for key, x in v.items()}, **where}}
-                      for k, (lmbda, v) in enumerate(zip(self.ladder, figures, strict=True))]
-            default = cfg.default_point if cfg.default_point >= 0 else len(self.ladder) // 2
-            if default >= len(self.ladder):
-                raise ValueError(f"default operating point {default}: the ladder has {len(self.ladder)} points")
+                      for k, (lmbda, v) in enumerate(zip(ladder, figures, strict=True))]
+            default = cfg.default_point if cfg.default_point >= 0 else len(ladder) // 2
+            if default >= len(ladder):
+                raise TrainError(f"default operating point {default}: the model has {len(ladder)} points")
             card = ModelCard(name=name, architecture=cfg.architecture, params=cfg.model_params, lmbda=None, psi=0.0,
                              feature_net="none", steps=step, distortion=cfg.distortion,
                              data=data_desc or ", ".join(cfg.data),
