@@ -298,7 +298,8 @@ def test_low_rate_panel_limits_and_model_tags():
     (x0, x1), (y0, y1) = _low_rate_limits(summary, "psnr", 1.0)
     assert x0 < 0.21 < 0.63 < x1 < 1.1 and y0 < 25.5 < 27.5 < y1 < 29  # the two low points, not 1.5 bpp
     assert _low_rate_limits(summary, "psnr", 5.0) is None  # nothing left out: no second panel
-    assert [model_tag(s) for s in ("hne-hp64-q3-v2", "hne-f64-q10-v1", "tiny", "80")] == ["q3", "q10", "tiny", "80"]
+    assert [model_tag(s) for s in ("hne-hp64-q3-v2", "hne-f64-q10-v1", "tiny", "80", "hne-vbr128-v1@3", "m@4.5")] == \
+        ["q3", "q10", "tiny", "80", "@3", "@4.5"]
 
 
 def test_bench_rejects_unknown_codec_and_missing_input(tmp_path):

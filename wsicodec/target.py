@@ -236,7 +236,7 @@ def choose_target(src: Any, read_canvas: Callable, glass: tuple[int, int, int], 
     t0 = time.time()
     sample = sample_tiles(src, grid, read_canvas, glass, tiles, seed)
     families = frontiers(target.metric, model_dir)
-    steps = sum(1 + math.ceil(math.log2(max(len(f) - 1, 1))) if len(f) > 1 else 1 for f in families)
+    steps = sum(1 + math.ceil(math.log2(len(f))) for f in families)  # the top, then a bisection
     tried: dict[OperatingPoint, dict[str, float]] = {}
     with _bar(progress, f"target {target}", steps * len(sample)) as (advance, describe):
         def figure(point: OperatingPoint) -> dict[str, float]:

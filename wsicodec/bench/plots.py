@@ -16,6 +16,9 @@ from wsicodec.bench.metrics import HIGHER_IS_BETTER, LABELS
 _STYLE = {"jpeg": ("tab:blue", "o"), "webp": ("tab:orange", "s"), "jxl": ("tab:green", "^"),
           "avif": ("tab:purple", "D"), "j2k": ("tab:brown", "v"), "wsicodec": ("tab:red", "*"),
           "wsicodec-hyperprior": ("darkred", "P"), "wsicodec-hyperprior-ms-ssim": ("tab:pink", "X")}
+#: curves of other wsicodec models (a variable-rate model's, ``wsicodec-<model>``) and of any
+#: curve at encoder effort high (``...-high``)
+_OTHER_MODEL, _OTHER = ("tab:cyan", "h"), ("black", "x")
 
 
 def _plt():
@@ -37,10 +40,20 @@ _LOG_TICKS = (0.05, 0.07, 0.1, 0.15, 0.2, 0.3, 0.5, 0.7, 1.0, 1.5, 2.0, 3.0, 5.0
 
 
 def model_tag(setting: str) -> str:
-    """The short label of a model on a plot: its quality level (``hne-hp64-q3-v2`` -> ``q3``), or
-    the whole name when it has none."""
+    """The short label of a model on a plot: its quality level (``hne-hp64-q3-v2`` -> ``q3``), a
+    variable-rate model's operating point (``hne-vbr128-v1@3`` -> ``@3``), or the whole name."""
+    point = re.search(r"@[\d.]+$", str(setting))
+    if point:
+        return point.group(0)
     m = re.search(r"(?:^|-)(q\d+)(?:-|$)", str(setting))
     return m.group(1) if m else str(setting)
+
+
+def _tags_text(tags: list[str]) -> str:
+    """A curve's model tags for its legend entry; one model's points as a range (``@0–@7``)."""
+    if len(tags) > 2 and all(t.startswith("@") for t in tags):
+        return f"{tags[0]}–{tags[-1]}"
+    return ", ".join(tags)
 
 
 def _draw_curves(ax, summary: dict, metric: str, low_rate: bool) -> None:
@@ -51,11 +64,12 @@ def _draw_curves(ax, summary: dict, metric: str, low_rate: bool) -> None:
         pts = sorted((p for p in data["points"] if p.get(metric) is not None), key=lambda p: p["bpp"])
         if not pts:
             continue
-        colour, marker = _STYLE.get(codec, ("black", "x"))
+        colour, marker = _STYLE.get(codec, _OTHER_MODEL if codec.startswith("wsicodec-") and not codec.endswith("-high")
+                                    else _OTHER)
         learned = codec.startswith("wsicodec")
         label = codec
         if learned and len(pts) > 1:
-            label = f"{codec} ({', '.join(model_tag(p['setting']) for p in pts)})"
+            label = f"{codec} ({_tags_text([model_tag(p['setting']) for p in pts])})"
         ax.plot([p["bpp"] for p in pts], [p[metric] for p in pts], marker=marker, color=colour, label=label,
                 linewidth=2.0 if learned else 1.3, markersize=9 if marker == "*" else 5, zorder=4 if learned else 3)
         if learned and low_rate and len(pts) > 1:
