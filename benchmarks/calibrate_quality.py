@@ -15,18 +15,6 @@ import sys
 from pathlib import Path
 
 
-def _spans(cal, point) -> list[tuple[str, bool]]:
-    """The runs of qualities that map to ``point``, each as ``"a–b"`` with whether it is matched."""
-    runs: list[list] = []
-    for q in cal.qualities_of(point):
-        matched = cal.mapping[q][1]
-        if runs and runs[-1][1] == q - 1 and runs[-1][2] == matched:
-            runs[-1][1] = q
-        else:
-            runs.append([q, q, matched])
-    return [(f"{a}–{b}" if b > a else str(a), m) for a, b, m in runs]
-
-
 def _unmatched(cal, point) -> str:
     return " (no match: the top point)" if point == cal.top else " (no match in fewer bytes: as good, more bytes)"
 
@@ -38,7 +26,8 @@ def markdown(cal) -> str:
     lines = ["| operating point | bpp | PSNR (dB) | MS-SSIM | matches JPEG up to | `--quality` |",
              "|---|---|---|---|---|---|"]
     for p, f in sorted(cal.points.items(), key=lambda kv: kv[1].bpp):
-        used = ", ".join(f"{span}{'' if matched else _unmatched(cal, p)}" for span, matched in _spans(cal, p))
+        used = ", ".join((f"{a}–{b}" if b > a else str(a)) + ("" if m else _unmatched(cal, p))
+                         for a, b, m in cal.runs_of(p))
         mark = " (default)" if p == cal.default else ""
         m = cal.matches.get(p)
         lines.append(f"| `{p}`{mark} | {f.bpp:.3f} | {f.psnr:.2f} | {f.ms_ssim:.4f} | "

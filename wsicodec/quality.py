@@ -164,6 +164,17 @@ class Calibration:
         by_label = {p.label: p for p in self.points}
         return [by_label[x] for x in labels if x in by_label]
 
+    def runs_of(self, point: OperatingPoint) -> list[tuple[int, int, bool]]:
+        """The qualities that map to ``point`` as runs ``(first, last, matched)``, in order."""
+        runs: list[list] = []
+        for q in self.qualities_of(point):
+            matched = self.mapping[q][1]
+            if runs and runs[-1][1] == q - 1 and runs[-1][2] == matched:
+                runs[-1][1] = q
+            else:
+                runs.append([q, q, matched])
+        return [(a, b, m) for a, b, m in runs]
+
     def matched_qualities(self) -> list[int]:
         """The qualities some point matches in fewer bytes."""
         return [q for q, (_, matched) in sorted(self.mapping.items()) if matched]
@@ -492,9 +503,8 @@ def model_rows(directory: Path | None = None) -> tuple[list[dict[str, Any]], str
             own = next((q for q in c.operating_points if q.get("index") == p.rate), {})
             v, lmbda = own.get("validation", {}), own.get("lambda")
         figures = f.to_dict() if f else {k: v.get(k) for k in ("bpp", "psnr", "ms_ssim")}
-        mine = cal.qualities_of(p) if cal and f else []
-        qualities = [q for q in mine if cal.mapping[q][1]]
-        unmatched = [q for q in mine if not cal.mapping[q][1]]
+        runs = cal.runs_of(p) if cal and f else []
+        unmatched = " (top)" if cal is not None and p == cal.top else " (not in fewer bytes)"
         rows.append({
             "name": p.model, "operating_point": p.label, "rate": p.rate, "default": p == default,
             "kind": ("variable-rate" if c.spec.variable_rate
@@ -503,8 +513,7 @@ def model_rows(directory: Path | None = None) -> tuple[list[dict[str, Any]], str
             "N/M": f"{c.params.get('N')}/{c.params.get('M')}", "lambda": f"{lmbda:g}" if lmbda else "",
             **figures, "figures": f"calibration ({cal.meta.get('set', {}).get('name')})" if f else "model card",
             "matches_jpeg": cal.matches.get(p) if f else None,
-            "qualities": ", ".join(x for x in (_spans(qualities), unmatched and _spans(unmatched) + (
-                " (top)" if p == cal.top else " (not in fewer bytes)")) if x),
+            "qualities": ", ".join((f"{a}–{b}" if b > a else str(a)) + ("" if m else unmatched) for a, b, m in runs),
             "sha256": c.sha256, "steps": c.steps,
         })
     rows.sort(key=lambda r: (r["figures"] == "model card", r["bpp"] if r["bpp"] is not None else 1e9,
