@@ -26,8 +26,7 @@ def markdown(cal) -> str:
     lines = ["| operating point | bpp | PSNR (dB) | MS-SSIM | matches JPEG up to | `--quality` |",
              "|---|---|---|---|---|---|"]
     for p, f in sorted(cal.points.items(), key=lambda kv: kv[1].bpp):
-        used = ", ".join((f"{a}–{b}" if b > a else str(a)) + ("" if m else _unmatched(cal, p))
-                         for a, b, m in cal.runs_of(p))
+        used = ", ".join(text + ("" if m else _unmatched(cal, p)) for text, m in cal.runs_of(p))
         mark = " (default)" if p == cal.default else ""
         m = cal.matches.get(p)
         lines.append(f"| `{p}`{mark} | {f.bpp:.3f} | {f.psnr:.2f} | {f.ms_ssim:.4f} | "

@@ -35,7 +35,7 @@ the command.
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -164,16 +164,9 @@ class Calibration:
         by_label = {p.label: p for p in self.points}
         return [by_label[x] for x in labels if x in by_label]
 
-    def runs_of(self, point: OperatingPoint) -> list[tuple[int, int, bool]]:
-        """The qualities that map to ``point`` as runs ``(first, last, matched)``, in order."""
-        runs: list[list] = []
-        for q in self.qualities_of(point):
-            matched = self.mapping[q][1]
-            if runs and runs[-1][1] == q - 1 and runs[-1][2] == matched:
-                runs[-1][1] = q
-            else:
-                runs.append([q, q, matched])
-        return [(a, b, m) for a, b, m in runs]
+    def runs_of(self, point: OperatingPoint) -> list[tuple[str, bool]]:
+        """The qualities that map to ``point`` as runs ``("a–b", matched)``, in order."""
+        return _runs(self.qualities_of(point), lambda q: self.mapping[q][1])
 
     def matched_qualities(self) -> list[int]:
         """The qualities some point matches in fewer bytes."""
@@ -471,16 +464,20 @@ def _calibration_record(cal: Calibration, point: OperatingPoint, quality: int) -
             "jpeg": {"quality": quality, **cal.jpeg[quality].to_dict()}}
 
 
+def _runs(qualities: list[int], key: Callable[[int], Any] = lambda q: None) -> list[tuple[str, Any]]:
+    """Consecutive qualities of the same ``key`` as ``("a–b", key)`` (``"a"`` for one)."""
+    runs: list[list] = []
+    for q in qualities:
+        if runs and runs[-1][1] == q - 1 and runs[-1][2] == key(q):
+            runs[-1][1] = q
+        else:
+            runs.append([q, q, key(q)])
+    return [(f"{a}–{b}" if b > a else str(a), k) for a, b, k in runs]
+
+
 def _spans(qualities: list[int]) -> str:
     """``[1, 2, 3, 7]`` -> ``"1–3, 7"``."""
-    out, i = [], 0
-    while i < len(qualities):
-        j = i
-        while j + 1 < len(qualities) and qualities[j + 1] == qualities[j] + 1:
-            j += 1
-        out.append(str(qualities[i]) if i == j else f"{qualities[i]}–{qualities[j]}")
-        i = j + 1
-    return ", ".join(out)
+    return ", ".join(text for text, _ in _runs(qualities))
 
 
 def model_rows(directory: Path | None = None) -> tuple[list[dict[str, Any]], str]:
@@ -513,7 +510,7 @@ def model_rows(directory: Path | None = None) -> tuple[list[dict[str, Any]], str
             "N/M": f"{c.params.get('N')}/{c.params.get('M')}", "lambda": f"{lmbda:g}" if lmbda else "",
             **figures, "figures": f"calibration ({cal.meta.get('set', {}).get('name')})" if f else "model card",
             "matches_jpeg": cal.matches.get(p) if f else None,
-            "qualities": ", ".join((f"{a}–{b}" if b > a else str(a)) + ("" if m else unmatched) for a, b, m in runs),
+            "qualities": ", ".join(text + ("" if m else unmatched) for text, m in runs),
             "sha256": c.sha256, "steps": c.steps,
         })
     rows.sort(key=lambda r: (r["figures"] == "model card", r["bpp"] if r["bpp"] is not None else 1e9,

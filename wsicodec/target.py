@@ -69,23 +69,20 @@ def parse_target(text: str) -> Target:
     return Target(metric, v)
 
 
-def frontier(metric: str, directory: Path | None = None, distortion: str | None = None
-             ) -> list[tuple[OperatingPoint, Figures]]:
-    """The operating points worth trying for a target on ``metric``: by the calibration's
-    bits per pixel (the models' own validation figures without a calibration table), cheapest
-    first, each better on ``metric`` than every cheaper one; ``distortion``: only the points of
-    models trained for it (``mse``, ``ms-ssim``; None: all)."""
+def _calibrated(directory: Path | None) -> tuple[dict[str, Any], dict[OperatingPoint, Figures]]:
+    """The installed models' cards by name, and every operating point's figures: the calibration's
+    (the models' own validation figures without a calibration table)."""
     from wsicodec.models import list_models
 
     cards = {c.name: c for c in list_models(directory)}
     cal = load_calibration(directory)
     if cal is not None:
-        figures = dict(cal.points)
-    else:
-        figures = {OperatingPoint(c.name): Figures(c.validation["bpp"], c.validation["psnr"], c.validation["ms_ssim"])
+        return cards, dict(cal.points)
+    return cards, {OperatingPoint(c.name): Figures(c.validation["bpp"], c.validation["psnr"], c.validation["ms_ssim"])
                    for c in cards.values() if all(k in c.validation for k in ("bpp", "psnr", "ms_ssim"))}
-    if distortion is not None:
-        figures = {p: f for p, f in figures.items() if p.model in cards and cards[p.model].distortion == distortion}
+
+
+def _frontier_of(figures: dict[OperatingPoint, Figures], metric: str) -> list[tuple[OperatingPoint, Figures]]:
     out: list[tuple[OperatingPoint, Figures]] = []
     for p, f in sorted(figures.items(), key=lambda kv: (kv[1].bpp, kv[0].label)):
         if not out or f.get(metric) > out[-1][1].get(metric):
@@ -93,15 +90,29 @@ def frontier(metric: str, directory: Path | None = None, distortion: str | None 
     return out
 
 
+def frontier(metric: str, directory: Path | None = None, distortion: str | None = None
+             ) -> list[tuple[OperatingPoint, Figures]]:
+    """The operating points worth trying for a target on ``metric``: by the calibration's
+    bits per pixel (the models' own validation figures without a calibration table), cheapest
+    first, each better on ``metric`` than every cheaper one; ``distortion``: only the points of
+    models trained for it (``mse``, ``ms-ssim``; None: all)."""
+    cards, figures = _calibrated(directory)
+    if distortion is not None:
+        figures = {p: f for p, f in figures.items() if p.model in cards and cards[p.model].distortion == distortion}
+    return _frontier_of(figures, metric)
+
+
 def frontiers(metric: str, directory: Path | None = None) -> list[list[tuple[OperatingPoint, Figures]]]:
     """One :func:`frontier` per training distortion of the installed models (MSE, MS-SSIM), none
     empty. Within a family the points keep their calibration order on a slide; across families
     they need not (on a JPEG-compressed slide the models trained for MS-SSIM gain on the others),
     so a search bisects each family on its own."""
-    from wsicodec.models import list_models
-
-    kinds = sorted({c.distortion for c in list_models(directory)})
-    found = [f for f in (frontier(metric, directory, k) for k in kinds) if f]
+    cards, figures = _calibrated(directory)
+    families: dict[str, dict[OperatingPoint, Figures]] = {}
+    for p, f in figures.items():
+        if p.model in cards:
+            families.setdefault(cards[p.model].distortion, {})[p] = f
+    found = [_frontier_of(families[k], metric) for k in sorted(families)]
     if not found:
         raise QualityError("no calibrated operating points to search a target among; give --model")
     return found
@@ -249,8 +260,7 @@ def choose_target(src: Any, read_canvas: Callable, glass: tuple[int, int, int], 
         def ok(point: OperatingPoint) -> bool:
             return reaches(figure(point)[target.metric], target.value, target.metric)
 
-        found = []  # each family's cheapest point that reaches the target
-        for candidates in families:
+        for candidates in families:  # each family's top, then its cheapest point that reaches the target
             if not ok(candidates[-1][0]):
                 continue
             lo, hi = -1, len(candidates) - 1   # candidates[hi] reaches the target; none at or below lo does
@@ -260,15 +270,15 @@ def choose_target(src: Any, read_canvas: Callable, glass: tuple[int, int, int], 
                     hi = mid
                 else:
                     lo = mid
-            found.append(candidates[hi][0])
-    if not found:
+    reached = [p for p in tried if ok(p)]
+    if not reached:
         best = max((f[-1][0] for f in families), key=lambda p: tried[p][target.metric])
         raise QualityError(f"target {target} is out of reach: the best the installed models reach on "
                            f"{len(sample)} tissue tiles of this slide is {target.shown(tried[best][target.metric])} "
                            f"({best}, {tried[best]['bpp']:.3f} bpp there)")
     # the fewest bits on the sample among every point measured to reach it (the families' own
     # cheapest, or a top point that took fewer bits there)
-    point = min((p for p in tried if ok(p)), key=lambda p: (tried[p]["bpp"], p.label))
+    point = min(reached, key=lambda p: (tried[p]["bpp"], p.label))
     measured = tried[point]
     record = {
         "chosen_by": "target", "operating_point": point.to_dict(),

@@ -180,18 +180,24 @@ def _architecture_constants(state: dict) -> dict:
     return {k: v for k, v in state.items() if k.endswith((".bound", ".pedestal", "scale_bound"))}
 
 
+def _gains_carried(weights: dict, lambdas: Sequence[float], new_lambdas: Sequence[float]) -> dict:
+    """A variable-rate model's weights with its gains and inverse gains carried from the ladder
+    ``lambdas`` to ``new_lambdas`` (:func:`wsicodec.models.gained.log_gains_for_ladder`; the
+    inverse gains at the opposite high-rate slope). Raises ``ValueError`` for a bad ladder."""
+    return {**weights, "log_gain": log_gains_for_ladder(weights["log_gain"], lambdas, new_lambdas),
+            "log_inverse_gain": log_gains_for_ladder(weights["log_inverse_gain"], lambdas, new_lambdas, slope=-0.5)}
+
+
 def _card_source(path: Path) -> dict:
     """What a shipped model's card (``NAME.json`` beside ``NAME.pt``) tells a run starting from
     it: the architecture, λ ladder and distortion it was trained with (empty without a card;
     the step count starts at 0, as from any model file)."""
-    card = path.with_suffix(".json")
     try:
-        meta = json.loads(card.read_text())
-    except (OSError, ValueError):
+        card = ModelCard(**json.loads(path.with_suffix(".json").read_text()))
+    except (OSError, TypeError, ValueError):
         return {}
-    lambdas = [p["lambda"] for p in meta.get("operating_points") or [] if "lambda" in p]
-    return {"config": {"architecture": meta.get("architecture"), "distortion": meta.get("distortion", "mse"),
-                       "lambdas": lambdas}}
+    lambdas = [p["lambda"] for p in card.operating_points if "lambda" in p]
+    return {"config": {"architecture": card.architecture, "distortion": card.distortion, "lambdas": lambdas}}
 
 
 def _val_images(paths: list[str], crop: int) -> list[torch.Tensor]:
@@ -419,7 +425,7 @@ class Trainer:
         (:func:`wsicodec.train.widen.embed_narrower`). Returns the names of the tensors loaded."""
         st = torch.load(path, map_location="cpu", weights_only=False)
         weights = st["model"] if "model" in st else st
-        if "config" not in st:  # a shipped model file: its card tells its ladder and steps
+        if "config" not in st:  # a shipped model file: its card tells its ladder
             st = {"model": weights, **_card_source(Path(path))}
         own = self.model.state_dict()
         if set(weights) == set(own):
@@ -468,13 +474,12 @@ class Trainer:
         old = rate_ladder.ladder_of(source["architecture"], source.get("lambdas") or [])
         new = rate_ladder.in_units_of(self.cfg.ladder, self.cfg.distortion, source.get("distortion", "mse"))
         try:
-            gains = log_gains_for_ladder(weights["log_gain"], old, new)
-            inverse = log_gains_for_ladder(weights["log_inverse_gain"], old, new, slope=-0.5)
+            carried = _gains_carried(weights, old, new)
         except ValueError as exc:
             raise TrainError(f"{path}: {exc}") from None
         units = "" if new == self.cfg.ladder else f" ({source.get('distortion', 'mse')} λ {new})"
         self.log(f"init from {path}: gains carried from λ {old} to λ {self.cfg.ladder}{units}")
-        return {**weights, "log_gain": gains, "log_inverse_gain": inverse}
+        return carried
 
     def save_weights(self, path: Path | None = None) -> Path:
         """A small file to carry a run across machines: weights, step and config, no optimiser
@@ -661,11 +666,9 @@ class Trainer:
                 raise TrainError(f"{cfg.architecture} has one rate: --lambdas is for a variable-rate model")
             try:
                 lambdas = rate_ladder.ladder_of(cfg.architecture, [float(v) for v in lambdas])
-                gains = log_gains_for_ladder(weights["log_gain"], trained, lambdas)
-                inverse = log_gains_for_ladder(weights["log_inverse_gain"], trained, lambdas, slope=-0.5)
+                weights = _gains_carried(weights, trained, lambdas)
             except ValueError as exc:
                 raise TrainError(f"--lambdas {','.join(f'{v:g}' for v in lambdas)}: {exc}") from None
-            weights = {**weights, "log_gain": gains, "log_inverse_gain": inverse}
             cfg = replace(cfg, lambdas=lambdas)
         if half:
             weights = {k: v.half().float() if travels_as_half(v) else v for k, v in weights.items()}
