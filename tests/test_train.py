@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import csv
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -57,6 +58,9 @@ def test_export_load_round_trip_identical_cdfs(data_dir, tmp_path):
     card = t.export("mini", tmp_path / "models", use_best=False)
     model, loaded = load_model("mini", tmp_path / "models")
     assert loaded.sha256 == card.sha256 and loaded.steps == 3 and "bpp" in loaded.validation
+    # the card names the data and validation folders, not where they lay on the exporting machine
+    name = Path(data_dir).name
+    assert loaded.data == name and loaded.validation["set"] == f"{name} ({len(t.val)} images)"
     t.model.update(force=True)
     assert EntropyTables.from_entropy_bottleneck(model.entropy_bottleneck) == \
         EntropyTables.from_entropy_bottleneck(t.model.entropy_bottleneck)

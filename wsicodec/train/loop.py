@@ -282,6 +282,12 @@ def _check_distortion(cfg: TrainConfig) -> None:
                          f"not --patch {cfg.patch}")
 
 
+def _set_label(folders: list[str], images: int) -> str:
+    """A validation set as a model card names it: the folders' own names and the image count,
+    not the paths they had on the machine that exported the model."""
+    return f"{', '.join(Path(f).name for f in folders)} ({images} images)"
+
+
 class Trainer:
     def __init__(self, cfg: TrainConfig, log: Callable[[str], None] = print):
         self.created = time.monotonic()  # --wall-minutes counts from here (data loading included)
@@ -674,7 +680,7 @@ class Trainer:
             weights = {k: v.half().float() if travels_as_half(v) else v for k, v in weights.items()}
         model = cfg.build()
         model.load_state_dict(weights)
-        where = {"set": ", ".join(cfg.val), "crop": cfg.val_crop}
+        where = {"set": _set_label(cfg.val, len(self.val)), "crop": cfg.val_crop}
         ladder = cfg.ladder
         if ladder:  # a variable-rate model: its points, each with its λ and figures
             figures = (rate_ladder.validate_ladder(model, self.val, ladder, validate)[0] if self.val
@@ -687,7 +693,7 @@ class Trainer:
                 raise TrainError(f"default operating point {default}: the model has {len(ladder)} points")
             card = ModelCard(name=name, architecture=cfg.architecture, params=cfg.model_params, lmbda=None, psi=0.0,
                              feature_net="none", steps=step, distortion=cfg.distortion,
-                             data=data_desc or ", ".join(cfg.data),
+                             data=data_desc or ", ".join(Path(d).name for d in cfg.data),
                              validation=dict(points[default]["validation"]), notes=notes,
                              operating_points=points, default_point=default)
             return save_model(model, card, directory)
@@ -696,7 +702,7 @@ class Trainer:
             name=name, architecture=cfg.architecture, params=cfg.model_params,
             lmbda=cfg.lmbda, psi=cfg.psi_at(step, self.start_step), feature_net=cfg.feature_net, steps=step,
             distortion=cfg.distortion,
-            data=data_desc or ", ".join(cfg.data),
+            data=data_desc or ", ".join(Path(d).name for d in cfg.data),
             validation={**{k: round(x, 4) for k, x in v.items()}, **where},
             notes=notes,
         )
