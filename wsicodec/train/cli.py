@@ -151,7 +151,8 @@ def continue_run(run_dir, data, val, device, precision, batch, workers, compile_
 @click.option("--models-dir", type=click.Path(path_type=Path), default=None,
               help="Where to write (default: the package's model folder).")
 @click.option("--last", is_flag=True, help="Export the last weights, not the best validated ones.")
-@click.option("--data-desc", default="", help="How the model card describes the training data (default: the names of its folders and files).")
+@click.option("--data-desc", default="", help="How the model card describes the training data "
+              "(default: the names of its folders and files).")
 @click.option("--notes", default="", help="Free-text notes for the model card.")
 @click.option("--val", "val", multiple=True, help="Validation folder for the card's figures (default: the run's).")
 @click.option("--default-point", type=int, default=None,

@@ -681,6 +681,7 @@ class Trainer:
         model = cfg.build()
         model.load_state_dict(weights)
         where = {"set": _set_label(cfg.val, len(self.val)), "crop": cfg.val_crop}
+        data = data_desc or ", ".join(Path(d).name for d in cfg.data)
         ladder = cfg.ladder
         if ladder:  # a variable-rate model: its points, each with its λ and figures
             figures = (rate_ladder.validate_ladder(model, self.val, ladder, validate)[0] if self.val
@@ -693,7 +694,7 @@ class Trainer:
                 raise TrainError(f"default operating point {default}: the model has {len(ladder)} points")
             card = ModelCard(name=name, architecture=cfg.architecture, params=cfg.model_params, lmbda=None, psi=0.0,
                              feature_net="none", steps=step, distortion=cfg.distortion,
-                             data=data_desc or ", ".join(Path(d).name for d in cfg.data),
+                             data=data,
                              validation=dict(points[default]["validation"]), notes=notes,
                              operating_points=points, default_point=default)
             return save_model(model, card, directory)
@@ -702,7 +703,7 @@ class Trainer:
             name=name, architecture=cfg.architecture, params=cfg.model_params,
             lmbda=cfg.lmbda, psi=cfg.psi_at(step, self.start_step), feature_net=cfg.feature_net, steps=step,
             distortion=cfg.distortion,
-            data=data_desc or ", ".join(Path(d).name for d in cfg.data),
+            data=data,
             validation={**{k: round(x, 4) for k, x in v.items()}, **where},
             notes=notes,
         )
