@@ -17,8 +17,18 @@ _STYLE = {"jpeg": ("tab:blue", "o"), "webp": ("tab:orange", "s"), "jxl": ("tab:g
           "avif": ("tab:purple", "D"), "j2k": ("tab:brown", "v"), "wsicodec": ("tab:red", "*"),
           "wsicodec-hyperprior": ("darkred", "P"), "wsicodec-hyperprior-ms-ssim": ("tab:pink", "X")}
 #: curves of other wsicodec models (a variable-rate model's, ``wsicodec-<model>``) and of any
-#: curve at encoder effort high (``...-high``)
+#: other codec
 _OTHER_MODEL, _OTHER = ("tab:cyan", "h"), ("black", "x")
+_HIGH = "-high"
+
+
+def _style(codec: str) -> tuple[str, str, str]:
+    """Colour, marker and line style of a curve: a curve at encoder effort high (``...-high``)
+    is its standard curve's colour, dashed, with crosses, so that each pairs with its own."""
+    if codec.endswith(_HIGH):
+        return _style(codec[:-len(_HIGH)])[0], "x", "--"
+    colour, marker = _STYLE.get(codec, _OTHER_MODEL if codec.startswith("wsicodec-") else _OTHER)
+    return colour, marker, "-"
 
 
 def _plt():
@@ -64,15 +74,16 @@ def _draw_curves(ax, summary: dict, metric: str, low_rate: bool) -> None:
         pts = sorted((p for p in data["points"] if p.get(metric) is not None), key=lambda p: p["bpp"])
         if not pts:
             continue
-        colour, marker = _STYLE.get(codec, _OTHER_MODEL if codec.startswith("wsicodec-") and not codec.endswith("-high")
-                                    else _OTHER)
+        colour, marker, linestyle = _style(codec)
         learned = codec.startswith("wsicodec")
         label = codec
         if learned and len(pts) > 1:
             label = f"{codec} ({_tags_text([model_tag(p['setting']) for p in pts])})"
         ax.plot([p["bpp"] for p in pts], [p[metric] for p in pts], marker=marker, color=colour, label=label,
-                linewidth=2.0 if learned else 1.3, markersize=9 if marker == "*" else 5, zorder=4 if learned else 3)
-        if learned and low_rate and len(pts) > 1:
+                linestyle=linestyle, linewidth=2.0 if learned else 1.3, markersize=9 if marker == "*" else 5,
+                zorder=4 if learned else 3)
+        # a curve at effort high pairs with its standard curve's labelled points: no labels of its own
+        if learned and low_rate and len(pts) > 1 and not codec.endswith(_HIGH):
             # each model's quality level beside its point, off the curve on the side away from the
             # other family: the hyperprior (the better curve) towards better quality and lower
             # rate, the factorized family the other way, so the two families' labels never meet
@@ -120,11 +131,14 @@ def rd_plot(summary: dict, metric: str, path: Path, title: str | None = None,
     from matplotlib.ticker import FixedLocator, NullFormatter, NullLocator
 
     limits = _low_rate_limits(summary, metric, low_rate_bpp)
+    # the legend goes below the axes (constrained layout makes room for it): inside, it hid the
+    # curves it names once the learned curves reached the classical codecs' rates
     if limits is None:
-        fig, ax_all = plt.subplots(figsize=(6.4, 4.8), dpi=120)
+        fig, ax_all = plt.subplots(figsize=(6.4, 6.0), dpi=120, layout="constrained")
         axes = [ax_all]
     else:
-        fig, axes = plt.subplots(1, 2, figsize=(12.8, 5.4), dpi=120, gridspec_kw={"width_ratios": [1, 1.15]})
+        fig, axes = plt.subplots(1, 2, figsize=(12.8, 6.6), dpi=120, gridspec_kw={"width_ratios": [1, 1.15]},
+                                 layout="constrained")
         ax_all = axes[0]
     _draw_curves(ax_all, summary, metric, low_rate=False)
     ax_all.set_xlim(left=0)
@@ -147,10 +161,9 @@ def rd_plot(summary: dict, metric: str, path: Path, title: str | None = None,
         ax.set_xlabel("bits per pixel  (← better)")
         ax.set_ylabel(better_label(metric))
         ax.grid(True, alpha=0.3)
-    higher = HIGHER_IS_BETTER.get(metric, True)
-    ax_all.legend(loc="lower right" if higher else "upper right", fontsize=8)
+    handles, labels = ax_all.get_legend_handles_labels()
+    fig.legend(handles, labels, loc="outside lower center", ncols=2 if limits is not None else 1, fontsize=8)
     fig.suptitle(title or f"Rate–distortion: {LABELS.get(metric, metric)}")
-    fig.tight_layout()
     fig.savefig(path)
     plt.close(fig)
     return Path(path)
