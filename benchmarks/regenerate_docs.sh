@@ -6,14 +6,17 @@
 #
 # every classical codec's sweep and every model of the current zoo on the folder's images, fp32,
 # one thread (docs/bench/val: results.csv, summary.json, report.md, plots, visual comparison), and
-# the hyperprior models at encoder effort high (PSNR and MS-SSIM),
+# the hyperprior and variable-rate models at encoder effort high (PSNR and MS-SSIM),
 # then the generated blocks of docs/benchmarks.md from those results (benchmarks/benchmarks_doc.py).
 set -eu
 [ $# -eq 1 ] || { echo "usage: $0 H&E_VAL_FOLDER" >&2; exit 2; }
 cd "$(dirname "$0")/.."
 OMP_NUM_THREADS=1 wsicodec bench "$1" --out docs/bench/val --threads 1 --precision fp32 -q
-# the hyperprior models again at encoder effort high (curves named ...-high), added to the same results
-HP=$(python -c "from wsicodec.models import list_models as L; print(','.join(c.name for c in L() if c.spec.entropy_model != 'factorized' and not c.superseded_by and not c.spec.variable_rate))")
+# the hyperprior and variable-rate models again at encoder effort high (curves named ...-high; every
+# operating point of a variable-rate model), added to the same results
+HP=$(python -c "from wsicodec.models import list_models as L; from wsicodec.quality import operating_points as P
+fac = {c.name for c in L() if c.spec.entropy_model == 'factorized'}
+print(','.join(str(p) for p in P() if p.model not in fac))")
 OMP_NUM_THREADS=1 wsicodec bench "$1" --out docs/bench/val --threads 1 --precision fp32 -q --codecs wsicodec \
     --effort high --models "$HP" --metrics psnr,ms_ssim --reuse docs/bench/val/results.csv
 python benchmarks/benchmarks_doc.py docs/bench/val/results.csv docs/benchmarks.md

@@ -45,8 +45,9 @@ def main() -> None:
                    "(AVX512-BF16 / AMX), else fp32. Half precision is faster and changes ~0.1-1.3% of "
                    "latents by 1; the store decodes the same everywhere.")
 @click.option("--effort", type=click.Choice(["standard", "high"]), default="standard", show_default=True,
-              help="high: search each tile's latents for fewer bytes at the same quality (hyperprior models; "
-                   "encoding about 30x slower on a CPU, decoding unchanged; docs/performance.md).")
+              help="high: search each tile's latents for fewer bytes at the same quality (hyperprior and "
+                   "variable-rate models; encoding 16-30x slower on a CPU, decoding unchanged; "
+                   "docs/performance.md).")
 @click.option("--writer-processes", type=click.IntRange(0, 256), default=None,
               help="Processes that entropy-code and write tiles  [default: on CUDA a quarter of the cores, else 0]")
 @click.option("--read-threads", type=click.IntRange(1, 256), default=None,
