@@ -82,9 +82,11 @@ def load_engine(engine_file: str | None):
 
 
 def get_model(name: str | None, models_dir: Path | None):
-    """(model, card, note): the named or shipped default model, else an untrained N=64/M=96."""
+    """(model, card, note, rate): the named or shipped default model (``NAME@K``: a variable-rate
+    model's point K), else an untrained N=64/M=96."""
     import torch
 
+    from wsicodec.models.rates import resolve, split_model_ref
     from wsicodec.models.registry import ModelCard, ModelError, build_model, load_model
     from wsicodec.quality import default_point
 
@@ -94,15 +96,18 @@ def get_model(name: str | None, models_dir: Path | None):
         except ModelError:
             name = None
     if name is not None:
+        name, position = split_model_ref(name)
         model, card = load_model(name, models_dir)
-        return model, card, f"model {card.name} ({card.architecture}, {card.params})"
+        rate = resolve(model, card, position)
+        point = f"@{rate.label}" if rate is not None else ""
+        return model, card, f"model {card.name}{point} ({card.architecture}, {card.params})", rate
     torch.manual_seed(0)
     params = {"N": 64, "M": 96}
     model = build_model("bmshj2018-factorized", **params)
     model.update(force=True)
     card = ModelCard(name="untrained-N64-M96", architecture="bmshj2018-factorized", params=params)
     return model.eval(), card, ("no shipped model: an untrained bmshj2018-factorized N=64/M=96 "
-                                "(speed does not depend on training)")
+                                "(speed does not depend on training)"), None
 
 
 class CanvasSource:
@@ -262,8 +267,8 @@ def main(argv: list[str] | None = None) -> dict:
 
     torch.set_num_threads(max(1, args.threads))
     engine = load_engine(args.engine_file)
-    model, card, note = get_model(args.model, args.models_dir)
-    kwargs = {}
+    model, card, note, rate_point = get_model(args.model, args.models_dir)
+    kwargs = {"rate": rate_point}
     if args.channels_last is not None:
         kwargs["channels_last"] = args.channels_last == "on"
     if args.half_synthesis is not None:
