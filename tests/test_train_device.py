@@ -64,6 +64,13 @@ def test_device_choice(monkeypatch):
 def test_precision_choice(monkeypatch):
     cpu, cuda = torch.device("cpu"), torch.device("cuda")
     assert resolve_precision("auto", cpu) == "fp32" and resolve_precision("bf16", cpu) == "bf16"
+    from wsicodec import engine
+
+    for native in (True, False):  # bf16 on the CPU only from trained weights, and only where native
+        monkeypatch.setattr(engine, "native_bf16", lambda native=native: native)
+        assert resolve_precision("auto", cpu, from_weights=True) == ("bf16" if native else "fp32")
+        assert resolve_precision("auto", cpu, from_weights=False) == "fp32"
+        assert resolve_precision("fp32", cpu, from_weights=True) == "fp32"
     monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: True)
     assert resolve_precision("auto", cuda) == "bf16"
     monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: False)

@@ -54,9 +54,10 @@ def command() -> None:
                    "override earlier ones; from another architecture, the tensors of the same name and shape.")
 @click.option("--precision", type=click.Choice(["auto", "fp32", "bf16", "fp16"]), default="auto", show_default=True,
               help="g_a / g_s trained under autocast at this precision (weights, entropy models and loss fp32; "
-                   "validation fp32); fp16 with a gradient scaler. auto: bf16 on a GPU that has it (else fp16), "
-                   "fp32 on the CPU (bf16 there: 1.3x the steps per CPU minute when fine-tuning on AVX512-BF16, "
-                   "trailed fp32 from scratch; docs/training.md).")
+                   "validation fp32); fp16 with a gradient scaler. auto: bf16 on a GPU that has it (else fp16); "
+                   "on the CPU bf16 for a run from --init-from weights where the CPU computes bf16 itself "
+                   "(AVX512-BF16 / AMX: 1.3-1.9x the steps, validating as fp32), else fp32 (bf16 trailed fp32 "
+                   "from scratch; docs/training.md).")
 @click.option("--device", default="auto", show_default=True, help="auto | cpu | cuda | cuda:N.")
 @click.option("--workers", default=-1, show_default=True,
               help="Processes making batches (-1: none on the CPU, all cores but two, at most 12, on a GPU).")

@@ -21,7 +21,8 @@ from wsicodec.errors import TrainError
 __all__ = ["PRECISIONS", "Precision", "resolve_device", "resolve_precision", "set_transform_precision",
            "step_clock", "compile_model"]
 
-#: ``auto``: bf16 on a CUDA device that supports it (else fp16), fp32 on the CPU.
+#: ``auto``: bf16 on a CUDA device that supports it (else fp16); on the CPU bf16 for a run from
+#: trained weights where the CPU computes bf16 itself, else fp32.
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 _DTYPES = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 _TRANSFORMS = ("g_a", "g_s")
@@ -47,15 +48,21 @@ def resolve_device(name: str) -> torch.device:
     return device
 
 
-def resolve_precision(precision: str, device: torch.device) -> str:
-    """The concrete precision (fp32, bf16 or fp16) of ``precision`` on ``device``."""
+def resolve_precision(precision: str, device: torch.device, from_weights: bool = False) -> str:
+    """The concrete precision (fp32, bf16 or fp16) of ``precision`` on ``device``; ``from_weights``:
+    the run starts from trained weights (``--init-from``)."""
     if precision not in PRECISIONS:
         raise TrainError(f"unknown training precision {precision!r} ({', '.join(PRECISIONS)})")
     if precision != "auto":
         return precision
     if device.type == "cuda":
         return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
-    return "fp32"  # CPU: bf16 pays only when fine-tuning on AVX512-BF16 hardware (docs/training.md)
+    # CPU: bf16 where the CPU computes it itself, for a run continuing trained weights: there it
+    # validated as fp32 did in 1.3-1.9x the steps; from scratch at a high learning rate it trailed,
+    # and where bf16 is emulated it is slower (docs/training.md, "bf16 training")
+    from wsicodec.engine import native_bf16
+
+    return "bf16" if from_weights and native_bf16() else "fp32"
 
 
 class _AutocastForward:
@@ -114,8 +121,8 @@ class Precision:
     scaler: torch.amp.GradScaler | None = None
 
     @classmethod
-    def on(cls, precision: str, device: torch.device) -> Precision:
-        name = resolve_precision(precision, device)
+    def on(cls, precision: str, device: torch.device, from_weights: bool = False) -> Precision:
+        name = resolve_precision(precision, device, from_weights)
         scaler = torch.amp.GradScaler(device.type) if name == "fp16" else None
         return cls(name, device, scaler)
 

@@ -309,7 +309,7 @@ class Trainer:
             raise ValueError("a variable-rate model's loss is MSE at each point; it takes no --feature-net")
         _check_distortion(cfg)
         self.model = cfg.build(initial=True)
-        self.precision = Precision.on(cfg.precision, self.device)
+        self.precision = Precision.on(cfg.precision, self.device, from_weights=bool(cfg.init_from))
         self.precision.apply(self.model)
         self.model.to(self.device)
         params = {n for n, p in self.model.named_parameters() if not n.endswith(".quantiles")}
