@@ -49,7 +49,8 @@ def markdown(cal) -> str:
         q = end + 1
     metric, ref_q = DEFAULT_REFERENCE
     lines += ["", f"Limit: q{cal.limit}. Top operating point: `{cal.top}`. Default: `{cal.default}` "
-                  f"(fewest bits per pixel with {metric} at least JPEG q{ref_q}'s)."]
+                  f"(fewest bits per pixel with {metric} at least JPEG q{ref_q}'s, a single-rate model's where "
+                  "one qualifies)."]
     return "\n".join(lines) + "\n"
 
 

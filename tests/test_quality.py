@@ -40,6 +40,9 @@ def test_rule_picks_the_cheapest_point_at_least_as_good_as_jpeg():
     assert mapping[31] == (d, True) and default == d and matches[d] == 50
     mapping, default, top, limit, matches = derive(with_d, jpeg, [a, b, c])
     assert mapping[31] == (b, True) and default == c and (top, limit) == (c, 70) and matches[d] == 50
+    # the default prefers a single-rate model's point: d (say, a variable-rate point) is cheaper
+    # than c but the default stays c; with no single-rate point qualifying, d
+    assert derive(with_d, jpeg, None, [a, b, c])[1] == c and derive(with_d, jpeg, None, [a, b])[1] == d
     mapping, default, top, limit, _ = derive(points, jpeg, [a, b])  # none reaches q80's MS-SSIM
     assert default == top == b and limit == 55 and mapping[56] == (b, False)
     with pytest.raises(QualityError, match="pixel fidelity"):
@@ -96,7 +99,7 @@ def calibration():
 
 def test_shipped_table_follows_the_rule(calibration):
     cal = calibration
-    mapping, default, top, limit, matches = derive(cal.points, cal.jpeg, cal.fidelity)
+    mapping, default, top, limit, matches = derive(cal.points, cal.jpeg, cal.fidelity, cal.single_rate)
     assert mapping == cal.mapping and (default, top, limit) == (cal.default, cal.top, cal.limit)
     assert set(cal.mapping) == set(QUALITIES) and limit is not None
     assert all(cal.mapping[q][1] for q in range(1, limit + 1))

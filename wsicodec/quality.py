@@ -18,7 +18,10 @@ every operating point's bits per pixel, PSNR and MS-SSIM on each image, JPEG's a
   to the highest quality), and says so; the table's ``limit`` is the highest quality below which
   every quality is matched.
 * the **default** is the operating point with the fewest bits per pixel whose mean MS-SSIM over
-  the set is at least JPEG's at the reference quality (80): the archive's choice.
+  the set is at least JPEG's at the reference quality (80): the archive's choice. It is a
+  single-rate model's point where one qualifies: an archive's default codes every slide, and a
+  variable-rate model (wider, for the high qualities) takes a multiple of the CPU time per pixel
+  to encode and to decode (``docs/performance.md``), which a per cent or two of bytes does not repay.
 
 Both choose among the models trained for pixel fidelity only (``distortion`` ``mse`` on their
 card; ``fidelity`` in the table): a model trained for MS-SSIM reaches an MS-SSIM with fewer bits
@@ -158,7 +161,16 @@ class Calibration:
     def fidelity(self) -> list[OperatingPoint] | None:
         """The points ``--quality`` and the default choose among (None: every point; tables
         written before the rule named them)."""
-        labels = self.meta.get("fidelity")
+        return self._points_named("fidelity")
+
+    @property
+    def single_rate(self) -> list[OperatingPoint] | None:
+        """The points the default prefers (None: every point; tables written before the rule
+        named them)."""
+        return self._points_named("single_rate")
+
+    def _points_named(self, key: str) -> list[OperatingPoint] | None:
+        labels = self.meta.get(key)
         if labels is None:
             return None
         by_label = {p.label: p for p in self.points}
@@ -183,8 +195,9 @@ class Calibration:
             "rule": "quality Q: the fewest bits per pixel with PSNR and MS-SSIM at least JPEG's at Q (their running "
                     "maximum up to Q) and fewer bits per pixel than JPEG at Q, on every image; beyond the limit, the "
                     f"top point. default: the fewest bits per pixel with mean {DEFAULT_REFERENCE[0]} at least "
-                    f"JPEG's at quality {DEFAULT_REFERENCE[1]}. Both among the points of models trained for pixel "
-                    "fidelity (fidelity). Figures compared unrounded.",
+                    f"JPEG's at quality {DEFAULT_REFERENCE[1]}, a single-rate model's where one qualifies. "
+                    "Both among the points of models trained for pixel fidelity (fidelity). "
+                    "Figures compared unrounded.",
             "limit": self.limit, "top": self.top.to_dict(),
             "default": {**self.default.to_dict(), "metric": DEFAULT_REFERENCE[0],
                         "reference_quality": DEFAULT_REFERENCE[1]},
@@ -226,13 +239,14 @@ def _required(jpeg: Mapping[int, Figures]) -> dict[int, list[dict[str, float]]]:
 
 
 def derive(points: Mapping[OperatingPoint, Figures], jpeg: Mapping[int, Figures],
-           fidelity: Iterable[OperatingPoint] | None = None
+           fidelity: Iterable[OperatingPoint] | None = None, single_rate: Iterable[OperatingPoint] | None = None
            ) -> tuple[dict[int, tuple[OperatingPoint, bool]], OperatingPoint, OperatingPoint, int | None,
                       dict[OperatingPoint, int | None]]:
     """The rule of the module docstring: ``(mapping, default, top, limit, matches)``;
     ``matches``: each point's highest JPEG quality it is at least as good as on every image;
     ``fidelity``: the points of models trained for pixel fidelity, the only ones ``--quality``
-    and the default choose among (None: all); ``matches`` covers every point."""
+    and the default choose among (None: all); ``single_rate``: the points the default prefers
+    (None: all); ``matches`` covers every point."""
     if not points:
         raise QualityError("no operating points to calibrate")
     missing = [q for q in QUALITIES if q not in jpeg]
@@ -277,7 +291,8 @@ def derive(points: Mapping[OperatingPoint, Figures], jpeg: Mapping[int, Figures]
     metric, ref_q = DEFAULT_REFERENCE
     fit = [p for p in chosen if reaches(points[p].get(metric), jpeg[ref_q].get(metric), metric)
            and points[p].bpp < jpeg[ref_q].bpp]
-    default = fit[0] if fit else top
+    preferred = [p for p in fit if single_rate is None or p in set(single_rate)]
+    default = (preferred or fit or [top])[0]
     return mapping, default, top, limit, matches
 
 
@@ -333,14 +348,15 @@ def build_calibration(results: Iterable[str | Path], directory: Path | None = No
     figures = {p: figures_of(point_rows[p]) for p in points}
     jpeg = {q: figures_of(jpeg_rows[q]) for q in QUALITIES}
     fidelity = [p for p in points if cards[p.model].distortion == "mse"]
-    mapping, default, top, limit, matches = derive(figures, jpeg, fidelity)
+    single_rate = [p for p in points if not cards[p.model].operating_points]
+    mapping, default, top, limit, matches = derive(figures, jpeg, fidelity, single_rate)
     meta = {"set": {"name": set_name or _set_name(images), "images": len(images), "image_names": order,
                     "pixels": int(sum(float(r["pixels"]) for r in jpeg_rows[80]))},
             "sources": sources,
             "reference_codec": "jpeg (libjpeg through imagecodecs, 4:2:0; whole encoded file)",
             "sha256": {p.model: cards[p.model].sha256 for p in points},
             "uncalibrated": [p.label for p in unmeasured],
-            "fidelity": [p.label for p in fidelity]}
+            "fidelity": [p.label for p in fidelity], "single_rate": [p.label for p in single_rate]}
     return Calibration(figures, jpeg, mapping, default, top, limit, matches, meta)
 
 
@@ -377,7 +393,8 @@ def load_calibration(directory: Path | None = None, check: bool = True) -> Calib
         matches = {OperatingPoint.from_dict(d): d.get("matches_jpeg") for d in doc["points"]}
         jpeg = {int(d["quality"]): _figures(d) for d in doc["jpeg"]}
         mapping = {int(d["quality"]): (OperatingPoint.from_dict(d), bool(d["matched"])) for d in doc["qualities"]}
-        meta = {k: doc[k] for k in ("set", "sources", "reference_codec", "sha256", "uncalibrated", "fidelity")
+        keys = ("set", "sources", "reference_codec", "sha256", "uncalibrated", "fidelity", "single_rate")
+        meta = {k: doc[k] for k in keys
                 if k in doc}
         cal = Calibration(points, jpeg, mapping, OperatingPoint.from_dict(doc["default"]),
                           OperatingPoint.from_dict(doc["top"]), doc.get("limit"), matches, meta, path)
@@ -432,7 +449,8 @@ def choose(model: str | None = None, quality: int | None = None, directory: Path
         if cal is not None and point in cal.points:
             metric, ref_q = DEFAULT_REFERENCE
             record["calibration"] = _calibration_record(cal, point, ref_q)
-            record["rule"] = f"fewest bits per pixel with {metric} at least JPEG's at quality {ref_q}"
+            record["rule"] = (f"fewest bits per pixel with {metric} at least JPEG's at quality {ref_q}, "
+                              "a single-rate model's where one qualifies")
         return Choice(point, record)
     if not isinstance(quality, int) or not 1 <= quality <= 100:
         raise QualityError(f"quality {quality!r} is outside 1-100")
@@ -521,9 +539,9 @@ def model_rows(directory: Path | None = None) -> tuple[list[dict[str, Any]], str
         caption = "* default; bpp, PSNR, MS-SSIM: the model cards' validation figures (no calibration table)"
     else:
         s = cal.meta.get("set", {})
-        caption = (f"* default: the fewest bits per pixel with MS-SSIM at least JPEG q{DEFAULT_REFERENCE[1]}'s "
-                   "(--quality and the default use models trained for pixel fidelity; kind \"MS-SSIM\": trained for "
-                   "MS-SSIM, for --target ms_ssim). "
+        caption = (f"* default: the fewest bits per pixel with MS-SSIM at least JPEG q{DEFAULT_REFERENCE[1]}'s, "
+                   "a single-rate model's where one qualifies (--quality and the default use models trained for "
+                   "pixel fidelity; kind \"MS-SSIM\": trained for MS-SSIM, for --target ms_ssim). "
                    f"bpp, PSNR, MS-SSIM: mean over the {s.get('images')} images of {s.get('name')}; ≥ JPEG: the "
                    f"highest JPEG quality matched on both; --quality: the qualities that use it"
                    + (f"; qualities {_spans(missing)} match no model in fewer bytes: --quality uses the cheapest "
