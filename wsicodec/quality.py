@@ -291,7 +291,8 @@ def derive(points: Mapping[OperatingPoint, Figures], jpeg: Mapping[int, Figures]
     metric, ref_q = DEFAULT_REFERENCE
     fit = [p for p in chosen if reaches(points[p].get(metric), jpeg[ref_q].get(metric), metric)
            and points[p].bpp < jpeg[ref_q].bpp]
-    preferred = [p for p in fit if single_rate is None or p in set(single_rate)]
+    single = set(fit if single_rate is None else single_rate)
+    preferred = [p for p in fit if p in single]
     default = (preferred or fit or [top])[0]
     return mapping, default, top, limit, matches
 
@@ -394,8 +395,7 @@ def load_calibration(directory: Path | None = None, check: bool = True) -> Calib
         jpeg = {int(d["quality"]): _figures(d) for d in doc["jpeg"]}
         mapping = {int(d["quality"]): (OperatingPoint.from_dict(d), bool(d["matched"])) for d in doc["qualities"]}
         keys = ("set", "sources", "reference_codec", "sha256", "uncalibrated", "fidelity", "single_rate")
-        meta = {k: doc[k] for k in keys
-                if k in doc}
+        meta = {k: doc[k] for k in keys if k in doc}
         cal = Calibration(points, jpeg, mapping, OperatingPoint.from_dict(doc["default"]),
                           OperatingPoint.from_dict(doc["top"]), doc.get("limit"), matches, meta, path)
     except (OSError, ValueError, KeyError, TypeError) as e:
