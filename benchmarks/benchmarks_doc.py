@@ -20,6 +20,7 @@ from model_table import table as model_table
 from wsicodec.bench.metrics import LABELS
 from wsicodec.bench.rd import average_curves
 from wsicodec.bench.runner import bd_table, plot_results, read_results, result_tables, upper_range
+from wsicodec.effort import effort_suffix
 
 ANCHOR_NAMES = {"jpeg": "JPEG", "webp": "WebP", "jxl": "JPEG-XL", "avif": "AVIF", "j2k": "JPEG 2000"}
 FAMILY = {"wsicodec": "factorized zoo", "wsicodec-hyperprior": "hyperprior zoo",
@@ -27,8 +28,8 @@ FAMILY = {"wsicodec": "factorized zoo", "wsicodec-hyperprior": "hyperprior zoo",
 
 
 def family(curve_name: str) -> str:
-    if curve_name.endswith("-high"):  # the same models at encoder effort high
-        return f"{family(curve_name.removesuffix('-high'))}, encoder effort high"
+    if suffix := effort_suffix(curve_name):  # the same models at a higher encoder effort
+        return f"{family(curve_name.removesuffix(suffix))}, encoder effort {suffix[1:]}"
     return FAMILY.get(curve_name, f"variable-rate model `{curve_name.removeprefix('wsicodec-')}`")
 
 
@@ -44,9 +45,10 @@ def headline(summary: dict, whole: dict, upper: dict, metric: str = "psnr") -> s
     lines = []
     order = [c for c in summary if c.startswith("wsicodec")]
 
-    def rank(c: str) -> tuple:  # MS-SSIM curves last; a curve at encoder effort high after its own
-        base = c.removesuffix("-high")
-        return "-ms-ssim" in c, order.index(base) if base in order else order.index(c), c != base
+    def rank(c: str) -> tuple:  # MS-SSIM curves last; a curve at a higher effort after its own
+        suffix = effort_suffix(c)
+        base = c.removesuffix(suffix)
+        return "-ms-ssim" in c, order.index(base) if base in order else order.index(c), suffix != "", suffix
 
     curves = sorted(order, key=rank)
     for c in curves:

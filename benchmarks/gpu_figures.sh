@@ -9,7 +9,7 @@
 #    the network's answer made instant); the loop with 2 and 8 writer processes; 3. the CUDA
 #    tests; 4. peak memory of compress / decompress
 #    (benchmarks/streaming.py); 5. how fast 1-16 readers decode the slide (benchmarks/read_scaling.py).
-#    6. the default model's compress at encoder effort standard and high (effort.json).
+#    6. the default model's compress at encoder efforts standard, high and max (effort.json).
 #    Each step has its own time limit. Pack OUT_DIR into one archive to bring it back.
 #    The throughput runs with --pipeline also read their store back (`decode` in their JSON: what
 #    decompress and the viewer do, the TIFF writing left out).
@@ -41,7 +41,7 @@ throughput() {  # MODEL PRECISION CANVAS_TILES
     --json "$OUT/throughput-$1-$2.json" >/dev/null 2>"$OUT/throughput-$1-$2.err"
   summary "$OUT/throughput-$1-$2.json" || tail -5 "$OUT/throughput-$1-$2.err"
 }
-effort() {  # the default model at both encoder efforts on a synthetic slide (EFFORT_SIDE, 4096 px)
+effort() {  # the default model at each encoder effort on a synthetic slide (EFFORT_SIDE, 4096 px)
   side=${EFFORT_SIDE:-4096}
   timeout 60 $PY benchmarks/make_synthetic_slide.py /tmp/synthetic-effort.tiff --size "$side" "$side" --glass 0.3 \
     --source "$DATA" >/dev/null 2>&1
@@ -49,7 +49,7 @@ effort() {  # the default model at both encoder efforts on a synthetic slide (EF
 import json, sys
 from wsicodec.pipeline import compress
 out = {"device": sys.argv[1]}
-for effort in ("standard", "high"):
+for effort in ("standard", "high", "max"):
     r = compress("/tmp/synthetic-effort.tiff", f"/tmp/effort-{effort}.zarr", device=sys.argv[1], overwrite=True,
                  effort=effort)
     tissue = r.pixels / 1e6 * (1 - r.glass_tiles / r.tiles)

@@ -6,8 +6,8 @@
 #
 # every classical codec's sweep and every model of the current zoo on the folder's images, fp32,
 # one thread (docs/bench/val: results.csv, summary.json, report.md, plots, visual comparison), and
-# the hyperprior and variable-rate models at encoder effort high (PSNR and MS-SSIM),
-# then the generated blocks of docs/benchmarks.md from those results (benchmarks/benchmarks_doc.py).
+# the hyperprior and variable-rate models at encoder effort high (PSNR and MS-SSIM), the
+# variable-rate models' trained operating points at encoder effort max, then the generated blocks of docs/benchmarks.md from those results (benchmarks/benchmarks_doc.py).
 set -eu
 [ $# -eq 1 ] || { echo "usage: $0 H&E_VAL_FOLDER" >&2; exit 2; }
 cd "$(dirname "$0")/.."
@@ -19,4 +19,10 @@ fac = {c.name for c in L() if c.spec.entropy_model == 'factorized'}
 print(','.join(str(p) for p in P() if p.model not in fac))")
 OMP_NUM_THREADS=1 wsicodec bench "$1" --out docs/bench/val --threads 1 --precision fp32 -q --codecs wsicodec \
     --effort high --models "$HP" --metrics psnr,ms_ssim --reuse docs/bench/val/results.csv
+# the variable-rate models' trained points at encoder effort max (curves named ...-max; about 3x
+# effort high's time, so only the points trained as such)
+TRAINED=$(python -c "from wsicodec.models import list_models as L
+print(','.join(f'{c.name}@{p[\"index\"]}' for c in L() if c.spec.variable_rate for p in c.operating_points if p.get('trained')))")
+OMP_NUM_THREADS=1 wsicodec bench "$1" --out docs/bench/val --threads 1 --precision fp32 -q --codecs wsicodec \
+    --effort max --models "$TRAINED" --metrics psnr,ms_ssim --reuse docs/bench/val/results.csv
 python benchmarks/benchmarks_doc.py docs/bench/val/results.csv docs/benchmarks.md

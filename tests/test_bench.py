@@ -302,12 +302,13 @@ def test_low_rate_panel_limits_and_model_tags():
         ["q3", "q10", "tiny", "80", "@3", "@4.5"]
 
 
-def test_effort_high_curve_pairs_with_its_standard_curve():
+def test_higher_effort_curves_pair_with_their_standard_curve():
     from wsicodec.bench.plots import _style
 
     for base in ("wsicodec-hyperprior", "wsicodec-hyperprior-ms-ssim", "wsicodec-hne-vbr128-v2"):
         colour, _, line = _style(base)
         assert _style(base + "-high") == (colour, "x", "--") and line == "-"
+        assert _style(base + "-max") == (colour, "+", ":")
     assert _style("wsicodec-hyperprior-high")[0] != _style("wsicodec-hyperprior-ms-ssim-high")[0]
 
 

@@ -11,9 +11,9 @@ from PIL import Image
 
 from wsicodec.bench.codecs import WsicodecCodec
 from wsicodec.cli import main
+from wsicodec.effort import EFFORTS, Effort, EffortError, effort_setting, effort_suffix
 from wsicodec.models import load_model
 from wsicodec.pipeline import compress
-from wsicodec.refine import EffortError, effort_steps
 from wsicodec.store import read_store_meta
 from wsicodec.verify import verify_store
 
@@ -30,14 +30,15 @@ def crop_png(he_crop, tmp_path):
 def test_high_effort_lowers_the_objective_and_decodes_as_before(model, crop_png, he_crop, tmp_path, one_thread):
     _, card = load_model(model)
     stores = {}
-    for effort in ("standard", "high"):
+    for effort in ("standard", "high", "max"):
         stores[effort] = tmp_path / f"{effort}.zarr"
         compress(crop_png, stores[effort], model=model, tile=128, skip_glass=False, device="cpu",
                  precision="fp32", effort=effort)
         assert verify_store(stores[effort]).ok
         assert read_store_meta(stores[effort])["encoder"]["effort"] == effort
-    standard, high = (rd_objective(stores[e], he_crop, card.lmbda, card.distortion) for e in ("standard", "high"))
-    assert high < standard, (high, standard)
+    standard, high, most = (rd_objective(stores[e], he_crop, card.lmbda, card.distortion)
+                            for e in ("standard", "high", "max"))
+    assert most < high < standard, (most, high, standard)
     again = tmp_path / "again.zarr"  # seeded annealing noise: the same store on every run
     compress(crop_png, again, model=model, tile=128, skip_glass=False, device="cpu", precision="fp32",
              effort="high")
@@ -45,9 +46,19 @@ def test_high_effort_lowers_the_objective_and_decodes_as_before(model, crop_png,
     assert [f for f in differing if f.name != "zarr.json"] == [] and files
 
 
+def test_every_effort_is_offered_by_both_commands():
+    from wsicodec.bench.cli import command as bench
+
+    for command in (main.commands["compress"], bench.commands["run"]):
+        option = next(p for p in command.params if p.name == "effort")
+        assert list(option.type.choices) == list(EFFORTS)
+    assert [EFFORTS[e].steps for e in EFFORTS] == sorted(EFFORTS[e].steps for e in EFFORTS)
+    assert [effort_suffix(f"wsicodec-hyperprior-{e}") for e in EFFORTS] == ["", "-high", "-max"]
+
+
 def test_effort_is_refused_where_it_cannot_apply(crop_png, tmp_path):
     with pytest.raises(EffortError, match="unknown effort"):
-        effort_steps("extreme")
+        effort_setting("extreme")
     out = tmp_path / "f.zarr"
     with pytest.raises(EffortError, match="hyperprior"):
         compress(crop_png, out, model="hne-f64-q1-v1", effort="high", device="cpu")
@@ -58,15 +69,16 @@ def test_effort_is_refused_where_it_cannot_apply(crop_png, tmp_path):
     assert not out.exists()
 
 
-def test_bench_names_high_effort_curves_apart():
-    standard, high = WsicodecCodec(["hne-hp64-q3-v4"]), WsicodecCodec(["hne-hp64-q3-v4"], effort="high")
+def test_bench_names_higher_effort_curves_apart():
+    codecs = {e: WsicodecCodec(["hne-hp64-q3-v4"], effort=e) for e in ("standard", "high", "max")}
     try:
-        assert standard.curve("hne-hp64-q3-v4") == "wsicodec-hyperprior"
-        assert high.curve("hne-hp64-q3-v4") == "wsicodec-hyperprior-high"
-        assert high.curve("hne-hp64-ms5-v2") == "wsicodec-hyperprior-ms-ssim-high"
+        assert codecs["standard"].curve("hne-hp64-q3-v4") == "wsicodec-hyperprior"
+        assert codecs["high"].curve("hne-hp64-q3-v4") == "wsicodec-hyperprior-high"
+        assert codecs["high"].curve("hne-hp64-ms5-v2") == "wsicodec-hyperprior-ms-ssim-high"
+        assert codecs["max"].curve("hne-hp64-q3-v4") == "wsicodec-hyperprior-max"
     finally:
-        standard.close()
-        high.close()
+        for codec in codecs.values():
+            codec.close()
 
 
 def test_side_information_on_the_device_or_by_the_cpu_codec_agree(he_crop, monkeypatch):
@@ -81,10 +93,10 @@ def test_side_information_on_the_device_or_by_the_cpu_codec_agree(he_crop, monke
     transforms = Transforms(net, card, "cpu", precision="fp32")
     latents = torch.from_numpy(transforms.analysis(he_crop[None, :256, :256]))  # one 16 x 16 chunk
     background = np.zeros(card.latent_channels, np.int32)
-    on_device = LatentRefiner(transforms, 1, background, lambda tx, ty: (16, 16))
+    on_device = LatentRefiner(transforms, Effort(1, 0.01), background, lambda tx, ty: (16, 16))
     assert on_device.hyper is not None
     monkeypatch.setattr(DeviceHyperSymbols, "checked", classmethod(lambda cls, *a: None))
-    by_codec = LatentRefiner(transforms, 1, background, lambda tx, ty: (16, 16))
+    by_codec = LatentRefiner(transforms, Effort(1, 0.01), background, lambda tx, ty: (16, 16))
     assert by_codec.hyper is None and by_codec.entropy_model is not None
     for a, b in zip(on_device._side_information(latents), by_codec._side_information(latents), strict=True):
         assert torch.equal(a.to(torch.int64), b.to(torch.int64))

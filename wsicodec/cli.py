@@ -8,6 +8,7 @@ import click
 
 from wsicodec import __version__
 from wsicodec._click import PATH_OR_URL, ErrorGroup, UserError, storage_option_flag
+from wsicodec.effort import EFFORTS
 
 
 @click.group(cls=ErrorGroup)
@@ -44,10 +45,10 @@ def main() -> None:
               help="The analysis's arithmetic: auto = fp16 on CUDA, bf16 on a CPU with native bf16 "
                    "(AVX512-BF16 / AMX), else fp32. Half precision is faster and changes ~0.1-1.3% of "
                    "latents by 1; the store decodes the same everywhere.")
-@click.option("--effort", type=click.Choice(["standard", "high"]), default="standard", show_default=True,
+@click.option("--effort", type=click.Choice(list(EFFORTS)), default="standard", show_default=True,
               help="high: search each tile's latents for fewer bytes at the same quality (hyperprior and "
-                   "variable-rate models; encoding 16-30x slower on a CPU, decoding unchanged; "
-                   "docs/performance.md).")
+                   "variable-rate models; encoding 16-30x slower on a CPU, decoding unchanged); max: a "
+                   "longer search, about 3x high's time, for the last tenths of a dB (docs/performance.md).")
 @click.option("--writer-processes", type=click.IntRange(0, 256), default=None,
               help="Processes that entropy-code and write tiles  [default: on CUDA a quarter of the cores, else 0]")
 @click.option("--read-threads", type=click.IntRange(1, 256), default=None,

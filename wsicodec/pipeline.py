@@ -17,12 +17,13 @@ import numpy as np
 from wsicodec import __version__
 from wsicodec.associated import EncodedImage, encode, original_bytes
 from wsicodec.codec import store_codec
+from wsicodec.effort import Effort, effort_setting
 from wsicodec.engine import Transforms, encode_tiles
 from wsicodec.errors import QualityError, StoreError, first_line
 from wsicodec.models import load_model
 from wsicodec.models.rates import resolve, split_model_ref
 from wsicodec.quality import Choice, choose
-from wsicodec.refine import LatentRefiner, effort_steps
+from wsicodec.refine import LatentRefiner
 from wsicodec.remote_jobs import compress_urls, decompress_urls
 from wsicodec.slide import SlideError, SlideSource, open_input
 from wsicodec.store import (
@@ -157,7 +158,7 @@ def write_tiles(tiles: Iterable[tuple[int, int, np.ndarray | None]], writer: Sto
             sink.put(items)
 
 
-def _refiner(transforms: Transforms, steps: int, meta: dict[str, Any], grid: TileGrid) -> LatentRefiner:
+def _refiner(transforms: Transforms, effort: Effort, meta: dict[str, Any], grid: TileGrid) -> LatentRefiner:
     """The latent search of a higher effort for the store described by ``meta`` (its background
     latents complete edge chunks; its format version sets their shapes)."""
     shape = latent_array_shape(grid, transforms.card.latent_channels, meta["model"]["entropy_model"],
@@ -166,7 +167,7 @@ def _refiner(transforms: Transforms, steps: int, meta: dict[str, Any], grid: Til
     def chunk_shape(tx: int, ty: int) -> tuple[int, int]:
         return stored_chunk_shape(shape, grid.chunk, tx, ty, meta["format_version"])[1:]
 
-    return LatentRefiner(transforms, steps, meta["background"]["latents"], chunk_shape)
+    return LatentRefiner(transforms, effort, meta["background"]["latents"], chunk_shape)
 
 
 def check_paths(input_path: Path, output: Path, overwrite: bool) -> None:
@@ -290,9 +291,9 @@ def compress(input_path: str | Path, output: str | Path, model: str | None = Non
     of the cores, else a quarter); see :func:`host_split`.
     The store's bytes depend on none of these. ``precision``: the analysis's arithmetic (``"auto"``:
     fp16 on CUDA, bf16 on a CPU with native bf16, else fp32; see :class:`~wsicodec.engine.Transforms`).
-    ``effort``: ``"standard"`` (the analysis's latents) or ``"high"`` (each tile's latents
-    optimised for the model's rate-distortion objective, :mod:`wsicodec.refine`: fewer bytes at
-    the same quality, encoding many times slower; a hyperprior model only).
+    ``effort``: ``"standard"`` (the analysis's latents), ``"high"`` or ``"max"`` (each tile's
+    latents optimised for the model's rate-distortion objective, :mod:`wsicodec.refine`: fewer
+    bytes at the same quality, encoding many times slower; a hyperprior model only).
 
     Before anything is written the input is sorted by :func:`wsicodec.content.assess`: more than
     8 bits, more than one plane or other than 1 or 3 channels raise :class:`SlideError`;
@@ -303,7 +304,7 @@ def compress(input_path: str | Path, output: str | Path, model: str | None = Non
     if sum(x is not None for x in (model, quality, target)) > 1:
         raise QualityError("give one of --model, --quality and --target")
     check_paths(input_path, output, overwrite)
-    refine_steps = effort_steps(effort)
+    search = effort_setting(effort)
 
     def load(choice: Choice) -> tuple[Any, Any, Transforms]:
         name, position = split_model_ref(choice.point.model)  # NAME@P: a variable-rate model's point
@@ -364,7 +365,7 @@ def compress(input_path: str | Path, output: str | Path, model: str | None = Non
         meta, assoc = store_metadata(src, input_path, card, transforms, glass, grid, skip_glass, deidentify,
                                      content=content_meta, glass_detection=detection, quality=choice.record,
                                      effort=effort)
-        refiner = _refiner(transforms, refine_steps, meta, grid) if refine_steps else None
+        refiner = _refiner(transforms, search, meta, grid) if search.steps else None
         chunk_writers = None
         if writer_processes > 0:  # entropy coding + chunk writes off this process's GIL
             chunk_writers = functools.partial(ChunkWriterProcesses, n=writer_processes, model_dir=model_dir)

@@ -301,10 +301,12 @@ def build_calibration(results: Iterable[str | Path], directory: Path | None = No
                       ) -> Calibration:
     """A calibration table from ``wsicodec bench`` ``results.csv`` files (later files win for the
     same image, codec and setting): every installed operating point and JPEG at every quality
-    1–100 must have been measured on the same images. Rows of encoder effort high (curves
-    ``...-high``) are left out: a quality maps to the standard encoder, which any effort matches."""
+    1–100 must have been measured on the same images. Rows of a higher encoder effort (curves
+    ``...-high``, ``...-max``) are left out: a quality maps to the standard encoder, which any
+    effort matches."""
     import csv
 
+    from wsicodec.effort import effort_suffix
     from wsicodec.models import list_models
 
     rows: dict[tuple[str, str, str], dict[str, Any]] = {}
@@ -325,7 +327,7 @@ def build_calibration(results: Iterable[str | Path], directory: Path | None = No
     for (_, codec, setting), r in rows.items():
         if codec == "jpeg":
             jpeg_rows.setdefault(int(float(setting)), []).append(r)
-        elif codec.startswith("wsicodec") and not codec.endswith("-high") and setting in labels:
+        elif codec.startswith("wsicodec") and not effort_suffix(codec) and setting in labels:
             point_rows[labels[setting]].append(r)
     images = {r["image"] for r in jpeg_rows.get(80, [])}
     if not images:

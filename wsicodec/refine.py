@@ -22,32 +22,17 @@ from typing import Any
 import numpy as np
 import torch
 
-from wsicodec.errors import WsicodecError
+from wsicodec.effort import Effort, EffortError
 
-__all__ = ["EFFORTS", "EffortError", "LatentRefiner", "effort_steps"]
+__all__ = ["LatentRefiner"]
 
-#: effort name -> optimisation steps per tile (0: the analysis's latents as they are)
-EFFORTS: dict[str, int] = {"standard": 0, "high": 20}
 
-#: Adam's step on the latents (in quantization steps) and the annealing of the rounding's temperature
-_LEARNING_RATE = 0.01
+#: the annealing of the rounding's temperature
 _TAU_START, _TAU_END = 0.5, 0.03
 #: a latent's probability is bounded below as in training (compressai's likelihood bound)
 _LIKELIHOOD_BOUND = 1e-9
 #: MS-SSIM's five scales with a 3-px window need sides above this (an 11-px window: above 160)
 _MS_SSIM_MIN_SIDE = 32
-
-
-class EffortError(WsicodecError, ValueError):
-    """An encoder effort this model or input cannot use."""
-
-
-def effort_steps(effort: str) -> int:
-    """The optimisation steps per tile of an effort name."""
-    try:
-        return EFFORTS[effort]
-    except KeyError:
-        raise EffortError(f"unknown effort {effort!r} (one of {', '.join(EFFORTS)})") from None
 
 
 def _lambda(card: Any, rate: Any) -> float:
@@ -68,13 +53,13 @@ class LatentRefiner:
     """Optimises a hyperprior model's latents tile by tile (see the module's text).
 
     ``transforms``: the :class:`~wsicodec.engine.Transforms` that made the latents (model, device,
-    operating point); ``steps``: gradient steps per tile; ``background``: the store's background
+    operating point); ``effort``: the search's steps per tile and step size; ``background``: the store's background
     latents (M,), fixed point, which complete an edge tile's chunk beyond the canvas;
     ``chunk_shape(tx, ty)``: the latent rows and columns of tile (tx, ty)'s stored chunk.
     :meth:`refine` takes a batch of analysis windows and returns each tile's
     :class:`~wsicodec.codec.HyperSymbols`."""
 
-    def __init__(self, transforms: Any, steps: int, background: np.ndarray,
+    def __init__(self, transforms: Any, effort: Effort, background: np.ndarray,
                  chunk_shape: Callable[[int, int], tuple[int, int]]):
         from wsicodec.codec import hyper_entropy_model
         from wsicodec.engine import DeviceHyperSymbols
@@ -83,7 +68,7 @@ class LatentRefiner:
         if card.spec.entropy_model != "gaussian-mean-scale":
             raise EffortError(f"model {card.name}: a higher effort needs a hyperprior model "
                               f"(this one is {card.spec.entropy_model}); use --effort standard")
-        self.steps = int(steps)
+        self.steps, self.learning_rate = int(effort.steps), float(effort.learning_rate)
         self.device = transforms.device
         self.stride = card.stride
         self.lmbda = _lambda(card, transforms.rate)
@@ -181,7 +166,7 @@ class LatentRefiner:
 
         u = chunk.float().div(unit).requires_grad_(True)
         generators = [torch.Generator(device=dev).manual_seed((ty << 24) + tx) for tx, ty in tiles]
-        optimiser = torch.optim.Adam([u], lr=_LEARNING_RATE)
+        optimiser = torch.optim.Adam([u], lr=self.learning_rate)
         with torch.enable_grad():
             for step in range(self.steps):
                 tau = max(_TAU_START * math.exp(-4.0 * step / self.steps), _TAU_END)

@@ -16,6 +16,7 @@ from pathlib import Path
 import click
 
 from wsicodec._click import DefaultGroup
+from wsicodec.effort import EFFORTS
 
 DEFAULT_COMMAND = "run"
 
@@ -66,8 +67,9 @@ def _threads(n: int) -> None:
 @click.option("--reuse", type=click.Path(exists=True, dir_okay=False, path_type=Path), default=None,
               help="An earlier results.csv: its rows for the same images are kept, except for the codec "
                    "settings (models) measured now (e.g. add a model without re-measuring the others).")
-@click.option("--effort", type=click.Choice(["standard", "high"]), default="standard", show_default=True,
-              help="wsicodec's encoder effort (`wsicodec compress --effort`); high: curves named ...-high.")
+@click.option("--effort", type=click.Choice(list(EFFORTS)), default="standard", show_default=True,
+              help="wsicodec's encoder effort (`wsicodec compress --effort`); its curves are named "
+                   "...-high, ...-max.")
 @click.option("--quiet", "-q", is_flag=True, help="No progress bar or tables.")
 def run(inputs, out, codecs, metrics, tiles, tile_size, seed, device, threads, precision, models, sweeps, models_dir,
         reuse, effort, quiet):

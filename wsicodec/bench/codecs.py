@@ -164,8 +164,8 @@ class WsicodecCodec(Codec):
     def curve(self, setting: str) -> str:
         """``wsicodec`` for factorized models, ``wsicodec-hyperprior`` for mean-scale hyperprior
         ones, ``wsicodec-<model>`` for each variable-rate model (its points ``NAME@K``), and
-        ``-ms-ssim`` appended for models trained for MS-SSIM, then ``-high`` at a higher encoder
-        effort: one curve per family and effort, each compared with the classical codecs."""
+        ``-ms-ssim`` appended for models trained for MS-SSIM, then ``-high`` / ``-max`` at a higher
+        encoder effort: one curve per family and effort, each compared with the classical codecs."""
         from wsicodec.models import list_models
 
         if not hasattr(self, "_kinds"):
@@ -174,7 +174,7 @@ class WsicodecCodec(Codec):
                            for c in list_models(self.model_dir)}
         name = setting.partition("@")[0]
         kind, trained_for = self._kinds.get(name, ("factorized", ""))
-        effort = "" if self.effort == "standard" else f"-{self.effort}"
+        effort = "" if self.effort == "standard" else f"-{self.effort}"  # effort_suffix reads it back
         if kind == "variable-rate":
             return f"{self.name}-{name}{trained_for}{effort}"
         return (self.name if kind == "factorized" else f"{self.name}-hyperprior") + trained_for + effort

@@ -12,6 +12,7 @@ import numpy as np
 
 from wsicodec.bench.codecs import REFERENCE_POINT
 from wsicodec.bench.metrics import HIGHER_IS_BETTER, LABELS
+from wsicodec.effort import effort_suffix
 
 _STYLE = {"jpeg": ("tab:blue", "o"), "webp": ("tab:orange", "s"), "jxl": ("tab:green", "^"),
           "avif": ("tab:purple", "D"), "j2k": ("tab:brown", "v"), "wsicodec": ("tab:red", "*"),
@@ -19,14 +20,15 @@ _STYLE = {"jpeg": ("tab:blue", "o"), "webp": ("tab:orange", "s"), "jxl": ("tab:g
 #: curves of other wsicodec models (a variable-rate model's, ``wsicodec-<model>``) and of any
 #: other codec
 _OTHER_MODEL, _OTHER = ("tab:cyan", "h"), ("black", "x")
-_HIGH = "-high"
+#: a curve at a higher encoder effort (``...-high``, ``...-max``): its marker and line style
+_EFFORT_STYLE = {"-high": ("x", "--"), "-max": ("+", ":")}
 
 
 def _style(codec: str) -> tuple[str, str, str]:
-    """Colour, marker and line style of a curve: a curve at encoder effort high (``...-high``)
-    is its standard curve's colour, dashed, with crosses, so that each pairs with its own."""
-    if codec.endswith(_HIGH):
-        return _style(codec[:-len(_HIGH)])[0], "x", "--"
+    """Colour, marker and line style of a curve: a curve at a higher encoder effort is its
+    standard curve's colour in its own marker and line style, so that each pairs with its own."""
+    if suffix := effort_suffix(codec):
+        return _style(codec.removesuffix(suffix))[0], *_EFFORT_STYLE[suffix]
     colour, marker = _STYLE.get(codec, _OTHER_MODEL if codec.startswith("wsicodec-") else _OTHER)
     return colour, marker, "-"
 
@@ -82,8 +84,8 @@ def _draw_curves(ax, summary: dict, metric: str, low_rate: bool) -> None:
         ax.plot([p["bpp"] for p in pts], [p[metric] for p in pts], marker=marker, color=colour, label=label,
                 linestyle=linestyle, linewidth=2.0 if learned else 1.3, markersize=9 if marker == "*" else 5,
                 zorder=4 if learned else 3)
-        # a curve at effort high pairs with its standard curve's labelled points: no labels of its own
-        if learned and low_rate and len(pts) > 1 and not codec.endswith(_HIGH):
+        # a curve at a higher effort pairs with its standard curve's labelled points: no labels of its own
+        if learned and low_rate and len(pts) > 1 and not effort_suffix(codec):
             # each model's quality level beside its point, off the curve on the side away from the
             # other family: the hyperprior (the better curve) towards better quality and lower
             # rate, the factorized family the other way, so the two families' labels never meet

@@ -141,7 +141,7 @@ def run_benchmark(inputs: Sequence[str | Path], out: str | Path, codecs: str | S
     and write the result files into ``out``. ``settings`` overrides a codec's sweep (e.g.
     ``{"jpeg": [50, 80]}``; for ``wsicodec`` a list of model names). ``reuse``: an earlier
     ``results.csv`` whose rows for these images are kept, except for the codec settings (models)
-    measured now. ``effort``: wsicodec's encoder effort (its curves get ``-high`` appended)."""
+    measured now. ``effort``: wsicodec's encoder effort (its curves get ``-high`` or ``-max`` appended)."""
     from rich.console import Console
 
     console = console or Console(quiet=not progress)
