@@ -52,6 +52,8 @@ __all__ = [
     "operating_points", "reaches",
 ]
 
+#: the default's preference among the points that qualify, as the table and the store state it
+_SINGLE_RATE_CLAUSE = "a single-rate model's where one qualifies"
 #: the metrics a quality or a target speaks of (higher is better for both)
 METRICS = ("psnr", "ms_ssim")
 #: decimals a figure is published with
@@ -195,7 +197,7 @@ class Calibration:
             "rule": "quality Q: the fewest bits per pixel with PSNR and MS-SSIM at least JPEG's at Q (their running "
                     "maximum up to Q) and fewer bits per pixel than JPEG at Q, on every image; beyond the limit, the "
                     f"top point. default: the fewest bits per pixel with mean {DEFAULT_REFERENCE[0]} at least "
-                    f"JPEG's at quality {DEFAULT_REFERENCE[1]}, a single-rate model's where one qualifies. "
+                    f"JPEG's at quality {DEFAULT_REFERENCE[1]}, {_SINGLE_RATE_CLAUSE}. "
                     "Both among the points of models trained for pixel fidelity (fidelity). "
                     "Figures compared unrounded.",
             "limit": self.limit, "top": self.top.to_dict(),
@@ -452,7 +454,7 @@ def choose(model: str | None = None, quality: int | None = None, directory: Path
             metric, ref_q = DEFAULT_REFERENCE
             record["calibration"] = _calibration_record(cal, point, ref_q)
             record["rule"] = (f"fewest bits per pixel with {metric} at least JPEG's at quality {ref_q}, "
-                              "a single-rate model's where one qualifies")
+                              f"{_SINGLE_RATE_CLAUSE}")
         return Choice(point, record)
     if not isinstance(quality, int) or not 1 <= quality <= 100:
         raise QualityError(f"quality {quality!r} is outside 1-100")
@@ -542,7 +544,7 @@ def model_rows(directory: Path | None = None) -> tuple[list[dict[str, Any]], str
     else:
         s = cal.meta.get("set", {})
         caption = (f"* default: the fewest bits per pixel with MS-SSIM at least JPEG q{DEFAULT_REFERENCE[1]}'s, "
-                   "a single-rate model's where one qualifies (--quality and the default use models trained for "
+                   f"{_SINGLE_RATE_CLAUSE} (--quality and the default use models trained for "
                    "pixel fidelity; kind \"MS-SSIM\": trained for MS-SSIM, for --target ms_ssim). "
                    f"bpp, PSNR, MS-SSIM: mean over the {s.get('images')} images of {s.get('name')}; ≥ JPEG: the "
                    f"highest JPEG quality matched on both; --quality: the qualities that use it"
