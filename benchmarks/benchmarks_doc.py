@@ -30,7 +30,12 @@ FAMILY = {"wsicodec": "factorized zoo", "wsicodec-hyperprior": "hyperprior zoo",
 def family(curve_name: str) -> str:
     if suffix := effort_suffix(curve_name):  # the same models at a higher encoder effort
         return f"{family(curve_name.removesuffix(suffix))}, encoder effort {suffix[1:]}"
-    return FAMILY.get(curve_name, f"variable-rate model `{curve_name.removeprefix('wsicodec-')}`")
+    if curve_name in FAMILY:
+        return FAMILY[curve_name]
+    model = curve_name.removeprefix("wsicodec-")  # a variable-rate model's curve is named after it
+    if model.endswith("-ms-ssim"):
+        return f"variable-rate model `{model.removesuffix('-ms-ssim')}` trained for MS-SSIM"
+    return f"variable-rate model `{model}`"
 
 
 def _pct(v: float | None) -> str:

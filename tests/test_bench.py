@@ -468,3 +468,17 @@ def test_benchmarks_doc_rewrites_only_its_generated_blocks(tmp_path):
     assert "JPEG-XL −" in text and "upper half: JPEG-XL" in text
     assert text.index("| `m-q1-v1`") < text.index("| `m-q2-v1`") < text.index("| `m-q3-v1`")  # by rate
     assert "![PSNR (dB)](bench/rd_psnr.png)" in text and (tmp_path / "bench" / "rd_psnr.png").is_file()
+
+
+def test_benchmarks_doc_names_each_curve_after_its_models(monkeypatch):
+    import importlib
+    import sys
+
+    monkeypatch.syspath_prepend(str(Path(__file__).resolve().parents[1] / "benchmarks"))
+    family = importlib.import_module("benchmarks_doc").family
+    sys.modules.pop("benchmarks_doc", None)
+    assert family("wsicodec-hyperprior") == "hyperprior zoo"
+    assert family("wsicodec-hyperprior-ms-ssim-high") == "hyperprior models trained for MS-SSIM, encoder effort high"
+    assert family("wsicodec-hne-vbr128-v4") == "variable-rate model `hne-vbr128-v4`"
+    assert family("wsicodec-hne-vbrms128-v1-ms-ssim-max") == (
+        "variable-rate model `hne-vbrms128-v1` trained for MS-SSIM, encoder effort max")
