@@ -305,11 +305,14 @@ def test_low_rate_panel_limits_and_model_tags():
 def test_higher_effort_curves_pair_with_their_standard_curve():
     from wsicodec.bench.plots import _style
 
-    for base in ("wsicodec-hyperprior", "wsicodec-hyperprior-ms-ssim", "wsicodec-hne-vbr128-v2"):
+    for base in ("wsicodec-hyperprior", "wsicodec-hyperprior-ms-ssim", "wsicodec-hne-vbr128-v2",
+                 "wsicodec-hne-vbrms128-v1-ms-ssim"):
         colour, _, line = _style(base)
         assert _style(base + "-high") == (colour, "x", "--") and line == "-"
         assert _style(base + "-max") == (colour, "+", ":")
     assert _style("wsicodec-hyperprior-high")[0] != _style("wsicodec-hyperprior-ms-ssim-high")[0]
+    # a variable-rate model trained for MS-SSIM stands apart from the MSE-trained one
+    assert _style("wsicodec-hne-vbrms128-v1-ms-ssim")[:2] != _style("wsicodec-hne-vbr128-v4")[:2]
 
 
 def test_bench_rejects_unknown_codec_and_missing_input(tmp_path):

@@ -17,9 +17,9 @@ from wsicodec.effort import effort_suffix
 _STYLE = {"jpeg": ("tab:blue", "o"), "webp": ("tab:orange", "s"), "jxl": ("tab:green", "^"),
           "avif": ("tab:purple", "D"), "j2k": ("tab:brown", "v"), "wsicodec": ("tab:red", "*"),
           "wsicodec-hyperprior": ("darkred", "P"), "wsicodec-hyperprior-ms-ssim": ("tab:pink", "X")}
-#: curves of other wsicodec models (a variable-rate model's, ``wsicodec-<model>``) and of any
-#: other codec
-_OTHER_MODEL, _OTHER = ("tab:cyan", "h"), ("black", "x")
+#: curves of other wsicodec models (a variable-rate model's, ``wsicodec-<model>``; one trained for
+#: MS-SSIM, ``wsicodec-<model>-ms-ssim``, apart from the MSE-trained one) and of any other codec
+_OTHER_MODEL, _OTHER_MS_SSIM_MODEL, _OTHER = ("tab:cyan", "h"), ("tab:olive", "p"), ("black", "x")
 #: a curve at a higher encoder effort (``...-high``, ``...-max``): its marker and line style
 _EFFORT_STYLE = {"-high": ("x", "--"), "-max": ("+", ":")}
 
@@ -29,7 +29,12 @@ def _style(codec: str) -> tuple[str, str, str]:
     standard curve's colour in its own marker and line style, so that each pairs with its own."""
     if suffix := effort_suffix(codec):
         return _style(codec.removesuffix(suffix))[0], *_EFFORT_STYLE[suffix]
-    colour, marker = _STYLE.get(codec, _OTHER_MODEL if codec.startswith("wsicodec-") else _OTHER)
+    if codec in _STYLE:
+        colour, marker = _STYLE[codec]
+    elif codec.startswith("wsicodec-"):
+        colour, marker = _OTHER_MS_SSIM_MODEL if codec.endswith("-ms-ssim") else _OTHER_MODEL
+    else:
+        colour, marker = _OTHER
     return colour, marker, "-"
 
 
