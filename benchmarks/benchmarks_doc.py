@@ -17,6 +17,7 @@ from pathlib import Path
 
 from model_table import table as model_table
 
+from wsicodec.bench.codecs import MS_SSIM_SUFFIX
 from wsicodec.bench.metrics import LABELS
 from wsicodec.bench.rd import average_curves
 from wsicodec.bench.runner import bd_table, plot_results, read_results, result_tables, upper_range
@@ -33,8 +34,8 @@ def family(curve_name: str) -> str:
     if curve_name in FAMILY:
         return FAMILY[curve_name]
     model = curve_name.removeprefix("wsicodec-")  # a variable-rate model's curve is named after it
-    if model.endswith("-ms-ssim"):
-        return f"variable-rate model `{model.removesuffix('-ms-ssim')}` trained for MS-SSIM"
+    if model.endswith(MS_SSIM_SUFFIX):
+        return f"variable-rate model `{model.removesuffix(MS_SSIM_SUFFIX)}` trained for MS-SSIM"
     return f"variable-rate model `{model}`"
 
 
@@ -53,11 +54,11 @@ def headline(summary: dict, whole: dict, upper: dict, metric: str = "psnr") -> s
     def rank(c: str) -> tuple:  # MS-SSIM curves last; a curve at a higher effort after its own
         suffix = effort_suffix(c)
         base = c.removesuffix(suffix)
-        return "-ms-ssim" in c, order.index(base) if base in order else order.index(c), suffix != "", suffix
+        return MS_SSIM_SUFFIX in c, order.index(base) if base in order else order.index(c), suffix != "", suffix
 
     curves = sorted(order, key=rank)
     for c in curves:
-        m = "ms_ssim" if "-ms-ssim" in c else metric
+        m = "ms_ssim" if MS_SSIM_SUFFIX in c else metric
         digits = 4 if m == "ms_ssim" else 2
         pts = summary[c]["points"]
         bpp = [p["bpp"] for p in pts]

@@ -454,7 +454,7 @@ def choose(model: str | None = None, quality: int | None = None, directory: Path
             metric, ref_q = DEFAULT_REFERENCE
             record["calibration"] = _calibration_record(cal, point, ref_q)
             record["rule"] = (f"fewest bits per pixel with {metric} at least JPEG's at quality {ref_q}, "
-                              f"{_SINGLE_RATE_CLAUSE}")
+                              + _SINGLE_RATE_CLAUSE)
         return Choice(point, record)
     if not isinstance(quality, int) or not 1 <= quality <= 100:
         raise QualityError(f"quality {quality!r} is outside 1-100")

@@ -20,6 +20,10 @@ import numpy as np
 
 from wsicodec.errors import BenchError
 
+#: what a benchmark curve's name carries for models trained for MS-SSIM (``wsicodec-hyperprior-ms-ssim``,
+#: ``wsicodec-<model>-ms-ssim``), before any encoder-effort suffix
+MS_SSIM_SUFFIX = "-ms-ssim"
+
 CLASSICAL = ("jpeg", "webp", "jxl", "avif", "j2k")
 ALL_CODECS = CLASSICAL + ("wsicodec",)
 #: The reference point marked on every plot (the paper's Fig. 2).
@@ -170,7 +174,7 @@ class WsicodecCodec(Codec):
 
         if not hasattr(self, "_kinds"):
             self._kinds = {c.name: ("variable-rate" if c.spec.variable_rate else c.spec.entropy_model,
-                                    "-ms-ssim" if c.distortion == "ms-ssim" else "")
+                                    MS_SSIM_SUFFIX if c.distortion == "ms-ssim" else "")
                            for c in list_models(self.model_dir)}
         name = setting.partition("@")[0]
         kind, trained_for = self._kinds.get(name, ("factorized", ""))

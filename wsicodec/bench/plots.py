@@ -10,7 +10,7 @@ from pathlib import Path
 
 import numpy as np
 
-from wsicodec.bench.codecs import REFERENCE_POINT
+from wsicodec.bench.codecs import MS_SSIM_SUFFIX, REFERENCE_POINT
 from wsicodec.bench.metrics import HIGHER_IS_BETTER, LABELS
 from wsicodec.effort import effort_suffix
 
@@ -32,7 +32,7 @@ def _style(codec: str) -> tuple[str, str, str]:
     if codec in _STYLE:
         colour, marker = _STYLE[codec]
     elif codec.startswith("wsicodec-"):
-        colour, marker = _OTHER_MS_SSIM_MODEL if codec.endswith("-ms-ssim") else _OTHER_MODEL
+        colour, marker = _OTHER_MS_SSIM_MODEL if codec.endswith(MS_SSIM_SUFFIX) else _OTHER_MODEL
     else:
         colour, marker = _OTHER
     return colour, marker, "-"
