@@ -12,6 +12,9 @@ import torch
 from conftest import EXAMPLE as EXAMPLE_SLIDE
 from conftest import read_rgb, shared_cases
 
+#: the repository's measurement scripts (not part of the package)
+BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
+
 torch.set_num_threads(1)
 
 
@@ -455,7 +458,7 @@ def test_benchmarks_doc_rewrites_only_its_generated_blocks(tmp_path):
     import subprocess
     import sys
 
-    script = Path(__file__).resolve().parents[1] / "benchmarks" / "benchmarks_doc.py"
+    script = BENCHMARKS / "benchmarks_doc.py"
     jxl = _rows("jxl", [("30", 0.6, 28.0), ("70", 1.5, 32.0), ("90", 2.4, 35.5), ("95", 3.5, 38.0)])
     models = _rows("wsicodec-hyperprior", [("m-q2-v1", 0.8, 31.0), ("m-q1-v1", 0.3, 27.0), ("m-q3-v1", 1.6, 34.0)])
     (tmp_path / "bench").mkdir()
@@ -477,7 +480,7 @@ def test_benchmarks_doc_names_each_curve_after_its_models(monkeypatch):
     import importlib
     import sys
 
-    monkeypatch.syspath_prepend(str(Path(__file__).resolve().parents[1] / "benchmarks"))
+    monkeypatch.syspath_prepend(str(BENCHMARKS))
     family = importlib.import_module("benchmarks_doc").family
     sys.modules.pop("benchmarks_doc", None)
     assert family("wsicodec-hyperprior") == "hyperprior zoo"
