@@ -4,6 +4,7 @@ suite runs in any clone. A ``shared`` data folder beside the repository (or $WSI
 where present, adds extra cases through :func:`shared_cases`; no test needs it."""
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 
@@ -188,3 +189,12 @@ def rd_objective(store: Path, rgb: np.ndarray, lmbda: float, distortion: str = "
     else:
         loss = 255.0**2 * float(torch.mean((x - y) ** 2))
     return wsicodec_bytes(store) * 8 / (h * w) + lmbda * loss
+
+
+def retire(folder: Path, name: str, by: str) -> None:
+    """Move ``name`` to ``retired/``, its card naming ``by`` as its successor (as a release does)."""
+    (folder / "retired").mkdir(exist_ok=True)
+    card = json.loads((folder / f"{name}.json").read_text())
+    (folder / "retired" / f"{name}.json").write_text(json.dumps({**card, "superseded_by": by}))
+    (folder / f"{name}.json").unlink()
+    (folder / f"{name}.pt").rename(folder / "retired" / f"{name}.pt")

@@ -9,7 +9,7 @@ import pytest
 import slide_files
 import torch
 from click.testing import CliRunner
-from conftest import EXAMPLE, one_line_error, shared_cases
+from conftest import EXAMPLE, one_line_error, retire, shared_cases
 
 from wsicodec.cli import main
 
@@ -78,6 +78,23 @@ def test_bad_inputs_are_one_line_errors(run, tmp_path):
     one_line_error(run("decompress", tmp_path / "nostore.zarr", tmp_path / "o.tif"), "no such store")
     one_line_error(run("decompress", tmp_path / "exists.zarr", tmp_path / "o.tif"), "not a wsicodec store")
     one_line_error(run("info", tmp_path / "nothing"), "nothing")
+
+
+def test_models_retired_lists_each_with_its_replacement(tiny_models, tmp_path):
+    folder = tmp_path / "models"
+    shutil.copytree(tiny_models, folder)
+    retire(folder, "tiny", by="tiny-hyper")
+
+    def models(*args):
+        return CliRunner().invoke(main, ["models", *args], env={"WSICODEC_MODELS": str(folder), "COLUMNS": "200"})
+
+    assert [(m["name"], m["replacement"]) for m in json.loads(models("--retired", "--json").output)] == [
+        ("tiny", "tiny-hyper")]
+    assert "tiny " not in models().output
+    r = models("--retired")
+    assert r.exit_code == 0 and "retired models" in r.output
+    assert [line.split()[:1] + line.split()[-2:] for line in r.output.splitlines() if line.startswith("  tiny")] == [
+        ["tiny", "tiny-hyper", "tiny-hyper"]]
 
 
 def test_store_from_another_model_is_refused(run, tiny_models, tmp_path):

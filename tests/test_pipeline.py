@@ -11,7 +11,7 @@ import openslide
 import pytest
 import slide_files
 import tifffile
-from conftest import EXAMPLE, shared_cases
+from conftest import EXAMPLE, retire, shared_cases
 
 from wsicodec import open_slide
 from wsicodec.pipeline import compress, decompress
@@ -285,3 +285,35 @@ def test_retired_models_still_load_but_are_not_listed(tiny_models, tmp_path):
     assert load_model("tiny", folder)[1].name == "tiny"
     with WsiStore(out, model_dir=folder) as s:
         assert s.read_level0(0, 0, 64, 64).shape == (64, 64, 3)
+
+
+def test_retired_models_name_todays_replacement(tiny_models, tmp_path):
+    """``list_retired`` follows each retired card's ``superseded_by`` to the listed model that
+    replaces it now, through models retired since, and says none where the chain breaks off."""
+    import shutil
+
+    from wsicodec.models import list_models, list_retired
+
+    folder = tmp_path / "models"
+    shutil.copytree(tiny_models, folder)
+    retire(folder, "tiny", by="tiny-other")
+    retire(folder, "tiny-other", by="tiny-hyper")
+    assert [c.name for c in list_models(folder)] == ["tiny-hyper"]
+    assert [(c.name, c.superseded_by, now) for c, now in list_retired(folder)] == [
+        ("tiny", "tiny-other", "tiny-hyper"), ("tiny-other", "tiny-hyper", "tiny-hyper")]
+    retire(folder, "tiny-hyper", by="")
+    assert [now for _, now in list_retired(folder)] == ["", "", ""]
+
+
+def test_every_shipped_retired_model_has_a_listed_replacement():
+    """The installed models folder: every superseded model is kept (weights beside its card) and
+    its ``superseded_by`` chain ends at a model ``wsicodec models`` lists."""
+    from wsicodec.models import list_models, list_retired, model_dir
+
+    listed = {c.name for c in list_models() if not c.superseded_by}
+    retired = list_retired()
+    assert retired, f"{model_dir()}: no retired models found"
+    for card, now in retired:
+        assert now in listed, f"{card.name}: superseded_by {card.superseded_by!r} leads to no listed model"
+        folder = model_dir() / ("" if (model_dir() / f"{card.name}.json").is_file() else "retired")
+        assert (folder / f"{card.name}.pt").is_file(), f"{card.name}: weights missing"

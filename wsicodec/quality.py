@@ -528,9 +528,7 @@ def model_rows(directory: Path | None = None) -> tuple[list[dict[str, Any]], str
         unmatched = " (top)" if cal is not None and p == cal.top else " (not in fewer bytes)"
         rows.append({
             "name": p.model, "operating_point": p.label, "rate": p.rate, "default": p == default,
-            "kind": ("variable-rate" if c.spec.variable_rate
-                     else "hyperprior" if c.spec.entropy_model != "factorized" else "factorized")
-                    + (", MS-SSIM" if c.distortion == "ms-ssim" else ""),
+            "kind": c.kind,
             "N/M": f"{c.params.get('N')}/{c.params.get('M')}", "lambda": f"{lmbda:g}" if lmbda else "",
             **figures, "figures": f"calibration ({cal.meta.get('set', {}).get('name')})" if f else "model card",
             "matches_jpeg": cal.matches.get(p) if f else None,

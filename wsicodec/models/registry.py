@@ -142,6 +142,15 @@ class ModelCard:
     def latent_channels(self) -> int:
         return int(self.params.get("M", 192))
 
+    @property
+    def kind(self) -> str:
+        """What ``wsicodec models`` calls it: variable-rate, hyperprior or factorized, and what
+        its loss measured when that was MS-SSIM."""
+        spec = self.spec
+        kind = ("variable-rate" if spec.variable_rate
+                else "hyperprior" if spec.entropy_model != "factorized" else "factorized")
+        return kind + (", MS-SSIM" if self.distortion == "ms-ssim" else "")
+
 
 def architecture_spec(name: str) -> Architecture:
     """A registered architecture's spec; :class:`ModelError` for an unknown name."""
@@ -191,6 +200,25 @@ def list_models(directory: Path | None = None) -> list[ModelCard]:
 #: (stores written with them name them) but left out of :func:`list_models` (``wsicodec models``,
 #: the benchmark's default zoo)
 RETIRED = "retired"
+
+
+def list_retired(directory: Path | None = None) -> list[tuple[ModelCard, str]]:
+    """The superseded models (those in ``retired/`` and any card naming ``superseded_by``), each
+    with the listed model that replaces it today: the end of its ``superseded_by`` chain, or
+    ``""`` where the chain breaks off (a card that names no successor, or one not shipped)."""
+    directory = Path(directory) if directory else model_dir()
+    cards = {c.name: c for c in list_models(directory / RETIRED) + list_models(directory)}
+    live = {c.name for c in list_models(directory) if not c.superseded_by}
+    retired = []
+    for card in cards.values():
+        if card.name in live:
+            continue
+        name, seen = card.superseded_by, {card.name}
+        while name and name not in live and name not in seen and name in cards:
+            seen.add(name)
+            name = cards[name].superseded_by
+        retired.append((card, name if name in live else ""))
+    return sorted(retired, key=lambda r: r[0].name)
 
 
 def _model_folder(name: str, directory: Path) -> Path:
