@@ -67,8 +67,10 @@ def main() -> None:
         if m in LOWER_IS_BETTER:
             qa, qb = [-q for q in qa], [-q for q in qb]
         print(f"{m}: BD-rate of test vs anchor {bd_rate(ra, qa, rb, qb):+.2f} %")
+    shown = metrics[0]  # each point's figure on the first metric asked for (PSNR unless --metrics says)
     for name in ("anchor", "test"):
-        print(name, "; ".join(f"{p['setting']} {p['bpp']:.4f} bpp {p['psnr']:.3f} dB" for p in summary[name]["points"]))
+        points = summary[name]["points"]
+        print(name, "; ".join(f"{p['setting']} {p['bpp']:.4f} bpp {shown} {p[shown]:.4f}" for p in points))
 
 
 if __name__ == "__main__":
