@@ -259,6 +259,30 @@ def verify(store, against, device, as_json):
         click.echo("OK")
 
 
+def _retired_models(as_json: bool) -> None:
+    """``wsicodec models --retired``: each superseded model, its successor and today's replacement."""
+    from wsicodec.models import list_retired
+
+    rows = [{"name": c.name, "kind": c.kind, "superseded_by": c.superseded_by, "replacement": now,
+             "sha256": c.sha256} for c, now in list_retired()]
+    if as_json:
+        click.echo(json.dumps(rows, indent=2))
+        return
+    from rich import box
+    from rich.console import Console
+    from rich.table import Table
+
+    t = Table(title="retired models", box=box.SIMPLE_HEAD,
+              caption="kept so that stores written with them decode; the model listing, --quality and the "
+                      "benchmark leave them out. Replacement: the shipped model that took its place, at "
+                      "about the same rate.")
+    for col in ("model", "kind", "superseded by", "replacement"):
+        t.add_column(col, no_wrap=col != "kind")
+    for r in rows:
+        t.add_row(r["name"], r["kind"], r["superseded_by"], r["replacement"] or "none shipped")
+    Console().print(t)
+
+
 @main.command()
 @click.option("--json", "as_json", is_flag=True)
 @click.option("--retired", is_flag=True, help="List the superseded models and what replaced each.")
@@ -266,27 +290,8 @@ def models(as_json, retired):
     """List the shipped models' operating points: bits per pixel, PSNR and MS-SSIM on the
     calibration set, the JPEG quality each matches and the --quality values that use it.
     --retired: the superseded models instead, which stay installed so that their stores decode."""
-    from rich import box
-    from rich.console import Console
-    from rich.table import Table
-
     if retired:
-        from wsicodec.models import list_retired
-
-        rows = [{"name": c.name, "kind": c.kind, "superseded_by": c.superseded_by, "replacement": now,
-                 "sha256": c.sha256} for c, now in list_retired()]
-        if as_json:
-            click.echo(json.dumps(rows, indent=2))
-            return
-        t = Table(title="retired models", box=box.SIMPLE_HEAD,
-                  caption="kept so that stores written with them decode; the model listing, --quality "
-                          "and the benchmark leave them out. Replacement: the shipped model that took "
-                          "its place, at about the same rate.")
-        for col in ("model", "kind", "superseded by", "replacement"):
-            t.add_column(col, no_wrap=col != "kind")
-        for r in rows:
-            t.add_row(r["name"], r["kind"], r["superseded_by"], r["replacement"] or "none shipped")
-        Console().print(t)
+        _retired_models(as_json)
         return
     from wsicodec.quality import model_rows
 
@@ -294,6 +299,10 @@ def models(as_json, retired):
     if as_json:
         click.echo(json.dumps(rows, indent=2))
         return
+    from rich import box
+    from rich.console import Console
+    from rich.table import Table
+
     t = Table(title="shipped models", caption=caption, box=box.SIMPLE_HEAD)
     cells = [[r["operating_point"] + (" *" if r["default"] else ""), r["kind"],
               *(("" if r[k] is None else f"{r[k]:.{d}f}") for k, d in (("bpp", 3), ("psnr", 2), ("ms_ssim", 4))),
