@@ -278,9 +278,7 @@ def test_retired_models_still_load_but_are_not_listed(tiny_models, tmp_path):
     folder = tmp_path / "models"
     shutil.copytree(tiny_models, folder)
     out = compress(EXAMPLE, tmp_path / "a.zarr", model_dir=folder, tile=256).output
-    (folder / "retired").mkdir()
-    for suffix in (".pt", ".json"):
-        (folder / f"tiny{suffix}").rename(folder / "retired" / f"tiny{suffix}")
+    retire(folder, "tiny", by="")
     assert "tiny" not in [c.name for c in list_models(folder)]
     assert load_model("tiny", folder)[1].name == "tiny"
     with WsiStore(out, model_dir=folder) as s:

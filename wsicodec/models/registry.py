@@ -207,8 +207,9 @@ def list_retired(directory: Path | None = None) -> list[tuple[ModelCard, str]]:
     with the listed model that replaces it today: the end of its ``superseded_by`` chain, or
     ``""`` where the chain breaks off (a card that names no successor, or one not shipped)."""
     directory = Path(directory) if directory else model_dir()
-    cards = {c.name: c for c in list_models(directory / RETIRED) + list_models(directory)}
-    live = {c.name for c in list_models(directory) if not c.superseded_by}
+    shipped = list_models(directory)
+    cards = {c.name: c for c in list_models(directory / RETIRED) + shipped}
+    live = {c.name for c in shipped if not c.superseded_by}
     retired = []
     for card in cards.values():
         if card.name in live:
